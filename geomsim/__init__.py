@@ -1,0 +1,41 @@
+"""geomsim: simulate and verify the geometry of alignment collapse (JAX).
+
+Subpackages mirror the architecture: `landscapes` (aligned point + losses),
+`dynamics` (optimizers, gradient flow), `theory` (Taylor coefficients, laws,
+AIC), `fitting` (onset power laws), `sweep` (grids and the CLI), `plotting`,
+`io`.
+"""
+
+from geomsim._runtime import configure_runtime
+
+configure_runtime()
+
+from geomsim import dynamics, fitting, io, landscapes, theory  # noqa: E402
+from geomsim.dynamics import Trajectory, descend, gradient_flow, make_optimizer  # noqa: E402
+from geomsim.fitting import PowerLawFit, fit_onset, local_slopes  # noqa: E402
+from geomsim.landscapes import FunctionLandscape, Landscape, QuadraticCubic, quadratic_cubic  # noqa: E402
+from geomsim.theory import align_coefficients, dense_aic, path_coefficients  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FunctionLandscape",
+    "Landscape",
+    "PowerLawFit",
+    "QuadraticCubic",
+    "Trajectory",
+    "align_coefficients",
+    "dense_aic",
+    "descend",
+    "dynamics",
+    "fit_onset",
+    "fitting",
+    "gradient_flow",
+    "io",
+    "landscapes",
+    "local_slopes",
+    "make_optimizer",
+    "path_coefficients",
+    "quadratic_cubic",
+    "theory",
+]

@@ -1,0 +1,17 @@
+"""Training dynamics: discrete optimizers and gradient flow, recorded on log grids."""
+
+from geomsim.dynamics.flow import exact_quadratic_flow, gradient_flow, ode_flow
+from geomsim.dynamics.optimizers import OPTIMIZERS, make_optimizer
+from geomsim.dynamics.trajectory import Trajectory, descend, log_record_steps, measure
+
+__all__ = [
+    "OPTIMIZERS",
+    "Trajectory",
+    "descend",
+    "exact_quadratic_flow",
+    "gradient_flow",
+    "log_record_steps",
+    "make_optimizer",
+    "measure",
+    "ode_flow",
+]

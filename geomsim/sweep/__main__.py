@@ -1,0 +1,5 @@
+import sys
+
+from geomsim.sweep.cli import main
+
+sys.exit(main())

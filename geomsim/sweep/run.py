@@ -1,0 +1,218 @@
+"""Run a sweep: grid -> vmapped chunks (resumable) -> tidy tables, metadata, figures.
+
+Output folder layout:
+    meta.json      config, digest, seed, versions, timing, status counts
+    results.csv    one row per (grid point, seed)
+    curves.csv     tidy per-run curves (run, t, Delta L_A, L_F, ||P_S delta||, ...)
+    chunks/        per-chunk .npz results; `--resume` skips the ones present
+    fig_*.png/pdf  figures (see geomsim.plotting.sweep_figures)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from geomsim.fitting import FIT_REASONS
+from geomsim.io import Table, atomic_open, environment_versions, write_csv, write_json
+from geomsim.sweep.config import ConfigError, SweepConfig
+from geomsim.sweep.point import CURVE_FIELDS, STATUS_NAMES, TAYLOR_ORDER, make_point_function
+from geomsim.sweep.progress import Progress
+
+RESULT_COLUMNS = (
+    "sharpness", "coupling", "mu", "eps", "rank", "dim", "optimizer", "lr", "steps", "seed", "seed_index",
+    "exponent", "exponent_lo", "exponent_hi", "power", "prefactor",
+    "c4_fit", "c4_pred", "c4_ratio", "c2_pred", "c6_pred", "crossover_pred", "window_end_pred",
+    "onset_t", "window_hi", "t_fail_pred", "t_fail_meas",
+    "sharpness_meas", "mu_meas", "eps_meas", "coupling_meas",
+    "status", "reason",
+)
+STATUS_REASONS = {
+    "diverged": "displacement exceeded 1e6 x (t_max ||g||)",
+    "nan": "non-finite loss along the run",
+}
+
+
+@dataclass
+class SweepResult:
+    """Tables and metadata of a finished sweep (also written under `out_dir`)."""
+
+    results: Table
+    curves: Table
+    meta: dict[str, Any]
+    out_dir: Path
+
+
+@contextlib.contextmanager
+def precision(float64: bool) -> Iterator[None]:
+    """Temporarily set JAX's default float width (restored afterwards)."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", float64)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def grid_axes(config: SweepConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-wise grid: sharpness, coupling, seed index (sharpness-major order)."""
+    s, c, k = np.meshgrid(
+        np.asarray(config.sharpness), np.asarray(config.coupling), np.arange(config.seeds), indexing="ij"
+    )
+    return s.ravel(), c.ravel(), k.ravel()
+
+
+def _chunk_path(out_dir: Path, index: int) -> Path:
+    return out_dir / "chunks" / f"chunk_{index:05d}.npz"
+
+
+def _save_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    with atomic_open(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+def _check_resume(out_dir: Path, config: SweepConfig, resume: bool) -> None:
+    meta_path = out_dir / "meta.json"
+    has_chunks = (out_dir / "chunks").is_dir() and any((out_dir / "chunks").iterdir())
+    if not resume:
+        if has_chunks:
+            raise ConfigError(f"out: {out_dir} already holds sweep results; pass --resume or choose another --out")
+        return
+    if not meta_path.exists():
+        return  # nothing to resume from: run from scratch
+    import json
+
+    with open(meta_path, encoding="utf-8") as handle:
+        previous = json.load(handle)
+    if previous.get("config_digest") != config.digest():
+        raise ConfigError(
+            f"resume: {out_dir} holds a run of a different config "
+            f"(digest {previous.get('config_digest')} != {config.digest()})"
+        )
+
+
+def _rows(config: SweepConfig, raw: dict[str, np.ndarray], s: np.ndarray, c: np.ndarray, k: np.ndarray) -> Table:
+    n = len(s)
+    status = [STATUS_NAMES[int(v)] for v in raw["status_code"]]
+    reasons = []
+    for st, fit_code in zip(status, raw["fit_code"], strict=True):
+        if st == "no_onset":
+            reasons.append(FIT_REASONS[int(fit_code)])
+        else:
+            reasons.append(STATUS_REASONS.get(st, ""))
+    table: Table = {
+        "sharpness": s,
+        "coupling": c,
+        "mu": np.full(n, config.mu),
+        "eps": np.full(n, config.eps),
+        "rank": np.full(n, config.rank),
+        "dim": np.full(n, config.dim),
+        "optimizer": np.array([config.optimizer] * n, dtype=object),
+        "lr": np.full(n, config.lr),
+        "steps": np.full(n, config.steps),
+        "seed": np.full(n, config.seed),
+        "seed_index": k,
+    }
+    for name in RESULT_COLUMNS:
+        if name in table or name in ("status", "reason"):
+            continue
+        table[name] = np.asarray(raw[name], dtype=np.float64) if name != "power" else np.asarray(raw[name])
+    for j in range(TAYLOR_ORDER + 1):
+        table[f"taylor_c{j}"] = np.asarray(raw["taylor"][:, j], dtype=np.float64)
+    table["status"] = np.array(status, dtype=object)
+    table["reason"] = np.array(reasons, dtype=object)
+    return table
+
+
+def _curves(raw: dict[str, np.ndarray]) -> Table:
+    n, r = raw["curve_time"].shape
+    table: Table = {"run": np.repeat(np.arange(n), r)}
+    for name in CURVE_FIELDS:
+        table[name] = np.asarray(raw[f"curve_{name}"], dtype=np.float64).ravel()
+    return table
+
+
+def run_sweep(
+    config: SweepConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    plots: bool = True,
+) -> SweepResult:
+    """Run (or resume) the sweep described by a validated `config` into `out_dir`."""
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    _check_resume(out_dir, config, resume)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {
+        "config": config.to_dict(),
+        "config_digest": config.digest(),
+        "seed": config.seed,
+        "versions": environment_versions(),
+        "state": "running",
+    }
+    write_json(out_dir / "meta.json", meta)
+
+    s, c, k = grid_axes(config)
+    n = len(s)
+    chunk = min(config.chunk, n)
+    n_chunks = -(-n // chunk)
+    bar = Progress(n_chunks, "sweep", enabled=progress)
+    computed, t_compute = 0, 0.0
+    with precision(config.float64):
+        batched = jax.jit(jax.vmap(make_point_function(config)))
+        for index in range(n_chunks):
+            path = _chunk_path(out_dir, index)
+            if resume and path.exists():
+                bar.advance(1, "(resumed)")
+                continue
+            rows = np.minimum(np.arange(index * chunk, (index + 1) * chunk), n - 1)  # pad with the last row
+            t0 = time.perf_counter()
+            out = batched(s[rows], c[rows], k[rows])
+            out = jax.tree.map(np.asarray, out)
+            t_compute += time.perf_counter() - t0
+            computed += 1
+            _save_chunk(path, out)
+            bar.advance(1, f"chunk {index + 1}")
+
+    raw_chunks = []
+    for index in range(n_chunks):
+        with np.load(_chunk_path(out_dir, index)) as data:
+            raw_chunks.append({name: data[name] for name in data.files})
+    raw = {name: np.concatenate([r[name] for r in raw_chunks])[:n] for name in raw_chunks[0]}
+
+    results = _rows(config, raw, s, c, k)
+    curves = _curves(raw)
+    write_csv(out_dir / "results.csv", results)
+    write_csv(out_dir / "curves.csv", curves)
+
+    counts = {name: int(np.sum(results["status"] == name)) for name in STATUS_NAMES.values()}
+    meta.update(
+        state="complete",
+        n_runs=n,
+        status_counts=counts,
+        chunks_computed=computed,
+        chunks_resumed=n_chunks - computed,
+        compute_seconds=round(t_compute, 3),
+    )
+    figures: list[str] = []
+    if plots:
+        from geomsim.plotting.sweep_figures import sweep_figures
+
+        figures = [p.name for p in sweep_figures(results, curves, out_dir)]
+    meta["figures"] = figures
+    meta["wall_seconds"] = round(time.perf_counter() - t_start, 3)
+    write_json(out_dir / "meta.json", meta)
+    return SweepResult(results=results, curves=curves, meta=meta, out_dir=out_dir)
