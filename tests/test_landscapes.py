@@ -136,3 +136,11 @@ def test_registry_names_and_import_paths():
 def test_rank_bounds_are_checked():
     with pytest.raises(ValueError, match="rank must be in"):
         quadratic_cubic(jax.random.key(0), dim=4, rank=3)
+
+
+def test_closed_form_task_gradient_equals_autodiff(key):
+    land = quadratic_cubic(key, dim=12, rank=3, sharpness=5.0, coupling=0.4, eps=0.1, cubic_coupling=0.8)
+    for i in range(3):
+        delta = jax.random.normal(jax.random.fold_in(key, i), (12,))
+        auto = jax.grad(land.displaced_task_loss)(delta)
+        np.testing.assert_allclose(land.task_gradient(delta), auto, rtol=1e-12, atol=1e-14)

@@ -51,8 +51,7 @@ def ode_flow(
     zero, unravel = flatten_displacement(landscape)
 
     def vector_field(t, x, args):
-        grad = jax.grad(landscape.displaced_task_loss)(unravel(x))
-        return -ravel_pytree(grad)[0]
+        return -ravel_pytree(landscape.task_gradient(unravel(x)))[0]
 
     controller = diffrax.ClipStepSizeController(
         diffrax.PIDController(rtol=rtol, atol=atol), step_ts=times

@@ -81,7 +81,7 @@ def descend(
     counts = jnp.asarray(np.diff(record_at, prepend=0))
     theta0 = landscape.theta0
     delta0 = jax.tree.map(jnp.zeros_like, theta0)
-    grad_fn = jax.grad(landscape.displaced_task_loss)
+    grad_fn = landscape.task_gradient
 
     def one_step(_, carry):
         delta, state = carry

@@ -14,7 +14,9 @@ Optional hooks a landscape may override when it knows better:
 * `align_basis()`: an orthonormal basis of the alignment subspace S as a
   `(d, k)` array in flattened-parameter coordinates;
 * `quadratic_task()`: `(g, H_F)` when `L_F` is exactly quadratic, which lets
-  gradient flow be solved in closed form.
+  gradient flow be solved in closed form;
+* `task_gradient(delta)`: `grad L_F(theta0 + delta)`, if cheaper than autodiff
+  (it is the inner loop of every optimizer).
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ class Landscape(eqx.Module):
     def displaced_task_loss(self, delta: PyTree) -> Float[Array, ""]:
         """`L_F(theta0 + delta)`: the task loss as a function of the displacement."""
         return self.task_loss(jax.tree.map(jnp.add, self.theta0, delta))
+
+    def task_gradient(self, delta: PyTree) -> PyTree:
+        """`grad L_F(theta0 + delta)` (a pytree like `delta`); override with a cheaper closed form."""
+        return jax.grad(self.displaced_task_loss)(delta)
 
 
 class FunctionLandscape(Landscape):

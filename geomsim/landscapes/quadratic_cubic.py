@@ -80,6 +80,14 @@ class QuadraticCubic(Landscape):
         quad = self.grad_task @ delta + 0.5 * delta @ (self.hess_task @ delta)
         return quad + self._triple(self.task_cubic_coef, self.task_cubic_dirs, delta)
 
+    def task_gradient(self, delta):
+        # One matvec (autodiff of the quadratic form would take H and H^T separately).
+        v = self.task_cubic_dirs @ delta
+        cubic = self.task_cubic_coef * (
+            v[1] * v[2] * self.task_cubic_dirs[0] + v[0] * v[2] * self.task_cubic_dirs[1] + v[0] * v[1] * self.task_cubic_dirs[2]
+        )
+        return self.grad_task + self.hess_task @ delta + cubic
+
     def align_basis(self):
         return self.basis
 

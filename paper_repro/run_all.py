@@ -1,0 +1,168 @@
+"""`python -m paper_repro`: regenerate all figures and check them against the theory.
+
+For every `experiments/*.toml` (a sweep config plus a `[repro]` table with the
+expected numbers) this runs the sweep, copies its figures to `figures/<name>/`,
+summarises the numbers each figure shows, and checks them.  Composite figures
+(negative controls, optimizers side by side) are drawn from those runs.  All
+numbers go to `figures/manifest.json`; the exit status is non-zero if any check
+fails.
+
+Usage: python -m paper_repro [--only NAME ...] [--runs DIR] [--figures DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python paper_repro/run_all.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def summarise(results) -> dict:
+    """The numbers a sweep's figures show, as plain JSON types."""
+    ok = results["status"] == "ok"
+    status, counts = np.unique(results["status"].astype(str), return_counts=True)
+    out: dict = {"runs": int(len(ok)), "status_counts": {str(s): int(c) for s, c in zip(status, counts, strict=True)}}
+    if ok.any():
+        e = results["exponent"][ok]
+        out["exponent"] = {
+            "median": float(np.median(e)), "min": float(e.min()), "max": float(e.max()),
+            "band_median": [float(np.median(results["exponent_lo"][ok])), float(np.median(results["exponent_hi"][ok]))],
+        }
+        r = results["c4_ratio"][ok]
+        r = r[np.isfinite(r)]
+        if r.size:
+            out["c4_ratio"] = {"median": float(np.median(r)), "min": float(r.min()), "max": float(r.max())}
+        tf = np.isfinite(results["t_fail_meas"][ok]) & np.isfinite(results["t_fail_pred"][ok])
+        if tf.any():
+            rel = results["t_fail_meas"][ok][tf] / results["t_fail_pred"][ok][tf]
+            out["t_fail_meas_over_pred"] = {"median": float(np.median(rel)), "min": float(rel.min()), "max": float(rel.max())}
+    return out
+
+
+def check(numbers: dict, expect: dict) -> list[str]:
+    """Failures of `numbers` against a `[repro].expect` table (empty list = pass)."""
+    if expect.get("report_only"):
+        return []
+    failures = []
+    runs = numbers["runs"]
+    if "status" in expect:
+        n = numbers["status_counts"].get(expect["status"], 0)
+        if n != runs:
+            failures.append(f"expected every run to have status {expect['status']!r}, got {numbers['status_counts']}")
+        return failures
+    n_ok = numbers["status_counts"].get("ok", 0)
+    if n_ok < expect.get("min_ok_fraction", 1.0) * runs:
+        failures.append(f"only {n_ok}/{runs} runs ok")
+    if "exponent" in expect and "exponent" in numbers:
+        lo, hi = numbers["exponent"]["min"], numbers["exponent"]["max"]
+        tol = expect.get("exponent_tol", 0.1)
+        if lo < expect["exponent"] - tol or hi > expect["exponent"] + tol:
+            failures.append(f"exponents in [{lo:.3f}, {hi:.3f}], expected {expect['exponent']} +- {tol}")
+    elif "exponent" in expect:
+        failures.append("no exponent was fitted")
+    if "c4_ratio_tol" in expect:
+        ratio = numbers.get("c4_ratio")
+        tol = expect["c4_ratio_tol"]
+        if ratio is None or ratio["min"] < 1 - tol or ratio["max"] > 1 + tol:
+            failures.append(f"c4_fit/c4_pred {ratio}, expected within {tol:.0%} of 1")
+    return failures
+
+
+def run_experiment(path: Path, runs_dir: Path, figures_dir: Path):
+    from geomsim.sweep import make_config, run_sweep
+
+    with open(path, "rb") as handle:
+        raw = tomllib.load(handle)
+    repro = raw.pop("repro", {})
+    config = make_config(None, raw)
+    name = path.stem
+    out = runs_dir / name
+    if out.exists():
+        shutil.rmtree(out)
+    result = run_sweep(config, out, progress=False, plots=True)
+    target = figures_dir / name
+    target.mkdir(parents=True, exist_ok=True)
+    files = []
+    for fig in result.meta["figures"]:
+        shutil.copyfile(out / fig, target / fig)
+        files.append(str((target / fig).relative_to(figures_dir.parent)))
+    numbers = summarise(result.results)
+    failures = check(numbers, repro.get("expect", {}))
+    entry = {
+        "title": repro.get("title", name),
+        "config": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+        "files": files,
+        "numbers": numbers,
+        "expect": repro.get("expect", {}),
+        "pass": not failures,
+        "failures": failures,
+        "wall_seconds": result.meta["wall_seconds"],
+    }
+    return name, entry, result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m paper_repro", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="experiment names (file stems) to run; default all")
+    parser.add_argument("--experiments", default=str(ROOT / "experiments"), help="folder of *.toml configs")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "paper_repro"), help="where raw sweep outputs go")
+    parser.add_argument("--figures", default=str(ROOT / "figures"), help="where figures and manifest.json go")
+    args = parser.parse_args(argv)
+
+    import geomsim  # noqa: F401  (runtime flags before JAX starts)
+    from geomsim.io import environment_versions, write_json
+    from paper_repro.composites import COMPOSITES
+
+    figures_dir, runs_dir = Path(args.figures), Path(args.runs)
+    paths = sorted(Path(args.experiments).glob("*.toml"))
+    if args.only:
+        paths = [p for p in paths if p.stem in args.only]
+        missing = set(args.only) - {p.stem for p in paths}
+        if missing:
+            print(f"paper_repro: error: no experiment named {sorted(missing)}", file=sys.stderr)
+            return 2
+    manifest_path = figures_dir / "manifest.json"
+    manifest = {"figures": {}}
+    if manifest_path.exists() and args.only:
+        import json
+
+        manifest = json.loads(manifest_path.read_text())
+    t0 = time.perf_counter()
+    results = {}
+    for i, path in enumerate(paths, 1):
+        print(f"[{i}/{len(paths)}] {path.stem} ...", file=sys.stderr, flush=True)
+        name, entry, result = run_experiment(path, runs_dir, figures_dir)
+        manifest["figures"][name] = entry
+        results[name] = result
+        verdict = "ok" if entry["pass"] else "FAIL: " + "; ".join(entry["failures"])
+        print(f"      {entry['title']}: {verdict} ({entry['wall_seconds']:.1f} s)", file=sys.stderr)
+    for composite in COMPOSITES:
+        if all(n in results for n in composite.needs):
+            name, entry = composite.draw(results, figures_dir)
+            manifest["figures"][name] = entry
+            verdict = "ok" if entry["pass"] else "FAIL: " + "; ".join(entry["failures"])
+            print(f"      {entry['title']}: {verdict}", file=sys.stderr)
+    manifest["generated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    manifest["versions"] = environment_versions()
+    manifest["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(manifest_path, manifest)
+    failed = [n for n, e in manifest["figures"].items() if not e["pass"]]
+    print(f"wrote {manifest_path} ({len(manifest['figures'])} figures, {len(failed)} failing)", file=sys.stderr)
+    if failed:
+        print(f"paper_repro: checks failed for {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
