@@ -71,6 +71,15 @@ def grid_axes(config: SweepConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return s.ravel(), c.ravel(), k.ravel()
 
 
+def grid_sharding() -> tuple[jax.sharding.NamedSharding | None, int]:
+    """Shard the grid axis of each chunk over all local devices (None for one device)."""
+    devices = jax.devices()
+    if len(devices) == 1:
+        return None, 1
+    mesh = jax.sharding.Mesh(np.array(devices), ("grid",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("grid")), len(devices)
+
+
 def _chunk_path(out_dir: Path, index: int) -> Path:
     return out_dir / "chunks" / f"chunk_{index:05d}.npz"
 
@@ -167,7 +176,8 @@ def run_sweep(
 
     s, c, k = grid_axes(config)
     n = len(s)
-    chunk = min(config.chunk, n)
+    sharding, n_devices = grid_sharding()
+    chunk = -(-min(config.chunk, n) // n_devices) * n_devices  # a multiple of the device count
     n_chunks = -(-n // chunk)
     bar = Progress(n_chunks, "sweep", enabled=progress)
     computed, t_compute = 0, 0.0
@@ -180,7 +190,10 @@ def run_sweep(
                 continue
             rows = np.minimum(np.arange(index * chunk, (index + 1) * chunk), n - 1)  # pad with the last row
             t0 = time.perf_counter()
-            out = batched(s[rows], c[rows], k[rows])
+            args = [s[rows], c[rows], k[rows]]
+            if sharding is not None:
+                args = [jax.device_put(a, sharding) for a in args]
+            out = batched(*args)
             out = jax.tree.map(np.asarray, out)
             t_compute += time.perf_counter() - t0
             computed += 1
@@ -203,6 +216,7 @@ def run_sweep(
         state="complete",
         n_runs=n,
         status_counts=counts,
+        devices=n_devices,
         chunks_computed=computed,
         chunks_resumed=n_chunks - computed,
         compute_seconds=round(t_compute, 3),
