@@ -33,7 +33,7 @@ RESULT_COLUMNS = (
     "exponent", "exponent_lo", "exponent_hi", "power", "prefactor",
     "c4_fit", "c4_pred", "c4_ratio", "c2_pred", "c6_pred", "crossover_pred", "window_end_pred",
     "onset_t", "window_hi", "t_fail_pred", "t_fail_meas",
-    "sharpness_meas", "mu_meas", "eps_meas", "coupling_meas",
+    "sharpness_meas", "mu_meas", "eps_meas", "coupling_meas", "rank_meas",
     "status", "reason",
 )
 STATUS_REASONS = {
@@ -136,7 +136,7 @@ def _rows(config: SweepConfig, raw: dict[str, np.ndarray], s: np.ndarray, c: np.
     for name in RESULT_COLUMNS:
         if name in table or name in ("status", "reason"):
             continue
-        table[name] = np.asarray(raw[name], dtype=np.float64) if name != "power" else np.asarray(raw[name])
+        table[name] = np.asarray(raw[name]) if name in ("power", "rank_meas") else np.asarray(raw[name], np.float64)
     for j in range(TAYLOR_ORDER + 1):
         table[f"taylor_c{j}"] = np.asarray(raw["taylor"][:, j], dtype=np.float64)
     table["status"] = np.array(status, dtype=object)
