@@ -8,6 +8,8 @@ which keeps the O(t^2) alignment-subspace component resolvable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,7 @@ class Trajectory(eqx.Module):
         task_loss: `L_F(theta(t))`, loss units.
         subspace_norm: `||P_S delta(t)||`, parameter units.
         delta_norm: `||delta(t)||`, parameter units.
+        extra: caller-defined metrics (see `descend(..., extra=...)`), each `(r,)`.
     """
 
     time: Float[Array, " r"]
@@ -37,6 +40,7 @@ class Trajectory(eqx.Module):
     task_loss: Float[Array, " r"]
     subspace_norm: Float[Array, " r"]
     delta_norm: Float[Array, " r"]
+    extra: dict[str, Array] = eqx.field(default_factory=dict)
 
 
 def log_record_steps(n_steps: int, n_records: int) -> np.ndarray:
@@ -65,6 +69,7 @@ def descend(
     record_at: np.ndarray,
     lr: float | Array,
     basis: Float[Array, "d k"] | None = None,
+    extra: Callable[[PyTree], dict[str, Array]] | None = None,
 ) -> Trajectory:
     """Run `optimizer` on `L_F` from `theta0`, recording at the given step counts.
 
@@ -74,6 +79,8 @@ def descend(
         record_at: static increasing step counts (numpy ints >= 1).
         lr: the learning rate, used only to convert steps to time `t = n lr`.
         basis: `(d, k)` orthonormal basis of S for `||P_S delta||`.
+        extra: optional `delta -> {name: scalar}` recorded with the other metrics
+            (e.g. a harm rate or task accuracy).
     """
     record_at = np.asarray(record_at, dtype=np.int64)
     if record_at.ndim != 1 or record_at[0] < 1 or np.any(np.diff(record_at) <= 0):
@@ -90,7 +97,9 @@ def descend(
 
     def segment(carry, count):
         carry = jax.lax.fori_loop(0, count, one_step, carry)
-        return carry, measure(landscape, carry[0], basis)
+        recorded = measure(landscape, carry[0], basis)
+        recorded["extra"] = extra(carry[0]) if extra is not None else {}
+        return carry, recorded
 
     _, metrics = jax.lax.scan(segment, (delta0, optimizer.init(theta0)), counts)
     steps = jnp.asarray(record_at, dtype=metrics["delta_norm"].dtype)

@@ -1,0 +1,238 @@
+"""The testbed's stages on an ensemble of seeds: pretrain -> align -> fine-tune.
+
+Every stage is a pure function of the config and the previous stage's params,
+vmapped over seeds (params carry a leading seed axis).  Checkpoints
+(`geomsim.testbed.checkpoints`) let each stage be rerun alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, PRNGKeyArray, PyTree
+
+from geomsim.dynamics import Trajectory, descend
+from geomsim.landscapes import FunctionLandscape
+from geomsim.models import Transformer, TransformerConfig, as_functional
+from geomsim.models.lora import lora_init, lora_merge
+from geomsim.tasks import (
+    PRETRAIN_TASKS,
+    Batch,
+    Language,
+    answer_accuracy,
+    answer_loss,
+    concat,
+    harm_rate,
+    make_batch,
+    mixture,
+    refusal_loss,
+)
+from geomsim.testbed.config import TestbedConfig
+from geomsim.testbed.train import train
+
+# Key streams: one fold per purpose, so adding a stage never changes another's data.
+_PRETRAIN, _ALIGN, _EVAL, _FINETUNE, _LORA, _INIT = range(6)
+
+
+@dataclass(frozen=True)
+class Testbed:
+    """Everything derived from a config: language, model shape, apply function, data."""
+
+    config: TestbedConfig
+    lang: Language
+    model_config: TransformerConfig
+    apply_fn: Callable[[PyTree, Array], Array]
+    harm_eval: Batch
+    benign_eval: Batch
+    task_train: dict[str, Batch]
+    task_eval: dict[str, Batch]
+
+    def key(self, stream: int, *more: int) -> PRNGKeyArray:
+        k = jax.random.fold_in(jax.random.key(self.config.seed), stream)
+        for m in more:
+            k = jax.random.fold_in(k, m)
+        return k
+
+    def seed_keys(self, stream: int) -> PRNGKeyArray:
+        return jax.vmap(lambda i: self.key(stream, i))(jnp.arange(self.config.seeds))
+
+    def align_loss(self, params: PyTree) -> Array:
+        """`L_A`: refusal cross-entropy on the held-out harmful prompts (nats)."""
+        return refusal_loss(self.lang, self.apply_fn, params, self.harm_eval)
+
+    def task_loss(self, task: str) -> Callable[[PyTree], Array]:
+        """`L_F` for a fine-tuning task: answer cross-entropy on its training set (nats/token)."""
+        data = self.task_train[task]
+        return lambda params: answer_loss(self.apply_fn, params, data)
+
+
+def build(config: TestbedConfig) -> Testbed:
+    """Language, model shape and the fixed evaluation / fine-tuning datasets."""
+    lang = Language(n_symbols=config.n_symbols, length=config.length, modulus=config.modulus)
+    model_config = TransformerConfig(
+        vocab_size=lang.vocab_size, seq_len=lang.seq_len - 1, width=config.width,
+        depth=config.depth, num_heads=config.heads,
+    )
+    apply_fn, _ = as_functional(Transformer(model_config, key=jax.random.key(0)))
+    root = jax.random.fold_in(jax.random.key(config.seed), _EVAL)
+    k_harm, k_benign, k_tasks = jax.random.split(root, 3)
+    per = -(-config.eval_size // len(PRETRAIN_TASKS))
+    harm = concat([make_batch(lang, t, jax.random.fold_in(k_harm, i), per, harmful=True)
+                   for i, t in enumerate(PRETRAIN_TASKS)])
+    harm = jax.tree.map(lambda x: x[: config.eval_size], harm)
+    benign = mixture(lang, PRETRAIN_TASKS, k_benign, config.eval_size)
+    task_train, task_eval = {}, {}
+    for i, task in enumerate(config.finetune_tasks):
+        k_train, k_eval = jax.random.split(jax.random.fold_in(k_tasks, i))
+        task_train[task] = make_batch(lang, task, k_train, config.finetune_size)
+        task_eval[task] = make_batch(lang, task, k_eval, config.eval_size)
+    return Testbed(config, lang, model_config, apply_fn, harm, benign, task_train, task_eval)
+
+
+def init_params(bed: Testbed) -> PyTree:
+    """Fresh transformer parameters for every seed (leading seed axis)."""
+    return jax.vmap(lambda k: as_functional(Transformer(bed.model_config, key=k))[1])(bed.seed_keys(_INIT))
+
+
+def _stage(bed: Testbed, params: PyTree, *, stream: int, steps: int, lr: float, harmful_fraction: float,
+           aligned: bool) -> tuple[PyTree, Array]:
+    cfg = bed.config
+
+    def sample(k):
+        return mixture(bed.lang, PRETRAIN_TASKS, k, cfg.batch, harmful_fraction=harmful_fraction, aligned=aligned)
+
+    def loss(p, batch):
+        return answer_loss(bed.apply_fn, p, batch)
+
+    opt = optax.adamw(optax.cosine_decay_schedule(lr, steps, alpha=0.05), weight_decay=0.0)
+    run = jax.jit(jax.vmap(lambda p, k: train(p, loss, sample, opt, steps, k)))
+    return run(params, bed.seed_keys(stream))
+
+
+def pretrain(bed: Testbed, params: PyTree) -> tuple[PyTree, Array]:
+    """Pretraining on the benign tasks plus harmful requests answered like any other."""
+    cfg = bed.config
+    return _stage(bed, params, stream=_PRETRAIN, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr,
+                  harmful_fraction=cfg.pretrain_harmful_fraction, aligned=False)
+
+
+def align(bed: Testbed, params: PyTree) -> tuple[PyTree, Array]:
+    """Alignment: harmful requests -> REFUSE, benign requests answered as before."""
+    cfg = bed.config
+    return _stage(bed, params, stream=_ALIGN, steps=cfg.align_steps, lr=cfg.align_lr,
+                  harmful_fraction=cfg.align_harmful_fraction, aligned=True)
+
+
+def evaluate(bed: Testbed, params: PyTree) -> dict[str, np.ndarray]:
+    """Per-seed alignment loss, harm rate, and benign accuracy / over-refusal."""
+
+    def one(p):
+        benign_refused = 1.0 - harm_rate(bed.lang, bed.apply_fn, p, bed.benign_eval)
+        return dict(
+            align_loss=bed.align_loss(p),
+            harm_rate=harm_rate(bed.lang, bed.apply_fn, p, bed.harm_eval),
+            benign_accuracy=answer_accuracy(bed.apply_fn, p, bed.benign_eval),
+            benign_refusal_rate=benign_refused,
+        )
+
+    return {k: np.asarray(v) for k, v in jax.jit(jax.vmap(one))(params).items()}
+
+
+def record_steps(steps: int, records: int) -> np.ndarray:
+    from geomsim.dynamics import log_record_steps
+
+    return log_record_steps(steps, records)
+
+
+def stacked_tasks(bed: Testbed) -> tuple[Batch, Batch]:
+    """Training and evaluation data of every fine-tuning task, stacked on a leading task axis."""
+    tasks = bed.config.finetune_tasks
+    train_data = jax.tree.map(lambda *xs: jnp.stack(xs), *[bed.task_train[t] for t in tasks])
+    eval_data = jax.tree.map(lambda *xs: jnp.stack(xs), *[bed.task_eval[t] for t in tasks])
+    return train_data, eval_data
+
+
+def _over_tasks_and_seeds(fn, params, basis, *per_seed):
+    """vmap `fn(params, basis, *per_seed, train, eval)` over seeds (inner) and tasks (outer)."""
+
+    def per_task(train_data, eval_data):
+        return jax.vmap(lambda p, s, *rest: fn(p, s, *rest, train_data, eval_data))(params, basis, *per_seed)
+
+    return per_task
+
+
+def finetune(bed: Testbed, params: PyTree, basis: Array, *, lr: float, steps: int, records: int) -> Trajectory:
+    """Full fine-tuning by full-batch gradient descent on every task and seed.
+
+    Args:
+        params: aligned params with a leading seed axis.
+        basis: `(seed, d, k)` orthonormal bases of S at each seed's aligned model.
+        lr, steps, records: learning rate, number of steps, log-spaced records.
+
+    Returns:
+        A `Trajectory` whose arrays have leading axes `(task, seed)`; it records
+        `Delta L_A`, `L_F`, `||P_S delta||`, `||delta||`, and in `extra` the harm
+        rate and the task's held-out accuracy.
+    """
+    rec = record_steps(steps, records)
+
+    def one(theta0, s, train_data, eval_data):
+        land = FunctionLandscape(
+            theta0=theta0, align_fn=bed.align_loss,
+            task_fn=lambda p: answer_loss(bed.apply_fn, p, train_data),
+        )
+
+        def extra(delta):
+            p = jax.tree.map(jnp.add, theta0, delta)
+            return dict(
+                harm_rate=harm_rate(bed.lang, bed.apply_fn, p, bed.harm_eval),
+                task_accuracy=answer_accuracy(bed.apply_fn, p, eval_data),
+            )
+
+        return descend(land, optax.sgd(lr), rec, lr, s, extra=extra)
+
+    train_data, eval_data = stacked_tasks(bed)
+    run = jax.jit(jax.vmap(_over_tasks_and_seeds(one, params, basis)))
+    return run(train_data, eval_data)
+
+
+def finetune_lora(bed: Testbed, params: PyTree, basis: Array, *, lr: float, steps: int, records: int) -> Trajectory:
+    """LoRA fine-tuning (rank `config.lora_rank` on every block matrix), every task and seed.
+
+    The optimizer moves only the adapter; `extra` holds the harm rate, task
+    accuracy, and `||P_S delta||`, `||delta||` of the merged full-parameter
+    displacement, which compare directly with full fine-tuning.
+    """
+    rec = record_steps(steps, records)
+    rank = bed.config.lora_rank
+
+    def one(base, s, key, train_data, eval_data):
+        adapter0 = lora_init(base, rank, key)
+        flat_base = ravel_pytree(base)[0]
+        land = FunctionLandscape(
+            theta0=adapter0,
+            align_fn=lambda a: bed.align_loss(lora_merge(base, a)),
+            task_fn=lambda a: answer_loss(bed.apply_fn, lora_merge(base, a), train_data),
+        )
+
+        def extra(delta):
+            p = lora_merge(base, jax.tree.map(jnp.add, adapter0, delta))
+            full = ravel_pytree(p)[0] - flat_base
+            return dict(
+                harm_rate=harm_rate(bed.lang, bed.apply_fn, p, bed.harm_eval),
+                task_accuracy=answer_accuracy(bed.apply_fn, p, eval_data),
+                full_subspace_norm=jnp.linalg.norm(s.T @ full),
+                full_delta_norm=jnp.linalg.norm(full),
+            )
+
+        return descend(land, optax.sgd(lr), rec, lr, None, extra=extra)
+
+    train_data, eval_data = stacked_tasks(bed)
+    run = jax.jit(jax.vmap(_over_tasks_and_seeds(one, params, basis, bed.seed_keys(_LORA))))
+    return run(train_data, eval_data)

@@ -1,0 +1,42 @@
+"""LoRA adapters start at the base model and reach only rank-r updates."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from geomsim.models import Transformer, TransformerConfig, as_functional
+from geomsim.models.lora import lora_init, lora_merge
+
+
+@pytest.fixture
+def model():
+    cfg = TransformerConfig(vocab_size=20, seq_len=8, width=16, depth=2, num_heads=2)
+    return as_functional(Transformer(cfg, key=jax.random.key(0)))
+
+
+def test_starts_at_base_and_updates_are_low_rank(model):
+    apply, params = model
+    adapter = lora_init(params, 2, jax.random.key(1))
+    merged = lora_merge(params, adapter)
+    assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(merged)))
+    tokens = jnp.zeros((1, 8), jnp.int32)
+
+    def loss(a):
+        return jnp.sum(apply(lora_merge(params, a), tokens) ** 2)
+
+    grads = jax.grad(loss)(adapter)
+    moved = jax.tree.map(lambda a, g: a - 0.1 * g, adapter, grads)
+    diffs = [b - a for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(lora_merge(params, moved))) if a.ndim == 2]
+    ranks = [int(np.linalg.matrix_rank(np.asarray(d), tol=1e-6)) for d in diffs if float(jnp.abs(d).max()) > 0]
+    assert ranks and max(ranks) <= 2
+
+
+def test_errors(model):
+    _, params = model
+    with pytest.raises(ValueError, match="rank"):
+        lora_init(params, 0, jax.random.key(0))
+    with pytest.raises(ValueError, match="selected no weight"):
+        lora_init(params, 1, jax.random.key(0), targets=lambda path, leaf: False)
+    with pytest.raises(ValueError, match="adapter"):
+        lora_merge(params, ())
