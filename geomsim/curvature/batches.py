@@ -83,11 +83,12 @@ def _same_structure(batches: list) -> bool:
     if any(s != shapes[0] for s in shapes):
         return False
     leaves = [jax.tree.leaves(b) for b in batches]
-    return all(
-        all(np.shape(a) == np.shape(b) and np.result_type(a) == np.result_type(b) for a, b in zip(leaves[0], ls,
-                                                                                                  strict=True))
-        for ls in leaves
-    )
+
+    def signature(x):
+        return np.shape(x), (x.dtype if hasattr(x, "dtype") else np.result_type(x))
+
+    first = [signature(x) for x in leaves[0]]
+    return all([signature(x) for x in ls] == first for ls in leaves)
 
 
 def as_batches(batches: Any, weights: Any = None) -> BatchSet | None:

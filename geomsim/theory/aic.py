@@ -68,7 +68,7 @@ class AICResult(eqx.Module):
         `1 / ||H_F||` (nan if skipped).
     Laws: taylor `(5,)` = (0, c1, c2, c3, c4 leading term); c4_bound `lambda
         gamma^2 / 8`; c4_bound_fisher `gamma_F^2 / 8`; threshold tau; t_fail
-        `(tau / c4)^(1/4)`; t_threshold (first crossing of the Taylor polynomial
+        `(tau / c4)^(1/4)` (inf when c4 is at round-off level); t_threshold (first crossing of the Taylor polynomial
         within the window, inf if none); curve_time / curve (the predicted
         `Delta L_A`).
     Bookkeeping: num_matvecs (products with A, H_A, H_F, F), converged (Lanczos).
@@ -108,11 +108,11 @@ class AICResult(eqx.Module):
 
     @property
     def c2(self) -> Array:
-        return self.taylor[2]
+        return self.taylor[..., 2]
 
     @property
     def c4(self) -> Array:
-        return self.taylor[4]
+        return self.taylor[..., 4]
 
     def predict(self, t: Any) -> Array:
         """Predicted `Delta L_A(t)` (Taylor polynomial through t^4)."""
@@ -255,6 +255,7 @@ def aic(
     update: PyTree | None = None,
     num_curve: int = 64,
     laws: bool = True,
+    third_order: bool = True,
 ) -> AICResult:
     """Measure the AIC of an aligned model (pure; jit it with the losses static).
 
@@ -283,6 +284,8 @@ def aic(
         laws: compute the Taylor coefficients, times and curve (False leaves
             them nan: the spectrum and eps / coupling only, e.g. inside a sweep
             that has its own exact Taylor coefficients).
+        third_order: compute c3 (needs third derivatives of both losses,
+            about doubling compile and run time of the laws); False leaves it nan.
     """
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k: must be an integer >= 1 (got {k!r})")
@@ -332,12 +335,15 @@ def aic(
         hhg = flat(_hvp(task_loss, params, f_bs, unravel(hg)))
         ha_g = flat(_hvp(align_loss, params, a_bs, unravel(g)))
         ha_hg = flat(_hvp(align_loss, params, a_bs, unravel(hg)))
-        t_a = _third_directional(align_loss, params, a_bs, unravel(g))
-        d3f = flat(_grad_second_directional(task_loss, params, f_bs, unravel(g)))
         matvecs = matvecs + 3
         c1 = -ga @ g
         c2 = 0.5 * g @ ha_g + 0.5 * ga @ hg
-        c3 = -0.5 * g @ ha_hg - t_a / 6.0 - ga @ (hhg + d3f) / 6.0
+        if third_order:
+            t_a = _third_directional(align_loss, params, a_bs, unravel(g))
+            d3f = flat(_grad_second_directional(task_loss, params, f_bs, unravel(g)))
+            c3 = -0.5 * g @ ha_hg - t_a / 6.0 - ga @ (hhg + d3f) / 6.0
+        else:
+            c3 = nan
         c4 = 0.125 * hg @ ha_hg
         taylor = jnp.stack([jnp.zeros((), dtype), c1, c2, c3, c4])
     else:
@@ -381,8 +387,11 @@ def aic(
         task_norm, window_end = nan, nan
 
     tau = jnp.asarray(threshold, dtype)
+    spectral_norm = jnp.maximum(jnp.abs(lam[0]), jnp.max(jnp.abs(eig.ritz_range)))
     if laws:
-        t_fail = quartic_time_to_failure(c4, tau)
+        # A c4 at the round-off level of (1/8) hg^T H_A hg (e.g. gamma = 0) never fails.
+        c4_floor = 64.0 * jnp.finfo(dtype).eps * spectral_norm * (hg @ hg) / 8.0
+        t_fail = quartic_time_to_failure(jnp.where(c4 > c4_floor, c4, 0.0), tau)
         t_max = jnp.where(jnp.isfinite(window_end), window_end, jnp.where(jnp.isfinite(t_fail), 2.0 * t_fail, 1.0))
         t_threshold = time_to_threshold(taylor, tau, t_max)
         curve_time = t_max * jnp.logspace(-4, 0, num_curve, dtype=dtype)
@@ -400,7 +409,7 @@ def aic(
         sharpness=sharp,
         mu=mu,
         gap_ratio=mu / sharp,
-        spectral_norm=jnp.maximum(jnp.abs(lam[0]), jnp.max(jnp.abs(eig.ritz_range))),
+        spectral_norm=spectral_norm,
         rank=gap_rank(lam),
         tail_mass=tail,
         tail_mass_stderr=tail_err,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
 from geomsim.landscapes.base import Landscape, flatten_displacement
@@ -77,3 +78,73 @@ def dense_aic(landscape: Landscape, rank: int) -> DenseAIC:
         basis=basis,
     )
 
+
+
+class DenseModelAIC(eqx.Module):
+    """Dense reference for `geomsim.theory.aic.aic` on a small model.
+
+    eigenvalues: `(d,)` of the alignment operator, descending; basis `(k, d)`;
+    sharpness, mu, eps, coupling, coupling_fisher (F = the operator on S),
+    grad_norm; taylor `(5,)` = (0, c1, c2, c3, c4 leading term), from dense
+    `H_A`, `H_F` and, with `third_order`, the dense third-derivative tensors.
+    """
+
+    eigenvalues: Float[Array, " d"]
+    basis: Float[Array, "k d"]
+    sharpness: Float[Array, ""]
+    mu: Float[Array, ""]
+    eps: Float[Array, ""]
+    coupling: Float[Array, ""]
+    coupling_fisher: Float[Array, ""]
+    grad_norm: Float[Array, ""]
+    taylor: Float[Array, " 5"]
+
+
+def dense_model_aic(align_loss, task_loss, params, batches=None, *, k: int, operator_matrix: Array | None = None,
+                    third_order: bool = True) -> DenseModelAIC:
+    """Dense AIC of `L_A(params, batch)`, `L_F(params, batch)` (O(d^3); tests only).
+
+    `operator_matrix` replaces the alignment Hessian as the matrix that defines
+    S and the spectrum (e.g. a dense GGN or Fisher), as `operator=` does in `aic`.
+    """
+    from geomsim.curvature.dense import _over_batches, dense_hessian
+
+    flat0, unravel = ravel_pytree(params)
+
+    def flat_loss(loss, batch):
+        return (lambda x: loss(unravel(x))) if batch is None else (lambda x: loss(unravel(x), batch))
+
+    hess_a = dense_hessian(align_loss, params, batches)
+    hess_f = dense_hessian(task_loss, params, batches)
+    g = _over_batches(batches, lambda b: jax.grad(flat_loss(task_loss, b))(flat0))
+    ga = _over_batches(batches, lambda b: jax.grad(flat_loss(align_loss, b))(flat0))
+    a = hess_a if operator_matrix is None else operator_matrix
+    evals, evecs = jnp.linalg.eigh(0.5 * (a + a.T))
+    evals, evecs = evals[::-1], evecs[:, ::-1]
+    basis = evecs[:, :k].T
+    hg = hess_f @ g
+    coords = basis @ hg
+    if third_order:
+        t_a = _over_batches(batches, lambda b: jax.jacfwd(jax.hessian(flat_loss(align_loss, b)))(flat0))
+        t_f = _over_batches(batches, lambda b: jax.jacfwd(jax.hessian(flat_loss(task_loss, b)))(flat0))
+        t_a_ggg = jnp.einsum("ijk,i,j,k->", t_a, g, g, g)
+        d3f_gg = jnp.einsum("ijk,j,k->i", t_f, g, g)
+    else:
+        t_a_ggg = jnp.zeros((), flat0.dtype)
+        d3f_gg = jnp.zeros_like(flat0)
+    c1 = -ga @ g
+    c2 = 0.5 * g @ hess_a @ g + 0.5 * ga @ hg
+    c3 = -0.5 * g @ hess_a @ hg - t_a_ggg / 6.0 - ga @ (hess_f @ hg + d3f_gg) / 6.0
+    c4 = 0.125 * hg @ hess_a @ hg
+    gnorm = jnp.linalg.norm(g)
+    return DenseModelAIC(
+        eigenvalues=evals,
+        basis=basis,
+        sharpness=evals[k - 1],
+        mu=evals[k],
+        eps=jnp.linalg.norm(basis @ g) / gnorm,
+        coupling=jnp.linalg.norm(coords),
+        coupling_fisher=jnp.sqrt(jnp.maximum(jnp.sum(evals[:k] * coords**2), 0.0)),
+        grad_norm=gnorm,
+        taylor=jnp.stack([jnp.zeros((), flat0.dtype), c1, c2, c3, c4]),
+    )
