@@ -16,6 +16,8 @@ from geomsim.tasks.language import FINETUNE_TASKS, TASKS
 class TestbedConfigError(ValueError):
     """A bad testbed setting; one line naming the field and the allowed range."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
 
 @dataclass(frozen=True)
 class TestbedConfig:
@@ -59,6 +61,8 @@ class TestbedConfig:
     slq_probes: int = 4
     lora_rank: int = 2
     threshold: float = 0.1
+
+    __test__ = False  # not a pytest test class, despite the name
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,6 +7,7 @@ vmapped over seeds (params carry a leading seed axis).  Checkpoints
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,6 +53,9 @@ class Testbed:
     benign_eval: Batch
     task_train: dict[str, Batch]
     task_eval: dict[str, Batch]
+    compiled: dict[str, Callable] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    __test__ = False  # not a pytest test class, despite the name
 
     def key(self, stream: int, *more: int) -> PRNGKeyArray:
         k = jax.random.fold_in(jax.random.key(self.config.seed), stream)
@@ -97,7 +101,7 @@ def build(config: TestbedConfig) -> Testbed:
 
 def init_params(bed: Testbed) -> PyTree:
     """Fresh transformer parameters for every seed (leading seed axis)."""
-    return jax.vmap(lambda k: as_functional(Transformer(bed.model_config, key=k))[1])(bed.seed_keys(_INIT))
+    return jax.jit(jax.vmap(lambda k: as_functional(Transformer(bed.model_config, key=k))[1]))(bed.seed_keys(_INIT))
 
 
 def _stage(bed: Testbed, params: PyTree, *, stream: int, steps: int, lr: float, harmful_fraction: float,
@@ -141,7 +145,9 @@ def evaluate(bed: Testbed, params: PyTree) -> dict[str, np.ndarray]:
             benign_refusal_rate=benign_refused,
         )
 
-    return {k: np.asarray(v) for k, v in jax.jit(jax.vmap(one))(params).items()}
+    if "evaluate" not in bed.compiled:  # reused for every stage's evaluation
+        bed.compiled["evaluate"] = jax.jit(jax.vmap(one))
+    return {k: np.asarray(v) for k, v in bed.compiled["evaluate"](params).items()}
 
 
 def record_steps(steps: int, records: int) -> np.ndarray:
@@ -158,31 +164,36 @@ def stacked_tasks(bed: Testbed) -> tuple[Batch, Batch]:
     return train_data, eval_data
 
 
-def _over_tasks_and_seeds(fn, params, basis, *per_seed):
-    """vmap `fn(params, basis, *per_seed, train, eval)` over seeds (inner) and tasks (outer)."""
+def _over_tasks_and_seeds(fn, train_data: Batch, eval_data: Batch, *per_seed):
+    """Run `fn(*per_seed_i, train_t, eval_t)` for every task t (outer) and seed i (inner)
+    as one compiled program; per-seed arrays are arguments, not baked-in constants."""
 
-    def per_task(train_data, eval_data):
-        return jax.vmap(lambda p, s, *rest: fn(p, s, *rest, train_data, eval_data))(params, basis, *per_seed)
+    def per_task(td, ed, *seeded):
+        return jax.vmap(lambda *args: fn(*args, td, ed))(*seeded)
 
-    return per_task
+    in_axes = (0, 0) + (None,) * len(per_seed)
+    return jax.jit(jax.vmap(per_task, in_axes=in_axes))(train_data, eval_data, *per_seed)
 
 
-def finetune(bed: Testbed, params: PyTree, basis: Array, *, lr: float, steps: int, records: int) -> Trajectory:
+def finetune(bed: Testbed, params: PyTree, basis: Array, curvature: Array, *, lr: float, steps: int,
+             records: int) -> Trajectory:
     """Full fine-tuning by full-batch gradient descent on every task and seed.
 
     Args:
         params: aligned params with a leading seed axis.
         basis: `(seed, d, k)` orthonormal bases of S at each seed's aligned model.
+        curvature: `(seed, k)` the alignment operator's eigenvalues on S.
         lr, steps, records: learning rate, number of steps, log-spaced records.
 
     Returns:
         A `Trajectory` whose arrays have leading axes `(task, seed)`; it records
         `Delta L_A`, `L_F`, `||P_S delta||`, `||delta||`, and in `extra` the harm
-        rate and the task's held-out accuracy.
+        rate, the task's held-out accuracy, and the S-part of the alignment loss
+        `s_quadratic = (1/2) sum_i lambda_i (u_i . delta)^2`.
     """
     rec = record_steps(steps, records)
 
-    def one(theta0, s, train_data, eval_data):
+    def one(theta0, s, lam, train_data, eval_data):
         land = FunctionLandscape(
             theta0=theta0, align_fn=bed.align_loss,
             task_fn=lambda p: answer_loss(bed.apply_fn, p, train_data),
@@ -190,19 +201,20 @@ def finetune(bed: Testbed, params: PyTree, basis: Array, *, lr: float, steps: in
 
         def extra(delta):
             p = jax.tree.map(jnp.add, theta0, delta)
+            coords = s.T @ ravel_pytree(delta)[0]
             return dict(
                 harm_rate=harm_rate(bed.lang, bed.apply_fn, p, bed.harm_eval),
                 task_accuracy=answer_accuracy(bed.apply_fn, p, eval_data),
+                s_quadratic=0.5 * jnp.sum(lam * coords**2),
             )
 
         return descend(land, optax.sgd(lr), rec, lr, s, extra=extra)
 
-    train_data, eval_data = stacked_tasks(bed)
-    run = jax.jit(jax.vmap(_over_tasks_and_seeds(one, params, basis)))
-    return run(train_data, eval_data)
+    return _over_tasks_and_seeds(one, *stacked_tasks(bed), params, basis, curvature)
 
 
-def finetune_lora(bed: Testbed, params: PyTree, basis: Array, *, lr: float, steps: int, records: int) -> Trajectory:
+def finetune_lora(bed: Testbed, params: PyTree, basis: Array, curvature: Array, *, lr: float, steps: int,
+                  records: int) -> Trajectory:
     """LoRA fine-tuning (rank `config.lora_rank` on every block matrix), every task and seed.
 
     The optimizer moves only the adapter; `extra` holds the harm rate, task
@@ -212,7 +224,7 @@ def finetune_lora(bed: Testbed, params: PyTree, basis: Array, *, lr: float, step
     rec = record_steps(steps, records)
     rank = bed.config.lora_rank
 
-    def one(base, s, key, train_data, eval_data):
+    def one(base, s, lam, key, train_data, eval_data):
         adapter0 = lora_init(base, rank, key)
         flat_base = ravel_pytree(base)[0]
         land = FunctionLandscape(
@@ -224,15 +236,15 @@ def finetune_lora(bed: Testbed, params: PyTree, basis: Array, *, lr: float, step
         def extra(delta):
             p = lora_merge(base, jax.tree.map(jnp.add, adapter0, delta))
             full = ravel_pytree(p)[0] - flat_base
+            coords = s.T @ full
             return dict(
                 harm_rate=harm_rate(bed.lang, bed.apply_fn, p, bed.harm_eval),
                 task_accuracy=answer_accuracy(bed.apply_fn, p, eval_data),
-                full_subspace_norm=jnp.linalg.norm(s.T @ full),
+                s_quadratic=0.5 * jnp.sum(lam * coords**2),
+                full_subspace_norm=jnp.linalg.norm(coords),
                 full_delta_norm=jnp.linalg.norm(full),
             )
 
         return descend(land, optax.sgd(lr), rec, lr, None, extra=extra)
 
-    train_data, eval_data = stacked_tasks(bed)
-    run = jax.jit(jax.vmap(_over_tasks_and_seeds(one, params, basis, bed.seed_keys(_LORA))))
-    return run(train_data, eval_data)
+    return _over_tasks_and_seeds(one, *stacked_tasks(bed), params, basis, curvature, bed.seed_keys(_LORA))

@@ -1,0 +1,5 @@
+import sys
+
+from geomsim.testbed.cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""Curvature diagnostics of the aligned transformer, before any fine-tuning.
+
+Per seed: the alignment operator (Fisher of the refusal prediction, or the
+Hessian of `L_A`), its top eigenpairs (Lanczos) and spectral density (SLQ),
+the rank holding 90% of its trace.  Per (task, seed): the AIC quantities of the
+fine-tuning task against S (eps, gamma in both conventions, overlap score, the
+quartic law's leading term and its AIC bounds), the exact Taylor coefficients c1..c4 of `Delta L_A(t)` along
+gradient flow (Taylor-mode autodiff through the transformer), and the second-
+order prediction of the S-displacement, `P_S delta(t) ~= -t P_S g + t^2/2
+P_S H_F g`.  All vmapped over seeds (and tasks): one compiled program each.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, PyTree
+
+from geomsim.curvature import eigsh, fisher_operator, hessian_operator, spectral_density
+from geomsim.landscapes import FunctionLandscape
+from geomsim.tasks import REFUSE, answer_loss, first_answer_logits
+from geomsim.testbed.stages import Testbed, stacked_tasks
+from geomsim.theory import align_coefficients
+from geomsim.theory.aic import aic
+
+MASS = 0.9
+
+
+class Spectrum(eqx.Module):
+    """Alignment operator at the aligned model (one seed; vmapped: leading seed axis).
+
+    eigenvalues `(n,)` descending, residuals `(n,)`, basis `(d, k)` (S),
+    trace (SLQ estimate), rank90 (smallest r with top-r mass >= 90% of the
+    trace; n + 1 if the computed top-n do not reach it), density nodes / weights
+    (SLQ quadrature, `(probes, m)`).
+    """
+
+    eigenvalues: Float[Array, " n"]
+    residuals: Float[Array, " n"]
+    basis: Float[Array, "d k"]
+    trace: Float[Array, ""]
+    rank90: Array
+    nodes: Float[Array, "p m"]
+    weights: Float[Array, "p m"]
+
+
+def alignment_operator(bed: Testbed, params: PyTree):
+    """The curvature operator defining S: Fisher of the first-answer distribution on
+    harmful prompts (`operator = "fisher"`) or the Hessian of `L_A`."""
+    if bed.config.operator == "hessian":
+        return hessian_operator(lambda p: bed.align_loss(p), params)
+    prompts = bed.harm_eval.tokens[:, : bed.lang.answer_start]
+    targets = jnp.full(prompts.shape[:1], REFUSE)
+
+    def first_logits(p, inputs):
+        return bed.apply_fn(p, inputs)[:, -1, :]
+
+    return fisher_operator(first_logits, params, (prompts, targets))
+
+
+def spectrum(bed: Testbed, params: PyTree) -> Spectrum:
+    """Top eigenpairs, SLQ trace and the 90%-mass rank, for every seed."""
+    cfg = bed.config
+    n = max(4 * cfg.rank, cfg.rank + 1)
+
+    def one(p, key):
+        op = alignment_operator(bed, p).linearize()
+        k_eig, k_slq = jax.random.split(key)
+        eig = eigsh(n, tol=1e-4)(op, k_eig)
+        dens = spectral_density(cfg.slq_probes, cfg.lanczos_iters)(op, k_slq)
+        trace = dens.moment(1)[0] * op.dim
+        mass = jnp.cumsum(jnp.maximum(eig.eigenvalues, 0.0)) / trace
+        rank90 = jnp.where(jnp.any(mass >= MASS), jnp.argmax(mass >= MASS) + 1, n + 1)
+        return Spectrum(
+            eigenvalues=eig.eigenvalues, residuals=eig.residuals, basis=eig.eigenvectors[: cfg.rank].T,
+            trace=trace, rank90=rank90, nodes=dens.nodes, weights=dens.weights,
+        )
+
+    return jax.jit(jax.vmap(one))(params, bed.seed_keys(7))
+
+
+def task_diagnostics(bed: Testbed, params: PyTree, spec: Spectrum) -> dict[str, Array]:
+    """Per (task, seed): AIC quantities against S, exact Taylor c1..c4, and the
+    vectors `P_S g`, `P_S H_F g` (in S coordinates) for the S-displacement prediction."""
+    cfg = bed.config
+    train_data, _ = stacked_tasks(bed)
+
+    def one(p, basis, key, data):
+        def task_loss(q):
+            return answer_loss(bed.apply_fn, q, data)
+
+        op = alignment_operator(bed, p)
+        grad_f = jax.grad(task_loss)(p)
+        # Spectrum-side AIC only (laws=False): the exact Taylor coefficients come
+        # from Taylor-mode autodiff below, which is cheaper to compile than both.
+        res = aic(
+            lambda q: bed.align_loss(q), task_loss, p, k=cfg.rank, operator=op, key=key,
+            tol=1e-4, trace_samples=0, window=False, laws=False,
+            update=jax.tree.map(jnp.negative, grad_f),
+        )
+        land = FunctionLandscape(theta0=p, align_fn=bed.align_loss, task_fn=task_loss)
+        taylor = align_coefficients(land, 4)
+        flat_g, unravel = ravel_pytree(grad_f)
+        hg_tree = jax.jvp(jax.grad(task_loss), (p,), (unravel(flat_g),))[1]
+        hg = ravel_pytree(hg_tree)[0]
+        ha_hg = ravel_pytree(jax.jvp(jax.grad(bed.align_loss), (p,), (hg_tree,))[1])[0]
+        return dict(
+            eps=res.eps, coupling=res.coupling, coupling_fisher=res.coupling_fisher,
+            overlap=res.update_overlap, grad_norm=res.grad_norm, align_grad_norm=res.align_grad_norm,
+            sharpness=res.sharpness, c4_leading=0.125 * hg @ ha_hg,
+            c4_bound=res.sharpness * res.coupling**2 / 8, c4_bound_fisher=res.coupling_fisher**2 / 8,
+            taylor=taylor, s_grad=basis.T @ flat_g, s_hg=basis.T @ hg,
+        )
+
+    # One compiled program (tasks share shapes), called per task: a vmap over
+    # tasks as well would multiply the peak memory of the Taylor-mode pass.
+    per_task = jax.jit(lambda ps, bs, ks, data: jax.vmap(lambda p, b, k: one(p, b, k, data))(ps, bs, ks))
+    keys = bed.seed_keys(8)
+    results = [
+        per_task(params, spec.basis, keys, jax.tree.map(lambda x, i=i: x[i], train_data))
+        for i in range(len(cfg.finetune_tasks))
+    ]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *results)

@@ -1,0 +1,122 @@
+"""The transformer testbed on a tiny config: stages, checkpoints, ground truth, flax."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from geomsim.models import Transformer, as_functional
+from geomsim.tasks import answer_loss
+from geomsim.testbed import diagnostics, stages
+from geomsim.testbed.cli import main
+from geomsim.testbed.config import TestbedConfigError, make_testbed_config
+from geomsim.testbed.run import run_testbed
+
+TINY = dict(
+    seeds=2, n_symbols=6, length=3, modulus=3, width=16, depth=1, heads=2, batch=32,
+    pretrain_steps=40, align_steps=30, finetune_tasks="copy,sort,marker_echo", finetune_size=16,
+    finetune_steps=12, finetune_records=6, early_steps=8, early_records=4, eval_size=24, rank=2,
+    lanczos_iters=8, slq_probes=2, lora_rank=1,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("testbed")
+    return run_testbed(make_testbed_config(None, TINY), out, progress=False)
+
+
+def test_pipeline_outputs(tiny_run):
+    out, s = tiny_run.out_dir, tiny_run.summary
+    for name in ("stages", "spectrum", "diagnostics", "trajectories"):
+        assert (out / f"{name}.csv").exists()
+    for stem in ("fig_tb_spectrum", "fig_tb_forecast", "fig_tb_orthogonality", "fig_tb_taylor", "fig_tb_lora"):
+        assert (out / f"{stem}.png").exists() and (out / f"{stem}.pdf").exists()
+    assert json.loads((out / "summary.json").read_text())["seeds"] == 2
+    # Alignment lowers the refusal loss relative to the pretrained model.
+    assert s["stages"]["align"]["align_loss"] < s["stages"]["pretrain"]["align_loss"]
+    traj = tiny_run.tables["trajectories"]
+    assert set(traj["run"]) == {"full", "early", "lora"}
+    assert set(traj["task"]) == {"copy", "sort", "marker_echo"}
+    assert np.all(np.isfinite(traj["align_increase"]))
+    corr = s["correlation"]["overlap"]
+    assert -1 <= corr["rho"] <= 1 and corr["n_pairs"] == 6
+
+
+def test_checkpoints_are_reused_when_the_config_allows(tiny_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(tiny_run.out_dir / "checkpoints", out / "checkpoints")
+    res = run_testbed(make_testbed_config(None, {**TINY, "finetune_lr": 1e-3}), out, progress=False, stop_after="align")
+    assert "pretrain" not in res.summary["timings"] and "align" not in res.summary["timings"]
+    stages_table = res.tables["stages"]
+    aligned = stages_table["align_loss"][stages_table["stage"] == "align"]
+    # The reloaded aligned models are the ones the fixture trained.
+    np.testing.assert_allclose(np.mean(aligned), tiny_run.summary["stages"]["align"]["align_loss"], rtol=1e-12)
+    res = run_testbed(make_testbed_config(None, {**TINY, "align_steps": 31}), out, progress=False, stop_after="align")
+    assert "align" in res.summary["timings"] and "pretrain" not in res.summary["timings"]
+
+
+def test_recorded_trajectory_matches_a_plain_gradient_descent_loop():
+    cfg = make_testbed_config(None, TINY)
+    bed = stages.build(cfg)
+    params = stages.init_params(bed)
+    d = ravel_pytree(jax.tree.map(lambda x: x[0], params))[0].size
+    basis = jnp.linalg.qr(jax.random.normal(jax.random.key(0), (cfg.seeds, d, 2)))[0]
+    lam = jnp.ones((cfg.seeds, 2))
+    traj = stages.finetune(bed, params, basis, lam, lr=0.05, steps=7, records=3)
+    task = cfg.finetune_tasks.index("sort")
+    p0 = jax.tree.map(lambda x: x[1], params)
+    loss = bed.task_loss("sort")
+    p = p0
+    for _ in range(7):
+        p = jax.tree.map(lambda a, g: a - 0.05 * g, p, jax.grad(loss)(p))
+    np.testing.assert_allclose(traj.align_increase[task, 1, -1], bed.align_loss(p) - bed.align_loss(p0), rtol=1e-8)
+    np.testing.assert_allclose(traj.task_loss[task, 1, -1], loss(p), rtol=1e-8)
+    delta = ravel_pytree(p)[0] - ravel_pytree(p0)[0]
+    np.testing.assert_allclose(traj.subspace_norm[task, 1, -1], jnp.linalg.norm(basis[1].T @ delta), rtol=1e-8)
+    np.testing.assert_allclose(traj.extra["s_quadratic"][task, 1, -1], 0.5 * jnp.sum((basis[1].T @ delta) ** 2), rtol=1e-8)
+
+
+def test_flax_twin_gives_the_same_diagnostics():
+    pytest.importorskip("flax")
+    from geomsim.models.flax_twins import transformer_to_flax
+
+    cfg = make_testbed_config(None, {**TINY, "seeds": 1})
+    bed = stages.build(cfg)
+    model = Transformer(bed.model_config, key=jax.random.key(3))
+    _, eqx_params = as_functional(model)
+    module, flax_weights = transformer_to_flax(model)
+    flax_apply, flax_params = as_functional(module, {"params": flax_weights})
+    flax_bed = dataclasses.replace(bed, apply_fn=flax_apply)
+    add_axis = lambda tree: jax.tree.map(lambda x: x[None], tree)  # noqa: E731
+    spec_e = diagnostics.spectrum(bed, add_axis(eqx_params))
+    spec_f = diagnostics.spectrum(flax_bed, add_axis(flax_params))
+    np.testing.assert_allclose(spec_e.eigenvalues, spec_f.eigenvalues, rtol=1e-6, atol=1e-10)
+    diag_e = diagnostics.task_diagnostics(bed, add_axis(eqx_params), spec_e)
+    diag_f = diagnostics.task_diagnostics(flax_bed, add_axis(flax_params), spec_f)
+    for key in ("eps", "coupling", "overlap", "grad_norm", "taylor"):
+        np.testing.assert_allclose(diag_e[key], diag_f[key], rtol=1e-5, atol=1e-10)
+    # Losses agree too, through the same metric functions.
+    data = bed.task_train["sort"]
+    np.testing.assert_allclose(answer_loss(bed.apply_fn, eqx_params, data), answer_loss(flax_apply, flax_params, data), rtol=1e-10)
+
+
+def test_config_errors_are_one_line(capsys):
+    with pytest.raises(TestbedConfigError, match="heads: must divide width"):
+        make_testbed_config(None, {"width": 10, "heads": 3})
+    with pytest.raises(TestbedConfigError, match="finetune_tasks: unknown task"):
+        make_testbed_config(None, {"finetune_tasks": "copy,nope"})
+    with pytest.raises(TestbedConfigError, match="operator"):
+        make_testbed_config(None, {"operator": "ggn"})
+    with pytest.raises(TestbedConfigError, match="unknown key"):
+        make_testbed_config(None, {"widht": 3})
+    assert main(["--set", "seeds=0", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m geomsim.testbed: error: seeds")
