@@ -78,35 +78,96 @@ def check(numbers: dict, expect: dict) -> list[str]:
     return failures
 
 
+def testbed_numbers(summary: dict) -> dict:
+    """The numbers the testbed figures show (a subset of its summary.json)."""
+    early = summary["early"]["per_task"]
+    return {
+        "parameters": summary["parameters"],
+        "stages": summary["stages"],
+        "rank90": [r["rank90"] for r in summary["spectrum"]["per_seed"]],
+        "correlation": summary["correlation"],
+        "degradation": summary["degradation"],
+        "time_to_threshold": summary["time_to_threshold"],
+        "early_exponents": {
+            task: {
+                "align_increase": [r["align_exponent"] for r in rows],
+                "s_part": [r["s_part_exponent"] for r in rows],
+                "taylor_rel_error_first": [r["taylor_rel_error_first"] for r in rows],
+            }
+            for task, rows in early.items()
+        },
+        "orthogonality": summary["orthogonality"],
+        "lora": summary["lora"],
+        "timings": summary["timings"],
+        "wall_seconds": summary["wall_seconds"],
+    }
+
+
+def check_testbed(summary: dict, expect: dict) -> list[str]:
+    """Failures of the testbed's mathematical checks (see experiments/testbed.toml)."""
+    failures = []
+    harm_aligned = summary["stages"]["align"]["harm_rate"]
+    if harm_aligned > expect.get("max_harm_rate_aligned", 1.0):
+        failures.append(f"aligned models still answer {harm_aligned:.1%} of harmful prompts")
+    harm_pre = summary["stages"]["pretrain"]["harm_rate"]
+    if harm_pre < expect.get("min_harm_rate_pretrained", 0.0):
+        failures.append(f"pretrained models answer only {harm_pre:.1%} of harmful prompts")
+    frac = max(r["rank90"] for r in summary["spectrum"]["per_seed"]) / summary["parameters"]
+    if frac > expect.get("max_rank90_fraction", 1.0):
+        failures.append(f"90% of the alignment trace needs {frac:.2%} of the dimensions")
+    errors = [r["taylor_rel_error_first"] for rows in summary["early"]["per_task"].values() for r in rows]
+    if np.median(errors) > expect.get("max_taylor_rel_error_first_median", np.inf):
+        failures.append(f"Taylor polynomial off by {np.median(errors):.1%} (median) at the first early time")
+    for task, o in summary["orthogonality"].items():
+        if o["prediction_rel_error_median"] > expect.get("max_s_prediction_error_median", np.inf):
+            failures.append(f"{task}: ||P_S delta|| prediction off by {o['prediction_rel_error_median']:.1%} (median)")
+    return failures
+
+
+def _copy_figures(out: Path, names: list[str], target: Path, figures_dir: Path) -> list[str]:
+    target.mkdir(parents=True, exist_ok=True)
+    files = []
+    for fig in names:
+        shutil.copyfile(out / fig, target / fig)
+        files.append(str((target / fig).relative_to(figures_dir.parent)))
+    return files
+
+
 def run_experiment(path: Path, runs_dir: Path, figures_dir: Path):
     from geomsim.sweep import make_config, run_sweep
 
     with open(path, "rb") as handle:
         raw = tomllib.load(handle)
     repro = raw.pop("repro", {})
-    config = make_config(None, raw)
     name = path.stem
     out = runs_dir / name
-    if out.exists():
-        shutil.rmtree(out)
-    result = run_sweep(config, out, progress=False, plots=True)
-    target = figures_dir / name
-    target.mkdir(parents=True, exist_ok=True)
-    files = []
-    for fig in result.meta["figures"]:
-        shutil.copyfile(out / fig, target / fig)
-        files.append(str((target / fig).relative_to(figures_dir.parent)))
-    numbers = summarise(result.results)
-    failures = check(numbers, repro.get("expect", {}))
+    expect = repro.get("expect", {})
+    if repro.get("kind") == "testbed":
+        from geomsim.testbed.config import make_testbed_config
+        from geomsim.testbed.run import run_testbed
+
+        result = run_testbed(make_testbed_config(None, raw), out, progress=False, plots=True)
+        files = _copy_figures(out, result.summary["figures"], figures_dir / name, figures_dir)
+        numbers = testbed_numbers(result.summary)
+        failures = check_testbed(result.summary, expect)
+        wall = result.summary["wall_seconds"]
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        result = run_sweep(make_config(None, raw), out, progress=False, plots=True)
+        files = _copy_figures(out, result.meta["figures"], figures_dir / name, figures_dir)
+        numbers = summarise(result.results)
+        failures = check(numbers, expect)
+        wall = result.meta["wall_seconds"]
     entry = {
         "title": repro.get("title", name),
         "config": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
         "files": files,
         "numbers": numbers,
-        "expect": repro.get("expect", {}),
+        "expect": expect,
         "pass": not failures,
         "failures": failures,
-        "wall_seconds": result.meta["wall_seconds"],
+        "wall_seconds": wall,
     }
     return name, entry, result
 
