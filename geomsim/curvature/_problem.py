@@ -33,6 +33,9 @@ def flat_problem(matvec: Any, params: tuple, like: Any, where: str) -> FlatProbl
       `like`: shapes and tags come from `op` (this is how to vmap over models);
     * otherwise `like` (a pytree or `jax.ShapeDtypeStruct`) gives the vector space.
     """
+    for candidate in (matvec, *params[:1]):
+        if isinstance(candidate, CurvatureOperator) and not candidate.symmetric:
+            raise ValueError(f"{where}: the operator is not tagged symmetric; these algorithms need a symmetric one")
     if isinstance(matvec, CurvatureOperator):
         if params:
             raise ValueError(f"{where}: a CurvatureOperator takes no extra params (got {len(params)})")

@@ -41,6 +41,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from geomsim.curvature._problem import FlatProblem, flat_problem
@@ -152,7 +153,7 @@ def _start_vector(prob: FlatProblem, key, v0) -> Array:
     if v0 is None:
         return noise
     if not hasattr(v0, "ndim"):  # a pytree vector
-        v0 = jax.flatten_util.ravel_pytree(v0)[0]
+        v0 = ravel_pytree(v0)[0]
     v0 = jnp.asarray(v0, prob.dtype)
     if v0.ndim == 2:
         if v0.shape[1] != prob.dim:
@@ -182,11 +183,13 @@ def _extend(prob: FlatProblem, V, H, j, scale, key):
     w, h = _orthogonalise(V, prob.matvec(V[j]))
     beta = jnp.linalg.norm(w)
     scale = jnp.maximum(scale, jnp.sqrt(h @ h + beta**2))
-    fresh, _ = _orthogonalise(V, jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype))
-    fresh_norm = jnp.linalg.norm(fresh)
-    fresh = jnp.where(fresh_norm > 1e-8 * jnp.sqrt(w.shape[0]), fresh / jnp.where(fresh_norm > 0, fresh_norm, 1), 0)
+    def fresh_direction():
+        fresh, _ = _orthogonalise(V, jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype))
+        norm = jnp.linalg.norm(fresh)
+        return jnp.where(norm > 1e-8 * jnp.sqrt(w.shape[0]), fresh / jnp.where(norm > 0, norm, 1), 0)
+
     breakdown = beta <= 1e3 * eps * scale
-    nxt = jnp.where(breakdown, fresh, w / jnp.where(beta > 0, beta, 1))
+    nxt = jax.lax.cond(breakdown, fresh_direction, lambda: w / jnp.where(beta > 0, beta, 1))
     V = V.at[j + 1].set(nxt)
     H = H.at[:, j].set(h).at[j, :].set(h)
     H = H.at[j + 1, j].set(beta).at[j, j + 1].set(beta)
@@ -246,22 +249,28 @@ def _thick_restart(prob: FlatProblem, start, key, num: int, which: str, tol: flo
         H_new = H_new.at[p, :p].set(coupling).at[:p, p].set(coupling)
         return V_new, H_new
 
-    def cond(state):
+    def running(state):
         _, _, _, nmv, _, _, done = state
         return (~done) & (nmv < budget)
 
-    def body(state):
+    def step(state):
         V, H, j, nmv, restarts, scale, _ = state
         V, H, scale = _extend(prob, V, H, j, scale, key)
         j, nmv = j + 1, nmv + 1
         theta, s, _ = _ritz(H, j, m, num, which)
-        done = converged(theta, residuals(H, j, s), j, scale)
-        again = (j == m) & ~done
+        return V, H, j, nmv, restarts, scale, converged(theta, residuals(H, j, s), j, scale)
+
+    def cycle(state):
+        # Grow the basis to m (or to convergence), then restart once: under vmap a
+        # restart inside the per-step loop would be evaluated at every step.
+        state = jax.lax.while_loop(lambda st: running(st) & (st[2] < m), step, state)
+        V, H, j, nmv, restarts, scale, done = state
+        again = (j == m) & ~done & (nmv < budget)
         V, H = jax.lax.cond(again, restart, lambda V, H: (V, H), V, H)
         return V, H, jnp.where(again, p, j), nmv, restarts + again.astype(restarts.dtype), scale, done
 
     init = (V, H, jnp.asarray(0), jnp.asarray(0), jnp.asarray(0), scale, jnp.asarray(False))
-    V, H, j, nmv, restarts, scale, done = jax.lax.while_loop(cond, body, init)
+    V, H, j, nmv, restarts, scale, done = jax.lax.while_loop(running, cycle, init)
     theta, s, ritz_range = _ritz(H, j, m, num, which)
     vecs = s[:, :num].T @ V[:m]
     return EigResult(theta[:num], vecs, residuals(H, j, s), nmv, restarts, done, ritz_range)

@@ -23,8 +23,10 @@ Products:
 
 `op.mv(tree)` acts on pytrees shaped like `params`; `op.mv_flat(vec)` on flat
 vectors (`ravel_pytree` order).  `op.linearize()` returns an operator with the
-forward pass hoisted out of the product (worth it for many products at one
-point, e.g. Lanczos; it keeps the linearisation residuals in memory).
+forward pass hoisted out of the product; it keeps the linearisation residuals
+in memory and was no faster per product for the CPU transformer benchmark
+(benchmarks/RESULTS.md), so the algorithms take the plain operator unless you
+pass a linearised one (try it where the forward pass dominates).
 Data conventions: see `geomsim.curvature.batches`.  GGN and Fisher batches are
 `(inputs, targets)` pairs and `model_fn(params, inputs)` returns outputs whose
 leading axes index samples.

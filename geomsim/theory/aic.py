@@ -319,7 +319,9 @@ def aic(
         raise ValueError(f"operator: must be 'hessian' or a CurvatureOperator (got {type(operator).__name__})")
 
     k_eig, k_trace, k_win = jax.random.split(key, 3)
-    eig = eigsh(n, tol=tol, krylov_dim=krylov_dim, max_matvecs=max_matvecs)(op.linearize(), k_eig)
+    # The plain operator: hoisting the forward pass (`op.linearize()`) costs memory
+    # and measured no faster per product on CPU (benchmarks/RESULTS.md).
+    eig = eigsh(n, tol=tol, krylov_dim=krylov_dim, max_matvecs=max_matvecs)(op, k_eig)
     lam, basis = eig.eigenvalues, eig.eigenvectors[:k]
     matvecs = eig.num_matvecs
 
@@ -377,7 +379,7 @@ def aic(
         tail, tail_err = nan, nan
 
     if window:
-        task_op = HessianOperator(params=params, batches=f_bs, loss=task_loss).linearize()
+        task_op = HessianOperator(params=params, batches=f_bs, loss=task_loss)
         top = eigsh(1, which="largest", tol=1e-3)(task_op, k_win)
         bottom = eigsh(1, which="smallest", tol=1e-3)(task_op, jax.random.fold_in(k_win, 1))
         task_norm = jnp.maximum(jnp.abs(top.eigenvalues[0]), jnp.abs(bottom.eigenvalues[0]))
