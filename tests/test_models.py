@@ -20,9 +20,23 @@ from geomsim.models import (
 CFG = TransformerConfig(vocab_size=11, seq_len=7, width=12, depth=2, num_heads=3, mlp_ratio=2)
 
 
+class _Jitted:
+    """A model whose calls are compiled (eager transformer calls dispatch op by op)."""
+
+    def __init__(self, model):
+        self.model = model
+        self._call = eqx.filter_jit(lambda m, x: m(x))
+
+    def __call__(self, tokens):
+        return self._call(self.model, tokens)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
 @pytest.fixture(scope="module")
 def model():
-    return Transformer(CFG, key=jax.random.key(0))
+    return _Jitted(Transformer(CFG, key=jax.random.key(0)))
 
 
 def test_transformer_shapes_and_param_count(model):
@@ -32,9 +46,9 @@ def test_transformer_shapes_and_param_count(model):
     assert model(tokens[:, :3]).shape == (4, 3, 11)  # shorter sequences use the first positions
     w, v, t, h = 12, 11, 7, 24
     block = 2 * (2 * w) + (3 * w * w + 3 * w) + (w * w + w) + (w * h + h) + (h * w + w)
-    assert num_parameters(model) == v * w + t * w + 2 * block + 2 * w + (w * v + v)
+    assert num_parameters(model.model) == v * w + t * w + 2 * block + 2 * w + (w * v + v)
     tied = Transformer(TransformerConfig(**{**CFG.__dict__, "tie_embeddings": True}), key=jax.random.key(0))
-    assert num_parameters(tied) == num_parameters(model) - (w * v + v)
+    assert num_parameters(tied) == num_parameters(model.model) - (w * v + v)
 
 
 def test_transformer_is_causal(model):
@@ -89,9 +103,9 @@ def test_mlp_and_its_validation():
 
 
 def test_as_functional_equinox_roundtrip(model):
-    apply_fn, params = as_functional(model)
+    apply_fn, params = as_functional(model.model)
     tokens = jax.random.randint(jax.random.key(4), (2, 7), 0, 11)
-    np.testing.assert_array_equal(apply_fn(params, tokens), model(tokens))
+    np.testing.assert_allclose(apply_fn(params, tokens), model(tokens), rtol=1e-12, atol=1e-14)
     leaves = jax.tree.leaves(params)
     assert all(eqx.is_inexact_array(x) for x in leaves)
     with pytest.raises(ValueError, match="^model:"):
@@ -102,11 +116,11 @@ def test_flax_twins_compute_the_same_function(model):
     pytest.importorskip("flax")
     from geomsim.models.flax_twins import flax_param_count, mlp_to_flax, transformer_to_flax
 
-    twin, fparams = transformer_to_flax(model)
+    twin, fparams = transformer_to_flax(model.model)
     apply_flax, p_flax = as_functional(twin, {"params": fparams})
     tokens = jax.random.randint(jax.random.key(5), (3, 7), 0, 11)
-    np.testing.assert_allclose(apply_flax(p_flax, tokens), model(tokens), rtol=1e-12, atol=1e-13)
-    assert flax_param_count(fparams) == num_parameters(model)
+    np.testing.assert_allclose(jax.jit(apply_flax)(p_flax, tokens), model(tokens), rtol=1e-12, atol=1e-13)
+    assert flax_param_count(fparams) == num_parameters(model.model)
     # A freshly initialised twin has the same parameter shapes as the converted one.
     init = twin.init(jax.random.key(0), tokens)["params"]
     assert jax.tree.map(jnp.shape, init) == jax.tree.map(jnp.shape, fparams)
