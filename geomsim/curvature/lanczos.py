@@ -21,10 +21,13 @@ continued with a fresh random vector orthogonal to the basis, so the solver
 also finds further copies of repeated eigenvalues.
 
 Why not `matfree.decomp.tridiag_sym`: it is a fixed-depth Lanczos (no
-restart, no tolerance, one Krylov space from one vector, no breakdown
-handling).  `benchmarks/bench_curvature.py` compares both at equal depth (same
-cost per product) and shows the matvecs this solver saves by stopping at the
-tolerance; matfree remains the engine of the SLQ density and of the traces.
+restart, no tolerance, one Krylov space from one vector) and divides by zero
+on an exact breakdown.  `benchmarks/bench_curvature.py` measured both on the
+transformer Hessian: the same cost per product at equal depth and the same
+number of products for top-20 at 1e-4 (matfree at the smallest sufficient
+depth, which one has to guess; this solver stops by itself with a 30% smaller
+basis).  So the reason is function, not speed; matfree remains the engine of
+the SLQ density and of the traces.
 
 Single-vector Krylov caveat: an eigenvalue of multiplicity r is resolved once
 per Krylov space; its other copies appear only through breakdown restarts or
