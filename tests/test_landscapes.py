@@ -19,11 +19,11 @@ from geomsim.sweep.run import precision
 from geomsim.theory import dense_aic, dense_matrices
 
 
-@settings(max_examples=25, deadline=None)
+# A few shapes (each new shape recompiles every eager op), free values otherwise.
+@settings(max_examples=20, deadline=None)
 @given(
     seed=st.integers(0, 2**16),
-    dim=st.integers(6, 24),
-    rank=st.integers(1, 4),
+    shape=st.sampled_from([(6, 1), (6, 4), (13, 3), (24, 2)]),
     sharpness=st.floats(0.5, 200.0),
     coupling=st.floats(0.0, 3.0),
     mu_frac=st.floats(0.0, 0.2),
@@ -31,8 +31,8 @@ from geomsim.theory import dense_aic, dense_matrices
     grad_norm=st.floats(0.1, 10.0),
     spread=st.floats(1.0, 5.0),
 )
-def test_built_landscape_measures_what_was_requested(seed, dim, rank, sharpness, coupling, mu_frac, eps, grad_norm, spread):
-    rank = min(rank, dim - 2)
+def test_built_landscape_measures_what_was_requested(seed, shape, sharpness, coupling, mu_frac, eps, grad_norm, spread):
+    dim, rank = shape
     mu = mu_frac * sharpness
     land = quadratic_cubic(
         jax.random.key(seed), dim=dim, rank=rank, sharpness=sharpness, coupling=coupling,

@@ -20,7 +20,7 @@ def test_run_all_writes_figures_and_manifest(tmp_path):
     assert entry["pass"] and abs(entry["numbers"]["exponent"]["median"] - 4.0) < 0.1
     assert (figs / "quartic" / "fig_collapse.png").exists()
     # A figure whose numbers contradict its expectation makes the run fail.
-    assert main(args) == 1
+    assert main([*args, "--only", "wrong"]) == 1
     manifest = json.loads((figs / "manifest.json").read_text())
     assert not manifest["figures"]["wrong"]["pass"]
     assert main([*args, "--only", "missing"]) == 2

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -186,6 +187,8 @@ def test_sharded_over_devices_gives_the_same_numbers(tmp_path, quartic_run):
     script = (
         "import os, sys; os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'\n"
         "import geomsim, jax; assert len(jax.devices()) == 2\n"
+        # The same XLA pipeline as this process (conftest may disable optimisations).
+        f"jax.config.update('jax_disable_most_optimizations', {jax.config.read('jax_disable_most_optimizations')})\n"
         "from geomsim.sweep import make_config, run_sweep\n"
         f"cfg = make_config(None, {SMALL!r})\n"
         "res = run_sweep(cfg, sys.argv[1], progress=False, plots=False)\n"

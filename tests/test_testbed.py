@@ -21,7 +21,7 @@ TINY = dict(
     seeds=2, n_symbols=6, length=3, modulus=3, width=16, depth=1, heads=2, batch=32,
     pretrain_steps=40, align_steps=30, finetune_tasks="copy,sort,marker_echo", finetune_size=16,
     finetune_steps=12, finetune_records=6, early_steps=8, early_records=4, eval_size=24, rank=2,
-    lanczos_iters=8, slq_probes=2, lora_rank=1,
+    lanczos_iters=8, slq_probes=2, lora_rank=1, taylor_order=2,  # order 4 doubles the diagnostics' compile
 )
 
 
@@ -96,12 +96,12 @@ def test_flax_twin_gives_the_same_diagnostics():
     flax_apply, flax_params = as_functional(module, {"params": flax_weights})
     flax_bed = dataclasses.replace(bed, apply_fn=flax_apply)
     add_axis = lambda tree: jax.tree.map(lambda x: x[None], tree)  # noqa: E731
-    spec_e = diagnostics.spectrum(bed, add_axis(eqx_params))
-    spec_f = diagnostics.spectrum(flax_bed, add_axis(flax_params))
-    np.testing.assert_allclose(spec_e.eigenvalues, spec_f.eigenvalues, rtol=1e-6, atol=1e-10)
-    diag_e = diagnostics.task_diagnostics(bed, add_axis(eqx_params), spec_e)
-    diag_f = diagnostics.task_diagnostics(flax_bed, add_axis(flax_params), spec_f)
-    for key in ("eps", "coupling", "overlap", "grad_norm", "taylor"):
+    spec = diagnostics.spectrum(bed, add_axis(eqx_params))
+    # The S basis is only used for `s_grad`, `s_hg` (flat coordinates, which differ between the
+    # two pytrees); each model finds its own top-k (sharpness, eps, coupling) by Lanczos.
+    diag_e = diagnostics.task_diagnostics(bed, add_axis(eqx_params), spec, taylor_order=2)
+    diag_f = diagnostics.task_diagnostics(flax_bed, add_axis(flax_params), spec, taylor_order=2)
+    for key in ("sharpness", "eps", "coupling", "overlap", "grad_norm", "taylor"):
         np.testing.assert_allclose(diag_e[key], diag_f[key], rtol=1e-5, atol=1e-10)
     # Losses agree too, through the same metric functions.
     data = bed.task_train["sort"]
@@ -113,6 +113,8 @@ def test_config_errors_are_one_line(capsys):
         make_testbed_config(None, {"width": 10, "heads": 3})
     with pytest.raises(TestbedConfigError, match="finetune_tasks: unknown task"):
         make_testbed_config(None, {"finetune_tasks": "copy,nope"})
+    with pytest.raises(TestbedConfigError, match="taylor_order: must be an integer in"):
+        make_testbed_config(None, {"taylor_order": 7})
     with pytest.raises(TestbedConfigError, match="operator"):
         make_testbed_config(None, {"operator": "ggn"})
     with pytest.raises(TestbedConfigError, match="unknown key"):
@@ -120,3 +122,30 @@ def test_config_errors_are_one_line(capsys):
     assert main(["--set", "seeds=0", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("python -m geomsim.testbed: error: seeds")
+
+
+def test_seed_bootstrap_spearman_matches_scipy_draw_by_draw():
+    from scipy import stats
+
+    from geomsim.testbed import summary
+
+    rng = np.random.default_rng(0)
+    n_tasks, n_seeds = 5, 4
+    seeds = np.tile(np.arange(n_seeds), n_tasks)
+    x = rng.integers(0, 4, size=n_tasks * n_seeds).astype(float)  # ties on purpose
+    y = x + rng.normal(size=x.size)
+    res = summary.spearman_with_ci(x, y, seeds, np.random.default_rng(1))
+    # The same seed draws, one scipy call each.
+    picks = np.random.default_rng(1).integers(0, n_seeds, size=(summary.BOOTSTRAP, n_seeds))
+    draws = []
+    for pick in picks:
+        idx = np.concatenate([np.flatnonzero(seeds == s) for s in pick])
+        draws.append(stats.spearmanr(x[idx], y[idx]).statistic)
+    np.testing.assert_allclose(res["ci95"], np.percentile(draws, [2.5, 97.5]), rtol=1e-12)
+    np.testing.assert_allclose(res["rho"], stats.spearmanr(x, y).statistic)
+    per_seed = [stats.spearmanr(x[seeds == s], y[seeds == s]).statistic for s in range(n_seeds)]
+    np.testing.assert_allclose(res["per_seed_rho"], per_seed, rtol=1e-12)
+    # A monotone relation is rho = 1 in every draw; a constant diagnostic has no rank information.
+    assert summary.spearman_with_ci(x, np.exp(x), seeds, rng)["ci95"] == [1.0, 1.0]
+    flat = summary.spearman_with_ci(np.ones_like(x), y, seeds, rng)
+    assert np.all(np.isnan(flat["ci95"])) and np.isnan(flat["per_seed_mean"])

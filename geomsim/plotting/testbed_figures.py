@@ -46,20 +46,21 @@ def plot_spectrum(spec, summary, out_dir: Path) -> list[Path]:
 def plot_forecast(diag_table, summary, runs, tasks, out_dir: Path) -> list[Path]:
     measured = np.asarray(runs["full"].align_increase[..., -1]).ravel()
     colors = _task_colors(tasks)
-    names = [("overlap", "overlap score $\\|P_S g\\|^2/\\|g\\|^2$"), ("taylor_forecast", "Taylor forecast c1..c4 at $t_N$ (nats)"),
+    names = [("overlap", "overlap score $\\|P_S g\\|^2/\\|g\\|^2$"), ("taylor_forecast", "Taylor forecast at $t_N$ (nats)"),
              ("coupling", "coupling $\\gamma = \\|P_S H_F g\\|$")]
     fig, axes = plt.subplots(1, len(names), figsize=(13, 4.0), constrained_layout=True)
     t_end = float(runs["full"].time[0, 0, -1])
-    taylor = np.stack([diag_table[f"c{j}"] for j in range(1, 5)], axis=-1)
+    order = sum(1 for name in diag_table if name[0] == "c" and name[1:].isdigit())
+    taylor = np.stack([diag_table[f"c{j}"] for j in range(1, order + 1)], axis=-1)
     values = {
         "overlap": diag_table["overlap"], "coupling": diag_table["coupling"],
-        "taylor_forecast": np.sum(taylor * t_end ** np.arange(1, 5), axis=-1),
+        "taylor_forecast": np.sum(taylor * t_end ** np.arange(1, order + 1), axis=-1),
     }
     for ax, (name, label) in zip(axes, names, strict=True):
         x = values[name]
         for task in tasks:
             m = diag_table["task"] == task
-            ax.scatter(np.abs(x[m]) if name != "taylor_forecast" else np.abs(x[m]), measured[m], color=colors[task], label=task, s=22)
+            ax.scatter(np.abs(x[m]), measured[m], color=colors[task], label=task, s=22)
         c = summary["correlation"][name]
         ax.set_xscale("log")
         ax.set_xlabel(label + (" (abs)" if name == "taylor_forecast" else ""))
@@ -103,12 +104,13 @@ def plot_taylor(runs, diag, tasks, out_dir: Path) -> list[Path]:
     for i, task in enumerate(tasks):
         y = np.asarray(early.align_increase[i, 0])
         c = np.asarray(diag["taylor"][i, 0])
-        poly = sum(c[j] * t**j for j in range(1, 5))
+        poly = sum(c[j] * t**j for j in range(1, len(c)))
         ax.loglog(t, np.abs(y), "-", color=colors[task], label=task)
         ax.loglog(t, np.abs(poly), ":", color=colors[task], lw=2)
         ys = np.asarray(early.extra["s_quadratic"][i, 0])
         ax_s.loglog(t[ys > 0], ys[ys > 0], "-", color=colors[task], label=task)
-    ax.plot([], [], "k:", lw=2, label="Taylor polynomial c1..c4 at $\\theta_0$")
+    order = np.asarray(diag["taylor"]).shape[-1] - 1
+    ax.plot([], [], "k:", lw=2, label=f"Taylor polynomial c1..c{order} at $\\theta_0$")
     ax.set_xlabel(TIME_LABEL)
     ax.set_ylabel(r"$|\Delta L_A(t)|$ (nats, seed 0)")
     ax.set_title("Early times: measured vs Taylor expansion", fontsize=9)

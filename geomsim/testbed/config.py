@@ -28,7 +28,8 @@ class TestbedConfig:
     finetune_* (full-batch gradient descent on a fixed benign dataset, recorded
     on a log grid: the degradation after N steps); early_* (the same at a tiny
     learning rate, resolving the early-time Taylor regime).  Diagnostics: alignment rank k, curvature operator
-    ('hessian' or 'fisher'), LoRA rank.
+    ('hessian' or 'fisher'), LoRA rank, the order of the exact Taylor expansion of `Delta L_A(t)`
+    (taylor_order, 1-6; its compile time grows with the order).
     """
 
     seeds: int = 3
@@ -60,6 +61,7 @@ class TestbedConfig:
     lanczos_iters: int = 40
     slq_probes: int = 4
     lora_rank: int = 2
+    taylor_order: int = 4
     threshold: float = 0.1
 
     __test__ = False  # not a pytest test class, despite the name
@@ -84,7 +86,7 @@ ALIGN_FIELDS = (*PRETRAIN_FIELDS, "align_steps", "align_lr", "align_harmful_frac
 _POSITIVE_INT = (
     "seeds", "n_symbols", "length", "width", "depth", "heads", "batch", "pretrain_steps", "align_steps",
     "finetune_size", "finetune_steps", "finetune_records", "early_steps", "early_records", "eval_size", "rank", "lanczos_iters",
-    "slq_probes", "lora_rank",
+    "slq_probes", "lora_rank", "taylor_order",
 )
 _POSITIVE_FLOAT = ("pretrain_lr", "align_lr", "finetune_lr", "early_lr", "threshold")
 
@@ -116,6 +118,8 @@ def validate(config: TestbedConfig) -> TestbedConfig:
     for task in config.finetune_tasks:
         if task not in TASKS:
             raise TestbedConfigError(f"finetune_tasks: unknown task {task!r}; tasks are {', '.join(TASKS)}")
+    if not 1 <= config.taylor_order <= 6:
+        raise TestbedConfigError(f"taylor_order: must be an integer in [1, 6] (got {config.taylor_order!r})")
     if config.operator not in ("hessian", "fisher"):
         raise TestbedConfigError(f"operator: must be 'hessian' or 'fisher' (got {config.operator!r})")
     for prefix in ("finetune", "early"):

@@ -81,9 +81,10 @@ def spectrum(bed: Testbed, params: PyTree) -> Spectrum:
     return jax.jit(jax.vmap(one))(params, bed.seed_keys(7))
 
 
-def task_diagnostics(bed: Testbed, params: PyTree, spec: Spectrum) -> dict[str, Array]:
-    """Per (task, seed): AIC quantities against S, exact Taylor c1..c4, and the
-    vectors `P_S g`, `P_S H_F g` (in S coordinates) for the S-displacement prediction."""
+def task_diagnostics(bed: Testbed, params: PyTree, spec: Spectrum, taylor_order: int = 4) -> dict[str, Array]:
+    """Per (task, seed): AIC quantities against S, exact Taylor c1..c`taylor_order`,
+    and the vectors `P_S g`, `P_S H_F g` (in S coordinates) for the S-displacement
+    prediction.  Arrays have leading axes `(task, seed)`."""
     cfg = bed.config
     train_data, _ = stacked_tasks(bed)
 
@@ -101,7 +102,7 @@ def task_diagnostics(bed: Testbed, params: PyTree, spec: Spectrum) -> dict[str, 
             update=jax.tree.map(jnp.negative, grad_f),
         )
         land = FunctionLandscape(theta0=p, align_fn=bed.align_loss, task_fn=task_loss)
-        taylor = align_coefficients(land, 4)
+        taylor = align_coefficients(land, taylor_order)
         flat_g, unravel = ravel_pytree(grad_f)
         hg_tree = jax.jvp(jax.grad(task_loss), (p,), (unravel(flat_g),))[1]
         hg = ravel_pytree(hg_tree)[0]

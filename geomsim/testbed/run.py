@@ -9,7 +9,7 @@ Output folder:
     checkpoints/        pretrain.eqx / align.eqx (+ .json metadata)
     stages.csv          per seed: L_A, harm rate, benign accuracy after each stage
     spectrum.csv        per seed: top eigenvalues of the alignment operator
-    diagnostics.csv     per (task, seed): eps, gamma, overlap, Taylor c1..c4, ...
+    diagnostics.csv     per (task, seed): eps, gamma, overlap, Taylor c1..c<taylor_order>, ...
     trajectories.csv    tidy: run (full/early/lora), task, seed, step, t, metrics
     summary.json        correlations with bootstrap CIs, exponents, timings
     fig_*.png / .pdf    the testbed figures
@@ -154,7 +154,7 @@ def run_testbed(
     timings["spectrum"] = round(time.perf_counter() - t0, 2)
     bar.advance(1, "spectrum")
     t0 = time.perf_counter()
-    diag = jax.tree.map(np.asarray, diagnostics.task_diagnostics(bed, params, spec))
+    diag = jax.tree.map(np.asarray, diagnostics.task_diagnostics(bed, params, spec, config.taylor_order))
     timings["task_diagnostics"] = round(time.perf_counter() - t0, 2)
     bar.advance(1, "diagnostics")
 
