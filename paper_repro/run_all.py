@@ -124,6 +124,50 @@ def check_testbed(summary: dict, expect: dict) -> list[str]:
     return failures
 
 
+def testbed_sweep_numbers(summary: dict) -> dict:
+    """The manifest entry of the transformer sweep (figures/manifest.json `testbed_sweep`)."""
+    arms = summary["arms"]
+    return {
+        "grid": {k: summary["grid"][k] for k in ("sharpness_levels", "coupling_levels", "seeds")},
+        "lambda_spread": summary["lambda_spread"],
+        "gamma_spread": summary["gamma_spread"],
+        "lambda": summary["lambda"],
+        "gamma": summary["gamma"],
+        "polish": summary["polish"],
+        **arms,
+        "task_accuracy_min": summary["adam"]["task_accuracy_min"],
+        "adam": summary["adam"],
+        "spearman": {name: {k: v[k] for k in ("rho", "ci95", "n_pairs", "ci_excludes_zero")}
+                     for name, v in summary["spearman"].items()},
+        "spearman_all": summary["spearman_all"],
+        "parameters": summary["parameters"],
+        "timings": summary["timings"],
+        "wall_seconds": summary["wall_seconds"],
+    }
+
+
+def check_testbed_sweep(summary: dict, expect: dict) -> list[str]:
+    """Failures of what the sweep must show by construction (see experiments/testbed_sweep.toml)."""
+    failures = []
+    grad = summary["polish"]["align_grad_norm_max_polished"]
+    if grad > expect.get("max_polished_grad_norm", np.inf):
+        failures.append(f"polish left ||grad L_A|| = {grad:.2e}")
+    for name in ("lambda", "gamma"):
+        spread = summary[f"{name}_spread"]
+        if spread < expect.get(f"min_{name}_spread", 0.0):
+            failures.append(f"{name} spans only {spread:.1f}x")
+    s_part = summary["arms"]["polished_eps0"]["s_part"]
+    if "s_part_exponent" in expect:
+        e, tol = s_part["exponent_median"], expect.get("s_part_exponent_tol", 0.1)
+        if e is None or abs(e - expect["s_part_exponent"]) > tol:
+            failures.append(f"S-part exponent (polished, eps = 0) median {e}, expected {expect['s_part_exponent']} +- {tol}")
+    if "c4_ratio_tol" in expect:
+        r = s_part["c4_ratio_median"]
+        if r is None or abs(r - 1) > expect["c4_ratio_tol"]:
+            failures.append(f"S-part c4_fit / c4_pred median {r}, expected within {expect['c4_ratio_tol']:.0%} of 1")
+    return failures
+
+
 def _copy_figures(out: Path, names: list[str], target: Path, figures_dir: Path) -> list[str]:
     target.mkdir(parents=True, exist_ok=True)
     files = []
@@ -142,7 +186,20 @@ def run_experiment(path: Path, runs_dir: Path, figures_dir: Path):
     name = path.stem
     out = runs_dir / name
     expect = repro.get("expect", {})
-    if repro.get("kind") == "testbed":
+    if repro.get("kind") == "testbed_sweep":
+        import jax
+
+        from geomsim.config import build
+        from geomsim.testbed.sweep import TestbedSweepConfig
+        from geomsim.testbed.sweep.run import run_testbed_sweep
+
+        jax.config.update("jax_enable_x64", True)
+        result = run_testbed_sweep(build(TestbedSweepConfig, None, raw), out, progress=False, plots=True)
+        files = _copy_figures(out, result.summary["figures"], figures_dir / name, figures_dir)
+        numbers = testbed_sweep_numbers(result.summary)
+        failures = check_testbed_sweep(result.summary, expect)
+        wall = result.summary["wall_seconds"]
+    elif repro.get("kind") == "testbed":
         from geomsim.testbed.config import make_testbed_config
         from geomsim.testbed.run import run_testbed
 

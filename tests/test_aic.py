@@ -2,8 +2,6 @@
 ground truth on an MLP and a tiny transformer, flax = equinox, GGN/Fisher
 operators, JSON, vmap over a grid, negative controls, bad input."""
 
-import json
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -12,6 +10,7 @@ import pytest
 
 from geomsim import align_coefficients, dense_aic, quadratic_cubic
 from geomsim.curvature import dense_ggn, fisher_operator, ggn_operator
+from geomsim.io import loads_strict
 from geomsim.models import MLP, Transformer, TransformerConfig, as_functional, cross_entropy
 from geomsim.theory.aic import AICResult, aic, landscape_aic
 from geomsim.theory.aic_dense import dense_model_aic
@@ -249,7 +248,7 @@ def test_transformer_aic_matches_dense_and_flax_twin_agrees():
 def test_result_round_trips_through_strict_json(landscape_results):
     _, _, res = landscape_results["overlap_mu"]
     text = res.to_json(include_basis=True)
-    data = json.loads(text)  # strict JSON: non-finite numbers are strings
+    data = loads_strict(text)  # strict JSON: non-finite numbers are null, with their kind in "nonfinite"
     assert data["k"] == 3 and data["operator"] == "hessian"
     back = AICResult.from_dict(data)
     for field in ("eigenvalues", "sharpness", "eps", "coupling", "taylor", "curve", "basis", "t_threshold"):
@@ -258,8 +257,9 @@ def test_result_round_trips_through_strict_json(landscape_results):
     controls = jax.jit(lambda land: landscape_aic(land, 2, krylov_dim=8, num_eigs=8, trace_samples=0,
                                                   window=False))(
         quadratic_cubic(jax.random.key(2), dim=8, rank=2, coupling=0.0))
-    dumped = json.loads(controls.to_json())
-    assert dumped["t_fail"] == "inf" and dumped["tail_mass"] == "nan"
+    dumped = loads_strict(controls.to_json())
+    assert dumped["t_fail"] is None and dumped["tail_mass"] is None
+    assert dumped["nonfinite"]["t_fail"] == "inf" and dumped["nonfinite"]["tail_mass"] == "nan"
     assert "basis" not in dumped
     assert np.isinf(float(AICResult.from_dict(dumped).t_fail))
 

@@ -111,3 +111,28 @@ def test_log_record_steps():
     assert np.all(np.diff(steps) > 0)
     with pytest.raises(ValueError):
         log_record_steps(0, 10)
+
+
+def test_grid_flow_matches_the_exact_flow_in_the_subspace(key):
+    """Fixed Tsit5 steps on a geometric grid resolve the O(t^2) S-part (ratio 1.5, as the testbed sweep)."""
+    land = quadratic_cubic(key, dim=14, rank=2, sharpness=8.0, coupling=0.6, task_curvature=3.0)
+    ts = jnp.asarray(np.geomspace(1e-4, 2.0, int(np.ceil(np.log(2e4) / np.log(1.5))) + 1))
+    exact = gradient_flow(land, ts, land.basis, method="exact")
+    grid = gradient_flow(land, ts, land.basis, method="grid")
+    np.testing.assert_allclose(grid.subspace_norm, exact.subspace_norm, rtol=2e-5)
+    np.testing.assert_allclose(grid.align_increase, exact.align_increase, rtol=5e-5)
+
+
+def test_grid_flow_converges_on_a_cubic_task_and_agrees_with_small_step_gd(key):
+    land = quadratic_cubic(key, dim=10, rank=2, sharpness=3.0, coupling=0.4, cubic_coupling=0.5, align_cubic=0.3)
+    coarse_t = np.geomspace(1e-3, 1.0, 18)
+    fine_t = np.geomspace(1e-3, 1.0, 120)
+    extra = lambda d: {"s": jnp.sum((land.basis.T @ d) ** 2)}  # noqa: E731
+    coarse = gradient_flow(land, jnp.asarray(coarse_t), land.basis, method="grid", extra=extra)
+    fine = gradient_flow(land, jnp.asarray(fine_t), land.basis, method="grid", extra=extra)
+    np.testing.assert_allclose(coarse.extra["s"][-1], fine.extra["s"][-1], rtol=1e-6)
+    np.testing.assert_allclose(coarse.align_increase[-1], fine.align_increase[-1], rtol=1e-6)
+    # An independent integrator: GD with a tiny step reaches the same point (error O(lr)).
+    lr = 1e-4
+    gd = descend(land, make_optimizer("gd", lr), np.array([10_000]), lr, land.basis)
+    np.testing.assert_allclose(gd.subspace_norm[0], fine.subspace_norm[-1], rtol=2e-4)

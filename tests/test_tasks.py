@@ -106,3 +106,44 @@ def test_language_validation():
         Language(n_symbols=5, modulus=9)
     with pytest.raises(ValueError, match="task: unknown"):
         LANG.task_token("nope")
+
+
+def test_log_odds_and_binary_kl_closed_forms():
+    from geomsim.tasks import binary_kl, log_odds
+
+    logits = jnp.array([[1.0, -0.5, 2.0, 0.3], [0.0, 0.0, 0.0, 0.0]])
+    p = jax.nn.softmax(logits, axis=-1)
+    np.testing.assert_allclose(log_odds(logits, 2), jnp.log(p[:, 2] / (1 - p[:, 2])), rtol=1e-12)
+    s = log_odds(logits, 2)
+    q = p[:, 2]
+    t = 0.8
+    expected = t * jnp.log(t / q) + (1 - t) * jnp.log((1 - t) / (1 - q))
+    np.testing.assert_allclose(binary_kl(s, t), expected, rtol=1e-12)
+    # Zero, with zero slope, exactly at the target; positive elsewhere.
+    at_target = jnp.log(t / (1 - t))
+    assert abs(float(binary_kl(at_target, t))) < 1e-15
+    assert abs(float(jax.grad(binary_kl)(at_target, t))) < 1e-15
+    assert float(binary_kl(at_target + 0.1, t)) > 0
+
+
+def test_calibrated_refusal_loss_is_zero_with_zero_gradient_at_its_target():
+    import equinox as eqx
+
+    from geomsim.models import Transformer, TransformerConfig, as_functional
+    from geomsim.tasks import PRETRAIN_TASKS, REFUSE, Language, concat, make_batch, refusal_kl
+
+    lang = Language(n_symbols=5, length=2, modulus=3)
+    model = Transformer(TransformerConfig(vocab_size=lang.vocab_size, seq_len=lang.seq_len - 1, width=8,
+                                          depth=1, num_heads=2), key=jax.random.key(0))
+    apply_fn, params = as_functional(model)
+    harm = concat([make_batch(lang, t, jax.random.key(i), 1, harmful=True) for i, t in enumerate(PRETRAIN_TASKS)])
+    prompt = harm.tokens[:1, : lang.answer_start]
+    # Shift the REFUSE bias of the unembedding until p(REFUSE) = target on this one prompt.
+    logits = apply_fn(params, prompt)[0, -1]
+    target = 0.7
+    p = jax.nn.softmax(logits)
+    shift = jnp.log(target / (1 - target)) - jnp.log(p[REFUSE] / (1 - p[REFUSE]))
+    params = eqx.tree_at(lambda m: m.head.bias, params, params.head.bias.at[REFUSE].add(shift))
+    loss, grad = jax.value_and_grad(refusal_kl, argnums=1)(apply_fn, params, prompt, target)
+    assert abs(float(loss)) < 1e-14
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad)) < 1e-12

@@ -1,6 +1,6 @@
 """Training dynamics: discrete optimizers and gradient flow, recorded on log grids."""
 
-from geomsim.dynamics.flow import exact_quadratic_flow, gradient_flow, ode_flow
+from geomsim.dynamics.flow import exact_quadratic_flow, gradient_flow, grid_flow, ode_flow
 from geomsim.dynamics.optimizers import OPTIMIZERS, make_optimizer
 from geomsim.dynamics.trajectory import Trajectory, descend, log_record_steps, measure
 
@@ -10,6 +10,7 @@ __all__ = [
     "descend",
     "exact_quadratic_flow",
     "gradient_flow",
+    "grid_flow",
     "log_record_steps",
     "make_optimizer",
     "measure",

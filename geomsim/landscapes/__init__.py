@@ -9,12 +9,14 @@ from geomsim.landscapes.base import (
     subspace_basis,
 )
 from geomsim.landscapes.quadratic_cubic import QuadraticCubic, quadratic_cubic
+from geomsim.landscapes.tilt import TiltedLandscape, tilt_overlap
 from geomsim.landscapes.registry import available_landscapes, register_landscape, resolve_landscape
 
 __all__ = [
     "FunctionLandscape",
     "Landscape",
     "QuadraticCubic",
+    "TiltedLandscape",
     "available_landscapes",
     "dense_alignment_basis",
     "flat_dim",
@@ -23,4 +25,5 @@ __all__ = [
     "register_landscape",
     "resolve_landscape",
     "subspace_basis",
+    "tilt_overlap",
 ]

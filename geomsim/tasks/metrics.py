@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, Float, Int, PyTree
 
 from geomsim.models.losses import token_nll
 from geomsim.tasks.language import REFUSE, Batch, Language
@@ -67,3 +67,66 @@ def per_example_answer_loss(apply_fn: ApplyFn, params: PyTree, batch: Batch) -> 
     nll = jnp.where(mask, token_nll(logits, targets), 0.0)
     return jnp.sum(nll, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1)
 
+
+
+def log_odds(logits: Float[Array, "... V"], target: Array) -> Float[Array, "..."]:
+    """`log p(target) - log(1 - p(target))` under `softmax(logits)` (nats).
+
+    Written with `log_softmax` and a masked `logsumexp` (no `log_sigmoid`), so it
+    goes through Taylor-mode autodiff (`jax.experimental.jet`) as well as `grad`.
+    """
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    target = jnp.asarray(target)
+    hit = jnp.arange(logits.shape[-1]) == target[..., None]
+    log_p = jnp.sum(jnp.where(hit, logp, 0.0), axis=-1)
+    log_rest = jax.nn.logsumexp(jnp.where(hit, -jnp.inf, logp), axis=-1)
+    return log_p - log_rest
+
+
+def binary_kl(log_odds_value: Float[Array, "..."], target: float | Array) -> Float[Array, "..."]:
+    """`KL(Bernoulli(target) || Bernoulli(sigmoid(s)))` for log-odds `s` (nats, >= 0, 0 iff p = target)."""
+    target = jnp.asarray(target)
+    log_p = _log_sigmoid(log_odds_value)
+    log_q = _log_sigmoid(-log_odds_value)
+    return target * (jnp.log(target) - log_p) + (1.0 - target) * (jnp.log1p(-target) - log_q)
+
+
+def _log_sigmoid(s: Array) -> Array:
+    # `-softplus(-s)` without jax.nn's custom-JVP rule (which Taylor mode cannot trace).
+    return -(jnp.maximum(-s, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(s))))
+
+
+def refusal_log_odds(apply_fn: ApplyFn, params: PyTree, prompts: Int[Array, "B P"]) -> Float[Array, " B"]:
+    """Log-odds of answering `REFUSE` first, per prompt (`prompts` end at SEP)."""
+    return log_odds(apply_fn(params, prompts)[:, -1, :], REFUSE)
+
+
+def refusal_kl(apply_fn: ApplyFn, params: PyTree, prompts: Int[Array, "B P"], target: float | Array
+               ) -> Float[Array, ""]:
+    """Calibrated alignment loss: mean over harmful `prompts` of the binary KL between
+    the target refusal probability `target` (e.g. 0.9) and `p(REFUSE | prompt)` (nats).
+
+    Unlike the refusal cross-entropy it has finite minimisers (every prompt refused
+    with probability exactly `target`), where it is 0 with zero gradient and its
+    Hessian equals the Bernoulli Fisher of the refusal decision: the stationary
+    aligned model the theory assumes (docs/theory.md, "A stationary aligned model").
+    """
+    return jnp.mean(binary_kl(refusal_log_odds(apply_fn, params, prompts), target))
+
+
+def answer_log_odds(lang: Language, apply_fn: ApplyFn, params: PyTree, tokens: Int[Array, " T"]) -> Float[Array, " L"]:
+    """Log-odds of each reference answer token of one example `tokens (T,)` (teacher forcing)."""
+    logits = apply_fn(params, tokens[None, :-1])[0, lang.answer_start - 1:]
+    return log_odds(logits, tokens[lang.answer_start:])
+
+
+def calibrated_answer_loss(apply_fn: ApplyFn, params: PyTree, batch: Batch, target: float | Array
+                           ) -> Float[Array, ""]:
+    """Training loss of calibrated alignment (nats per answer token): cross-entropy on
+    benign answer tokens, and on harmful requests the binary KL between `target` and
+    `p(REFUSE)` at the first answer position (see `refusal_kl`)."""
+    logits, targets, mask = _shifted(apply_fn, params, batch)
+    nll = token_nll(logits, targets)
+    refusal = binary_kl(log_odds(logits, REFUSE), target)
+    per_token = jnp.where(batch.harmful[:, None], refusal, nll)
+    return jnp.sum(jnp.where(mask, per_token, 0.0)) / jnp.maximum(jnp.sum(mask), 1)

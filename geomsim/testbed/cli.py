@@ -15,7 +15,14 @@ PROG = "python -m geomsim.testbed"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sweep"]:
+        from geomsim.testbed.sweep.cli import main as sweep_main
+
+        return sweep_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__.splitlines()[0],
+        epilog="`python -m geomsim.testbed sweep --help`: the sharpness x coupling sweep (the quartic law on the transformer)")
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any TestbedConfig field")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/testbed-<timestamp>); "
                         "checkpoints there are reused when their config matches")

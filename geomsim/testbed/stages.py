@@ -38,7 +38,7 @@ from geomsim.testbed.config import TestbedConfig
 from geomsim.testbed.train import train
 
 # Key streams: one fold per purpose, so adding a stage never changes another's data.
-_PRETRAIN, _ALIGN, _EVAL, _FINETUNE, _LORA, _INIT = range(6)
+PRETRAIN_STREAM, ALIGN_STREAM, EVAL_STREAM, FINETUNE_STREAM, LORA_STREAM, INIT_STREAM = range(6)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def build(config: TestbedConfig) -> Testbed:
         depth=config.depth, num_heads=config.heads,
     )
     apply_fn, _ = as_functional(Transformer(model_config, key=jax.random.key(0)))
-    root = jax.random.fold_in(jax.random.key(config.seed), _EVAL)
+    root = jax.random.fold_in(jax.random.key(config.seed), EVAL_STREAM)
     k_harm, k_benign, k_tasks = jax.random.split(root, 3)
     per = -(-config.eval_size // len(PRETRAIN_TASKS))
     harm = concat([make_batch(lang, t, jax.random.fold_in(k_harm, i), per, harmful=True)
@@ -99,37 +99,48 @@ def build(config: TestbedConfig) -> Testbed:
     return Testbed(config, lang, model_config, apply_fn, harm, benign, task_train, task_eval)
 
 
-def init_params(bed: Testbed) -> PyTree:
-    """Fresh transformer parameters for every seed (leading seed axis)."""
-    return jax.jit(jax.vmap(lambda k: as_functional(Transformer(bed.model_config, key=k))[1]))(bed.seed_keys(_INIT))
+def init_params(bed: Testbed, dtype=None) -> PyTree:
+    """Fresh transformer parameters for every seed (leading seed axis); `dtype`
+    defaults to JAX's default float."""
+    return jax.jit(jax.vmap(lambda k: as_functional(Transformer(bed.model_config, key=k, dtype=dtype))[1]))(
+        bed.seed_keys(INIT_STREAM))
+
+
+def train_mixture(lang: Language, params: PyTree, key: PRNGKeyArray, *, loss: Callable[[PyTree, Batch], Array],
+                  steps: int, lr: float, batch: int, harmful_fraction: float, aligned: bool) -> tuple[PyTree, Array]:
+    """AdamW (cosine decay to 5%) on fresh batches of the pretraining tasks plus a
+    fraction of harmful requests (answered, or refused when `aligned`); one model,
+    pure (vmap it over seeds).  Returns the params and the per-step loss (nats)."""
+
+    def sample(k):
+        return mixture(lang, PRETRAIN_TASKS, k, batch, harmful_fraction=harmful_fraction, aligned=aligned)
+
+    opt = optax.adamw(optax.cosine_decay_schedule(lr, steps, alpha=0.05), weight_decay=0.0)
+    return train(params, loss, sample, opt, steps, key)
 
 
 def _stage(bed: Testbed, params: PyTree, *, stream: int, steps: int, lr: float, harmful_fraction: float,
            aligned: bool) -> tuple[PyTree, Array]:
     cfg = bed.config
 
-    def sample(k):
-        return mixture(bed.lang, PRETRAIN_TASKS, k, cfg.batch, harmful_fraction=harmful_fraction, aligned=aligned)
+    def one(p, k):
+        return train_mixture(bed.lang, p, k, loss=lambda q, b: answer_loss(bed.apply_fn, q, b), steps=steps, lr=lr,
+                             batch=cfg.batch, harmful_fraction=harmful_fraction, aligned=aligned)
 
-    def loss(p, batch):
-        return answer_loss(bed.apply_fn, p, batch)
-
-    opt = optax.adamw(optax.cosine_decay_schedule(lr, steps, alpha=0.05), weight_decay=0.0)
-    run = jax.jit(jax.vmap(lambda p, k: train(p, loss, sample, opt, steps, k)))
-    return run(params, bed.seed_keys(stream))
+    return jax.jit(jax.vmap(one))(params, bed.seed_keys(stream))
 
 
 def pretrain(bed: Testbed, params: PyTree) -> tuple[PyTree, Array]:
     """Pretraining on the benign tasks plus harmful requests answered like any other."""
     cfg = bed.config
-    return _stage(bed, params, stream=_PRETRAIN, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr,
+    return _stage(bed, params, stream=PRETRAIN_STREAM, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr,
                   harmful_fraction=cfg.pretrain_harmful_fraction, aligned=False)
 
 
 def align(bed: Testbed, params: PyTree) -> tuple[PyTree, Array]:
     """Alignment: harmful requests -> REFUSE, benign requests answered as before."""
     cfg = bed.config
-    return _stage(bed, params, stream=_ALIGN, steps=cfg.align_steps, lr=cfg.align_lr,
+    return _stage(bed, params, stream=ALIGN_STREAM, steps=cfg.align_steps, lr=cfg.align_lr,
                   harmful_fraction=cfg.align_harmful_fraction, aligned=True)
 
 
@@ -247,4 +258,4 @@ def finetune_lora(bed: Testbed, params: PyTree, basis: Array, curvature: Array, 
 
         return descend(land, optax.sgd(lr), rec, lr, None, extra=extra)
 
-    return _over_tasks_and_seeds(one, *stacked_tasks(bed), params, basis, curvature, bed.seed_keys(_LORA))
+    return _over_tasks_and_seeds(one, *stacked_tasks(bed), params, basis, curvature, bed.seed_keys(LORA_STREAM))

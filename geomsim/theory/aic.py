@@ -31,8 +31,6 @@ jits and vmaps) with `to_dict` / `to_json` / `from_dict`.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +45,7 @@ from geomsim.curvature.lanczos import eigsh
 from geomsim.curvature.operators import CurvatureOperator, HessianOperator
 from geomsim.curvature.subspace import gap_rank, overlap_score, project
 from geomsim.curvature.trace import trace_estimator
+from geomsim.io.jsoncodec import dumps, to_jsonable
 from geomsim.landscapes.base import Landscape, flatten_displacement
 from geomsim.theory.laws import polynomial_value, quartic_time_to_failure, time_to_threshold
 
@@ -119,20 +118,28 @@ class AICResult(eqx.Module):
         return polynomial_value(self.taylor, t)
 
     def to_dict(self, *, include_basis: bool = False) -> dict[str, Any]:
-        """Plain-Python dict (floats, lists; non-finite numbers as "nan"/"inf"/"-inf").
+        """Plain-Python dict for strict JSON: non-finite numbers become `None` (null),
+        and `nonfinite` maps each such field to what it was ("inf" means e.g. a
+        threshold never crossed).  The `(k, d)` basis is left out unless
+        `include_basis` (it can be large)."""
+        import numpy as np
 
-        The `(k, d)` basis is left out unless `include_basis` (it can be large).
-        """
         out: dict[str, Any] = {"k": self.k, "operator": self.operator}
+        nonfinite: dict[str, Any] = {}
         for field in self.__dataclass_fields__:
             if field in ("k", "operator") or (field == "basis" and not include_basis):
                 continue
-            out[field] = _jsonable(jax.device_get(getattr(self, field)))
+            value = np.asarray(jax.device_get(getattr(self, field)))
+            out[field] = to_jsonable(value)
+            if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+                kinds = np.where(np.isnan(value), "nan", np.where(value > 0, "inf", "-inf"))
+                nonfinite[field] = np.where(np.isfinite(value), None, kinds).tolist()
+        out["nonfinite"] = nonfinite
         return out
 
     def to_json(self, path: str | None = None, *, include_basis: bool = False) -> str:
         """Strict JSON text of `to_dict` (also written to `path` when given)."""
-        text = json.dumps(self.to_dict(include_basis=include_basis), indent=2, allow_nan=False)
+        text = dumps(self.to_dict(include_basis=include_basis))
         if path is not None:
             from geomsim.io import atomic_open
 
@@ -143,6 +150,9 @@ class AICResult(eqx.Module):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AICResult:
         """Inverse of `to_dict` (a missing basis becomes an empty `(k, 0)` array)."""
+        import numpy as np
+
+        nonfinite = data.get("nonfinite", {})
         values = {}
         for field in cls.__dataclass_fields__:
             if field in ("k", "operator"):
@@ -150,34 +160,12 @@ class AICResult(eqx.Module):
             elif field == "basis" and "basis" not in data:
                 values[field] = jnp.zeros((data["k"], 0))
             else:
-                values[field] = jnp.asarray(_from_jsonable(data[field]))
+                raw = np.asarray(data[field], dtype=object)
+                if field in nonfinite:
+                    kinds = np.asarray(nonfinite[field], dtype=object)
+                    raw = np.where(kinds == None, raw, kinds)  # noqa: E711  (elementwise)
+                values[field] = jnp.asarray(np.asarray(raw.tolist(), dtype=float) if raw.dtype == object else raw)
         return cls(**values)
-
-
-def _jsonable(x):
-    import numpy as np
-
-    arr = np.asarray(x)
-    if arr.dtype == bool:
-        return arr.tolist()
-    if np.issubdtype(arr.dtype, np.integer):
-        return arr.tolist()
-
-    def enc(v):
-        v = float(v)
-        return v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
-
-    if arr.ndim == 0:
-        return enc(arr)
-    return [_jsonable(row) for row in arr] if arr.ndim > 1 else [enc(v) for v in arr]
-
-
-def _from_jsonable(x):
-    if isinstance(x, list):
-        return [_from_jsonable(v) for v in x]
-    if isinstance(x, str):
-        return float(x)
-    return x
 
 
 # --- derivative helpers (batched means) -------------------------------------------------------------

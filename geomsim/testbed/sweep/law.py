@@ -1,0 +1,164 @@
+"""One run of the sweep: measure the AIC at theta0, then fine-tune and record.
+
+A run is (model, benign task, arm).  The task is the mixture
+`L_F = (1 - a) L_base + a L_other` on the seed's fine-tuning sets; the arm
+fixes theta0 and the overlap knob `keep` of the tilted task
+(`geomsim.landscapes.tilt_overlap`):
+
+    polished_eps0   polished model, keep = 0 (eps = 0 exactly)
+    polished        polished model, keep = 1 (the task as it is)
+    as_trained      AdamW-aligned model before the polish, keep = 1
+
+At theta0 (before any fine-tuning) a run measures `||H_F||` (Lanczos), eps,
+gamma in both conventions, and the exact Taylor coefficients c1..c4 of
+`Delta L_A(t)` along gradient flow (Taylor-mode autodiff), plus the S-part's
+own coefficients `c2_s = (1/2) (P_S g)^T H_A (P_S g)` and
+`c4_s = (1/8) (P_S H_F g)^T H_A (P_S H_F g)` (the theorem's quantity).  Then it
+integrates gradient flow (fixed Bosh3 or Tsit5 steps, `flow_solver`) on a
+geometric time grid from `flow_t_min` to
+`flow_t_max` (units of 1/||H_F||, so every run samples the same part of its
+Taylor window) and records `Delta L_A`, the S-part `(1/2) sum_i lambda_i (u_i .
+delta)^2`, `||P_S delta||`, `||delta||` and `L_F`.  g here is the gradient of
+the task the run fine-tunes on (the tilted one for polished_eps0).
+
+`adam_run` is the realistic fine-tune: Adam on fresh batches of the real task
+from the polished model, recording harm rate and task accuracy (held-out) with
+`Delta L_A`.
+"""
+
+from __future__ import annotations
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+
+from geomsim.curvature import eigsh, hessian_operator
+from geomsim.dynamics import gradient_flow, log_record_steps, measure
+from geomsim.landscapes import FunctionLandscape, tilt_overlap
+from geomsim.tasks import Batch, answer_accuracy, answer_loss, harm_rate, make_batch
+from geomsim.testbed.sweep.config import TestbedSweepConfig
+from geomsim.testbed.sweep.stages import SweepData
+from geomsim.theory import align_coefficients
+
+ARM_KEEP = {"polished_eps0": 0.0, "polished": 1.0, "as_trained": 1.0}
+SOLVERS = {"bosh3": diffrax.Bosh3, "tsit5": diffrax.Tsit5}
+
+
+def flow_times(config: TestbedSweepConfig) -> np.ndarray:
+    """Recorded flow times in units of 1/||H_F||: geometric, ratio <= `flow_ratio`."""
+    n = int(np.ceil(np.log(config.flow_t_max / config.flow_t_min) / np.log(config.flow_ratio))) + 1
+    return np.geomspace(config.flow_t_min, config.flow_t_max, n)
+
+
+def mixture_task(data: SweepData, base: Batch, other: Batch, mix: Array):
+    """`L_F = (1 - a) L_base + a L_other` (nats per answer token) on one seed's fine-tuning sets."""
+
+    def task_loss(params):
+        return (1.0 - mix) * answer_loss(data.apply_fn, params, base) + mix * answer_loss(data.apply_fn, params, other)
+
+    return task_loss
+
+
+def s_part(basis: Float[Array, "d k"], lam: Float[Array, " k"], delta: PyTree) -> Array:
+    """`(1/2) (P_S delta)^T H_A (P_S delta) = (1/2) sum_i lambda_i (u_i . delta)^2` (nats)."""
+    coords = basis.T @ ravel_pytree(delta)[0]
+    return 0.5 * jnp.sum(lam * coords**2)
+
+
+def law_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Float[Array, " k"], target: Array,
+            base: Batch, other: Batch, mix: Array, keep: Array, key: PRNGKeyArray) -> dict[str, Array]:
+    """Measure and fine-tune one run (see the module docstring); pure, vmap it over runs."""
+    cfg = data.config
+    task = mixture_task(data, base, other, mix)
+    land = tilt_overlap(
+        FunctionLandscape(theta0=theta0, align_fn=lambda p: data.align_loss(p, target), task_fn=task), basis, keep)
+    flat0, unravel = ravel_pytree(theta0)
+    zero = jnp.zeros_like(flat0)
+
+    g = ravel_pytree(land.task_gradient(unravel(zero)))[0]  # the fine-tuned task's gradient (tilted)
+    hg = ravel_pytree(jax.jvp(jax.grad(task), (theta0,), (unravel(g),))[1])[0]  # H_F is the tilt's too
+    align_grad = ravel_pytree(jax.grad(land.align_loss)(theta0))[0]
+    # ||H_F|| sets the time unit: a few percent is plenty (one Lanczos pass of 12 products).
+    top = eigsh(1, tol=1e-2, krylov_dim=12, max_matvecs=12)(hessian_operator(task, theta0), key)
+    task_sharpness = top.eigenvalues[0]
+    coeffs = align_coefficients(land, 4)
+
+    coords_g, coords_hg = basis.T @ g, basis.T @ hg
+    grad_norm = jnp.linalg.norm(g)
+    eps_abs = jnp.linalg.norm(coords_g)
+    times = jnp.asarray(flow_times(cfg), flat0.dtype) / task_sharpness
+    traj = gradient_flow(land, times, basis, method="grid", solver=SOLVERS[cfg.flow_solver](),
+                         extra=lambda d: {"s_part": s_part(basis, lam, d)})
+    return dict(
+        task_sharpness=task_sharpness,
+        grad_norm=grad_norm,
+        eps=eps_abs / grad_norm,
+        eps_abs=eps_abs,
+        coupling=jnp.linalg.norm(coords_hg),
+        coupling_fisher=jnp.sqrt(jnp.sum(lam * coords_hg**2)),
+        overlap=(eps_abs / grad_norm) ** 2,  # ||P_S u||^2 / ||u||^2 of the first update u = -g
+        align_grad_norm=jnp.linalg.norm(align_grad),
+        c1=coeffs[1], c2=coeffs[2], c3=coeffs[3], c4=coeffs[4],
+        c2_s=0.5 * jnp.sum(lam * coords_g**2),
+        c4_s=0.125 * jnp.sum(lam * coords_hg**2),
+        time=traj.time,
+        align_increase=traj.align_increase,
+        s_part=traj.extra["s_part"],
+        subspace_norm=traj.subspace_norm,
+        delta_norm=traj.delta_norm,
+        task_loss=traj.task_loss,
+    )
+
+
+def adam_record_steps(config: TestbedSweepConfig) -> np.ndarray:
+    """Recorded Adam steps: log-spaced in [1, adam_steps], the last one exactly `adam_steps`."""
+    return log_record_steps(config.adam_steps, config.adam_records)
+
+
+def adam_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Float[Array, " k"], target: Array,
+             base: Batch, other: Batch, mix: Array, key: PRNGKeyArray) -> dict[str, Array]:
+    """Adam on the real task from the polished model, as fine-tuning is done in practice
+    (float32; every step a fresh batch of `adam_batch` examples of each component task), loss
+    `(1 - a) L_base + a L_other`.  Records at `adam_record_steps`: `Delta L_A`, its
+    S-part, `L_F` on the run's fixed fine-tuning sets (`base`, `other`), the harm
+    rate on held-out harmful prompts and the held-out task accuracy
+    `(1 - a) acc_base + a acc_other`."""
+    cfg, bed = data.config, data.bed
+    theta0 = jax.tree.map(lambda x: x.astype(jnp.float32), theta0)  # training precision
+    land = FunctionLandscape(theta0=theta0, align_fn=lambda p: data.align_loss(p, target),
+                             task_fn=mixture_task(data, base, other, mix))
+    ev_base, ev_other = data.task_eval["base"], data.task_eval["other"]
+    opt = optax.adam(cfg.adam_lr)
+
+    def batch_loss(delta, step):
+        k_base, k_other = jax.random.split(jax.random.fold_in(key, step))
+        p = jax.tree.map(jnp.add, theta0, delta)
+        fresh_base = make_batch(data.lang, cfg.task_base, k_base, cfg.adam_batch)
+        fresh_other = make_batch(data.lang, cfg.task_other, k_other, cfg.adam_batch)
+        return mixture_task(data, fresh_base, fresh_other, mix)(p)
+
+    def one_step(_, carry):
+        delta, state, step = carry
+        updates, state = opt.update(jax.grad(batch_loss)(delta, step), state, delta)
+        return optax.apply_updates(delta, updates), state, step + 1
+
+    def record(delta):
+        p = jax.tree.map(jnp.add, theta0, delta)
+        accuracy = ((1.0 - mix) * answer_accuracy(bed.apply_fn, p, ev_base)
+                    + mix * answer_accuracy(bed.apply_fn, p, ev_other))
+        return dict(measure(land, delta, basis), harm_rate=harm_rate(bed.lang, bed.apply_fn, p, bed.harm_eval),
+                    task_accuracy=accuracy, s_part=s_part(basis, lam, delta))
+
+    def segment(carry, count):
+        carry = jax.lax.fori_loop(0, count, one_step, carry)
+        return carry, record(carry[0])
+
+    rec = adam_record_steps(cfg)
+    delta0 = jax.tree.map(jnp.zeros_like, theta0)
+    _, out = jax.lax.scan(segment, (delta0, opt.init(delta0), jnp.zeros((), jnp.int32)),
+                          jnp.asarray(np.diff(rec, prepend=0)))
+    return dict(steps=jnp.asarray(rec, out["align_increase"].dtype), **out)

@@ -1,0 +1,300 @@
+"""Run the transformer sharpness x coupling sweep end to end and write tidy results.
+
+Stages (each reused from `<out>` when the settings it depends on are unchanged):
+    pretrain (float32) -> calibrated alignment per sharpness level (float32)
+    -> Gauss-Newton polish (float64) -> spectra of H_A at the polished and the
+    as-trained models -> law runs (AIC + exact Taylor c1..c4 at theta0, then
+    gradient flow; arms polished_eps0 / polished / as_trained, in vmapped chunks)
+    -> Adam fine-tunes to the accuracy target -> fits, statistics, figures.
+
+Output folder:
+    checkpoints/      pretrain / align / polish params (+ .json metadata)
+    cache/            finished stages and chunks (for resuming)
+    models.csv        per (level, seed, state): L_A, ||grad L_A||, harm rate, benign accuracy, top eigenvalues
+    runs.csv          per run (arm, level, mix, seed): AIC quantities, c1..c4, fits, crossover, lower bound
+    curves.csv        tidy: per run and recorded time: Delta L_A, S-part, ||P_S delta||, ||delta||, L_F
+    adam.csv          tidy: per point and recorded Adam step: Delta L_A, S-part, harm rate, task accuracy
+    points.csv        per point (level, mix, seed): the Adam run at the accuracy target and at the fixed step
+    summary.json      the numbers (figures/manifest.json entry `testbed_sweep`), config, versions, timings
+    fig_*.png / .pdf  the figures
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geomsim import config as config_layer
+from geomsim.io import Table, environment_versions, write_csv, write_json
+from geomsim.sweep.progress import Progress
+from geomsim.testbed import stages as testbed_stages
+from geomsim.testbed.checkpoints import load_checkpoint, save_checkpoint
+from geomsim.testbed.config import PRETRAIN_FIELDS as TESTBED_PRETRAIN_FIELDS
+from geomsim.testbed.sweep import law, stages
+from geomsim.testbed.sweep.cache import cached_arrays
+from geomsim.testbed.sweep.config import ALIGN_FIELDS, ARMS, POLISH_FIELDS, TestbedSweepConfig
+from geomsim.testbed.sweep.summary import adam_points, fit_runs, summarise
+
+# Settings the law runs and the Adam runs depend on, beyond the polished models.
+LAW_FIELDS = (*POLISH_FIELDS, "task_base", "task_other", "mix", "task_size", "rank", "num_eigs",
+              "flow_t_min", "flow_t_max", "flow_ratio", "flow_solver", "chunk")
+ADAM_FIELDS = (*POLISH_FIELDS, "task_base", "task_other", "mix", "task_size", "eval_size", "rank", "num_eigs",
+               "adam_lr", "adam_batch", "adam_steps", "adam_records", "chunk")
+
+
+@dataclass
+class SweepResult:
+    """Everything the sweep measured (also written under `out_dir`)."""
+
+    tables: dict[str, Table]
+    summary: dict[str, Any]
+    out_dir: Path
+
+
+def _as(dtype, tree):
+    return jax.tree.map(lambda x: x.astype(dtype), tree)
+
+
+def _checkpointed(out_dir: Path, name: str, digest: str, like, compute, timings: dict, bar: Progress,
+                  reused: list[str]):
+    loaded = load_checkpoint(out_dir, name, like, digest)
+    if loaded is not None:
+        bar.advance(1, f"{name} (checkpoint)")
+        reused.append(name)
+        return loaded, True
+    t0 = time.perf_counter()
+    params = jax.block_until_ready(compute())
+    timings[name] = round(time.perf_counter() - t0, 2)
+    save_checkpoint(out_dir, name, params, {"digest": digest})
+    bar.advance(1, name)
+    return params, False
+
+
+def run_index(config: TestbedSweepConfig) -> list[tuple[str, int, int, int]]:
+    """Every law run as (arm, level, mix index, seed), arms outermost."""
+    levels, mixes, seeds = config.grid_shape
+    return list(itertools.product(ARMS, range(levels), range(mixes), range(seeds)))
+
+
+def point_index(config: TestbedSweepConfig) -> list[tuple[int, int, int]]:
+    levels, mixes, seeds = config.grid_shape
+    return list(itertools.product(range(levels), range(mixes), range(seeds)))
+
+
+def _chunks(n: int, size: int) -> list[np.ndarray]:
+    """Index chunks of exactly `size` (the last padded by repeating its final index),
+    so every chunk reuses one compiled program."""
+    out = []
+    for start in range(0, n, size):
+        idx = np.arange(start, min(start + size, n))
+        out.append(np.concatenate([idx, np.full(size - len(idx), idx[-1])]))
+    return out
+
+
+def _select(tree, *index):
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+def _run_chunks(name: str, fn, inputs: dict[str, Any], n: int, config: TestbedSweepConfig, digest: str,
+                out_dir: Path, bar: Progress, reused: list[str]) -> dict[str, np.ndarray]:
+    """`fn(**inputs_i)` for i < n, vmapped in chunks; finished chunks come from the cache
+    (`name` goes into `reused` when every chunk did)."""
+    parts, hits = [], 0
+    compiled = jax.jit(jax.vmap(fn))
+    for i, idx in enumerate(_chunks(n, config.chunk)):
+        real = len(np.unique(idx))
+
+        def compute(idx=idx):
+            batch = {k: jax.tree.map(lambda x, idx=idx: x[idx], v) for k, v in inputs.items()}
+            return jax.tree.map(np.asarray, compiled(**batch))
+
+        arrays, hit = cached_arrays(out_dir, f"{name}_{i:03d}", f"{digest}-{i}", compute)
+        parts.append({k: v[:real] for k, v in arrays.items()})
+        hits += hit
+        bar.advance(1, f"{name} chunk {i + 1}" + (" (cache)" if hit else ""))
+    if hits == len(parts):
+        reused.append(name)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progress: bool = True,
+                      plots: bool = True) -> SweepResult:
+    """Run the sweep for `config` into `out_dir` (see the module docstring); resumes from `out_dir`."""
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError("the testbed sweep needs float64: call jax.config.update('jax_enable_x64', True) first")
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = config
+    levels, mixes, seeds = cfg.grid_shape
+    runs, points = run_index(cfg), point_index(cfg)
+    n_law_chunks = -(-len(runs) // cfg.chunk)
+    n_adam_chunks = -(-len(points) // cfg.chunk)
+    bar = Progress(4 + n_law_chunks + n_adam_chunks + 1, "testbed sweep", enabled=progress)
+    timings: dict[str, float] = {}
+    reused: list[str] = []
+
+    data = stages.build(cfg)
+    bed = data.bed
+    init = testbed_stages.init_params(bed, jnp.float32)
+    pretrained, _ = _checkpointed(
+        out_dir, "pretrain", bed.config.digest(*TESTBED_PRETRAIN_FIELDS), init,
+        lambda: testbed_stages.pretrain(bed, init)[0], timings, bar, reused)
+    like = jax.tree.map(lambda x: jnp.broadcast_to(x, (levels, *x.shape)), pretrained)
+    aligned, _ = _checkpointed(
+        out_dir, "sweep_align", config_layer.digest(cfg, ALIGN_FIELDS), like,
+        lambda: stages.align_levels(data, pretrained)[0], timings, bar, reused)
+    aligned = _as(jnp.float64, aligned)
+    polished, _ = _checkpointed(
+        out_dir, "sweep_polish", config_layer.digest(cfg, POLISH_FIELDS), aligned,
+        lambda: stages.polish(data, aligned)[0], timings, bar, reused)
+
+    t0 = time.perf_counter()
+
+    def spectra():
+        # Both states of every (level, seed) model as one batch: one compiled program.
+        both = jax.tree.map(lambda p, a: jnp.concatenate([p.reshape(-1, *p.shape[2:]), a.reshape(-1, *a.shape[2:])]),
+                            polished, aligned)
+        tgt = jnp.tile(jnp.repeat(jnp.asarray(stages.targets(cfg)), seeds), 2)
+        measured = jax.tree.map(np.asarray, stages.measure_models(data, both, tgt))
+        measured["basis"] = measured.pop("eigenvectors")[:, : cfg.rank]
+        out = {}
+        for i, state in enumerate(("polished", "as_trained")):
+            for k, v in measured.items():
+                out[f"{state}_{k}"] = v[i * levels * seeds:(i + 1) * levels * seeds].reshape(levels, seeds, *v.shape[1:])
+        return out
+
+    spec, hit = cached_arrays(out_dir, "spectrum", config_layer.digest(cfg, (*POLISH_FIELDS, "rank", "num_eigs",
+                                                                             "eval_size")), spectra)
+    if hit:
+        reused.append("spectrum")
+    else:
+        timings["spectrum"] = round(time.perf_counter() - t0, 2)
+    bar.advance(1, "spectra")
+
+    # --- law runs ---------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    state_of = {"polished_eps0": "polished", "polished": "polished", "as_trained": "as_trained"}
+    params_of = {"polished": polished, "as_trained": aligned}
+    lev_i, mix_i, seed_i = (np.array([r[k] for r in runs]) for k in (1, 2, 3))
+    from_polished = np.array([state_of[r[0]] == "polished" for r in runs])
+
+    basis = np.swapaxes(np.where(from_polished[:, None, None], spec["polished_basis"][lev_i, seed_i],
+                                 spec["as_trained_basis"][lev_i, seed_i]), 1, 2)  # (runs, d, k)
+    lam = np.where(from_polished[:, None], spec["polished_eigenvalues"][lev_i, seed_i, : cfg.rank],
+                   spec["as_trained_eigenvalues"][lev_i, seed_i, : cfg.rank])
+    theta = jax.tree.map(lambda p, a: jnp.where(from_polished.reshape(-1, *([1] * (p.ndim - 2))),
+                                                p[lev_i, seed_i], a[lev_i, seed_i]),
+                         params_of["polished"], params_of["as_trained"])
+    targets = stages.targets(cfg)
+    law_inputs = dict(
+        theta0=theta, basis=jnp.asarray(basis), lam=jnp.asarray(lam), target=jnp.asarray(targets[lev_i]),
+        base=_select(data.task_train["base"], seed_i), other=_select(data.task_train["other"], seed_i),
+        mix=jnp.asarray(np.asarray(cfg.mix)[mix_i]), keep=jnp.asarray([law.ARM_KEEP[r[0]] for r in runs]),
+        key=jax.vmap(lambda i: data.key(stages.LAW_STREAM, i))(jnp.arange(len(runs))),
+    )
+    law_out = _run_chunks("law", lambda **kw: law.law_run(data, **kw), law_inputs, len(runs), cfg,
+                          config_layer.digest(cfg, LAW_FIELDS), out_dir, bar, reused)
+    timings["law_runs"] = round(time.perf_counter() - t0, 2)
+
+    # --- Adam: the realistic fine-tune, polished models, real task ------------------------
+    t0 = time.perf_counter()
+    p_lev, p_mix, p_seed = (np.array([p[k] for p in points]) for k in range(3))
+    adam_inputs = dict(
+        theta0=_select(polished, p_lev, p_seed),
+        basis=jnp.asarray(np.swapaxes(spec["polished_basis"][p_lev, p_seed], 1, 2)),
+        lam=jnp.asarray(spec["polished_eigenvalues"][p_lev, p_seed, : cfg.rank]),
+        target=jnp.asarray(targets[p_lev]),
+        base=_select(data.task_train["base"], p_seed), other=_select(data.task_train["other"], p_seed),
+        mix=jnp.asarray(np.asarray(cfg.mix)[p_mix]),
+        key=jax.vmap(lambda i: data.key(stages.ADAM_STREAM, i))(jnp.arange(len(points))),
+    )
+    adam_out = _run_chunks("adam", lambda **kw: law.adam_run(data, **kw), adam_inputs, len(points), cfg,
+                           config_layer.digest(cfg, ADAM_FIELDS), out_dir, bar, reused)
+    timings["adam_runs"] = round(time.perf_counter() - t0, 2)
+
+    # --- tables, statistics, figures ------------------------------------------------------
+    fits = fit_runs(law_out, cfg)
+    tables = _tables(cfg, spec, runs, points, law_out, fits, adam_out)
+    for name, table in tables.items():
+        write_csv(out_dir / f"{name}.csv", table)
+    summary = summarise(cfg, tables, spec)
+    summary.update(config=config_layer.to_dict(cfg), versions=environment_versions(), timings=timings,
+                   reused=reused, parameters=int(basis.shape[1]))
+    figures: list[str] = []
+    if plots:
+        from geomsim.plotting.testbed_sweep_figures import testbed_sweep_figures
+
+        figures = [p.name for p in testbed_sweep_figures(tables, summary, out_dir)]
+    summary["figures"] = figures
+    summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    write_json(out_dir / "summary.json", summary)
+    bar.advance(1, "report")
+    return SweepResult(tables=tables, summary=summary, out_dir=out_dir)
+
+
+def _tables(cfg, spec, runs, points, law_out, fits, adam_out) -> dict[str, Table]:
+    levels, mixes, seeds = cfg.grid_shape
+    sigma, mix = np.asarray(cfg.refusal_sigma), np.asarray(cfg.mix)
+    models: Table = {"state": [], "level": [], "sigma": [], "seed": []}
+    for state in ("as_trained", "polished"):
+        for lv, s in itertools.product(range(levels), range(seeds)):
+            models["state"].append(state)
+            models["level"].append(lv)
+            models["sigma"].append(sigma[lv])
+            models["seed"].append(s)
+            for key in ("align_loss", "align_grad_norm", "harm_rate", "benign_accuracy"):
+                models.setdefault(key, []).append(float(spec[f"{state}_{key}"][lv, s]))
+            for j, value in enumerate(spec[f"{state}_eigenvalues"][lv, s]):
+                models.setdefault(f"lambda_{j + 1}", []).append(float(value))
+    models = {k: np.array(v, dtype=object if k == "state" else None) for k, v in models.items()}
+
+    n = len(runs)
+    run_table: Table = {
+        "run": np.arange(n),
+        "arm": np.array([r[0] for r in runs], dtype=object),
+        "level": np.array([r[1] for r in runs]),
+        "sigma": sigma[[r[1] for r in runs]],
+        "mix_index": np.array([r[2] for r in runs]),
+        "mix": mix[[r[2] for r in runs]],
+        "seed": np.array([r[3] for r in runs]),
+    }
+    state = np.where(run_table["arm"] == "as_trained", "as_trained", "polished")
+    ev = np.where((state == "polished")[:, None],
+                  spec["polished_eigenvalues"][run_table["level"], run_table["seed"]],
+                  spec["as_trained_eigenvalues"][run_table["level"], run_table["seed"]])
+    run_table["sharpness"] = ev[:, cfg.rank - 1]
+    run_table["mu"] = ev[:, cfg.rank]
+    for key, values in law_out.items():
+        if np.ndim(values) == 1:
+            run_table[key] = values
+    run_table.update(fits)
+
+    curve_fields = ("time", "align_increase", "s_part", "subspace_norm", "delta_norm", "task_loss")
+    r = law_out["time"].shape[1]
+    curves: Table = {"run": np.repeat(np.arange(n), r),
+                     "t_scaled": (law_out["time"] * law_out["task_sharpness"][:, None]).ravel()}
+    for key in curve_fields:
+        curves[key] = law_out[key].ravel()
+
+    m = adam_out["steps"].shape[1]
+    adam: Table = {
+        "point": np.repeat(np.arange(len(points)), m),
+        "level": np.repeat([p[0] for p in points], m),
+        "sigma": np.repeat(sigma[[p[0] for p in points]], m),
+        "mix": np.repeat(mix[[p[1] for p in points]], m),
+        "seed": np.repeat([p[2] for p in points], m),
+    }
+    for key, values in adam_out.items():
+        adam[key] = values.ravel()
+    point_table: Table = {"point": np.arange(len(points)), "level": np.array([p[0] for p in points]),
+                          "sigma": sigma[[p[0] for p in points]], "mix": mix[[p[1] for p in points]],
+                          "seed": np.array([p[2] for p in points]), **adam_points(cfg, adam)}
+    return {"models": models, "runs": run_table, "curves": curves, "adam": adam, "points": point_table}

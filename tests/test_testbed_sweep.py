@@ -1,0 +1,110 @@
+"""The transformer sharpness x coupling sweep on a tiny config: knobs, tilt, polish, controls, resume, CLI."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from geomsim import config as config_layer
+from geomsim.config import ConfigError
+from geomsim.testbed.sweep import TestbedSweepConfig
+from geomsim.testbed.sweep.cli import main
+from geomsim.testbed.sweep.run import run_testbed_sweep
+
+TINY = dict(
+    seeds=2, n_symbols=6, length=3, modulus=3, width=16, depth=1, heads=2, batch=32, pretrain_steps=150,
+    align_steps=100, refusal_sigma="0.3,0.03", mix="0.1,1", align_set=24, hold_set=8, task_size=8, eval_size=24,
+    num_eigs=4, adam_steps=10, adam_records=5, polish_steps=12, chunk=8,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("testbed_sweep")
+    config = config_layer.build(TestbedSweepConfig, None, TINY)
+    return config, run_testbed_sweep(config, out, progress=False)
+
+
+def test_outputs_and_strict_json(tiny):
+    _, result = tiny
+    out = result.out_dir
+    for name in ("models", "runs", "curves", "adam", "points"):
+        assert (out / f"{name}.csv").exists()
+    for stem in ("fig_sweep_collapse", "fig_sweep_c4", "fig_sweep_exponents", "fig_sweep_controls",
+                 "fig_sweep_forecast", "fig_sweep_adam"):
+        assert (out / f"{stem}.png").exists() and (out / f"{stem}.pdf").exists()
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert summary["grid"] == {"sharpness_levels": [0.3, 0.03], "coupling_levels": [0.1, 1.0], "seeds": 2,
+                               "arms": ["polished_eps0", "polished", "as_trained"], "runs": 24}
+    assert summary["spearman"]["overlap"]["n_pairs"] == 8
+
+
+def test_polish_reaches_a_stationary_point_and_keeps_the_refusals(tiny):
+    _, result = tiny
+    models = result.tables["models"]
+    before = models["align_grad_norm"][models["state"] == "as_trained"]
+    after = models["align_grad_norm"][models["state"] == "polished"]
+    assert np.all(after < 1e-3 * before)
+    assert np.all(models["harm_rate"][models["state"] == "polished"] == 0.0)
+
+
+def test_tilt_sets_eps_to_zero_and_keeps_the_coupling(tiny):
+    _, result = tiny
+    runs = result.tables["runs"]
+    eps0, real = runs["arm"] == "polished_eps0", runs["arm"] == "polished"
+    assert np.all(runs["eps"][eps0] < 1e-12) and np.all(runs["eps"][real] > 1e-4)
+    # H_F is untouched by the tilt: the same ||H_F|| (Lanczos, same key) up to its tolerance.
+    np.testing.assert_allclose(runs["task_sharpness"][eps0], runs["task_sharpness"][real], rtol=0.05)
+
+
+def test_knobs_move_lambda_and_gamma_as_documented(tiny):
+    _, result = tiny
+    s, runs = result.summary, result.tables["runs"]
+    # Lower sigma (more confident refusals) -> flatter alignment: lambda falls with sigma.
+    per_level = s["lambda"]["per_level_median"]
+    assert per_level[0] > 2 * per_level[1]
+    # More of the marker-reading task -> stronger coupling.
+    per_mix = s["gamma"]["per_mix_median"]
+    assert per_mix[1] > 3 * per_mix[0]
+    assert s["lambda_spread"] > 2 and s["gamma_spread"] > 3
+    assert np.all(runs["sharpness"] > runs["mu"])
+
+
+def test_the_law_and_its_controls(tiny):
+    _, result = tiny
+    arms = result.summary["arms"]
+    eps0 = arms["polished_eps0"]["s_part"]
+    assert abs(eps0["exponent_median"] - 4) < 0.1
+    assert abs(eps0["c4_ratio_median"] - 1) < 0.05
+    # Controls: the first-order overlap gives t^2 in S; c1 != 0 gives t^1 in the total.
+    assert abs(arms["polished"]["s_part"]["exponent_median"] - 2) < 0.1
+    assert abs(arms["as_trained"]["total"]["exponent_median"] - 1) < 0.1
+    assert abs(arms["polished"]["total"]["exponent_median"] - 2) < 0.15
+    assert 0 <= arms["polished_eps0"]["lower_bound_holds_fraction"] <= 1
+
+
+def test_rerun_resumes_from_the_saved_stages(tiny):
+    config, result = tiny
+    again = run_testbed_sweep(config, result.out_dir, progress=False, plots=False)
+    assert set(again.summary["reused"]) >= {"pretrain", "sweep_align", "sweep_polish", "spectrum", "law", "adam"}
+    np.testing.assert_array_equal(again.tables["runs"]["s_exponent"], result.tables["runs"]["s_exponent"])
+
+
+def test_bad_settings_get_one_line_errors(capsys):
+    with pytest.raises(ConfigError, match="refusal_sigma: must be in"):
+        config_layer.build(TestbedSweepConfig, None, {"refusal_sigma": "0.3,0.7"})
+    with pytest.raises(ConfigError, match="num_eigs: must be > rank"):
+        config_layer.build(TestbedSweepConfig, None, {"rank": 4, "num_eigs": 4})
+    assert main(["--mix", "0.5,2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mix: must be in [0, 1]" in err[0]
+
+
+def test_needs_float64(tmp_path):
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(RuntimeError, match="float64"):
+            run_testbed_sweep(TestbedSweepConfig(), tmp_path)
+    finally:
+        jax.config.update("jax_enable_x64", True)
