@@ -1,11 +1,12 @@
-"""Benchmark of the transformer testbed pipeline (issue 4).
+"""Benchmark of the transformer testbed pipelines (issues 4 and 8).
 
-  python benchmarks/bench_testbed.py [--repeats 3]
+  python benchmarks/bench_testbed.py [--repeats 3]                 # python -m geomsim.testbed
+  python benchmarks/bench_testbed.py --sweep [--repeats 3]         # python -m geomsim.testbed sweep
+  python benchmarks/bench_testbed.py --sweep -- --seeds 2          # extra CLI arguments after --
 
-Runs `python -m geomsim.testbed` (pretrain + align + diagnostics + 5 benign
-fine-tunes x {full, early, LoRA}, 3 seeds) in fresh processes into fresh
-folders (no checkpoint reuse) and reports wall time, peak RSS, and the per-stage
-timings the pipeline records.  Prints a markdown table for benchmarks/RESULTS.md.
+Runs the command in fresh processes into fresh folders (no checkpoint or cache
+reuse) and reports wall time, peak RSS, and the per-stage timings the pipeline
+records.  Prints a markdown table for benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -25,24 +26,27 @@ import time
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--set", action="append", default=[], help="forwarded to the testbed CLI")
+    parser.add_argument("--sweep", action="store_true", help="benchmark `python -m geomsim.testbed sweep`")
+    parser.add_argument("--set", action="append", default=[], help="forwarded to the testbed CLI as --set")
+    parser.add_argument("extra", nargs="*", help="further CLI arguments (after --)")
     args = parser.parse_args()
-    extra = [a for s in args.set for a in ("--set", s)]
+    command = [sys.executable, "-m", "geomsim.testbed", *(["sweep"] if args.sweep else [])]
+    extra = [a for s in args.set for a in ("--set", s)] + args.extra
     walls, rss, stage_times = [], [], []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as out:
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "geomsim.testbed", "--out", out, "--quiet", *extra],
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run([*command, "--out", out, "--quiet", *extra], check=True, stdout=subprocess.DEVNULL)
             walls.append(time.perf_counter() - t0)
-            rss.append(max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024)
+            # Children's peak RSS so far (the max over the runs, in KiB on Linux).
+            rss.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
             with open(os.path.join(out, "summary.json")) as handle:
                 stage_times.append(json.load(handle)["timings"])
+    shown = " ".join(["python -m geomsim.testbed", *(["sweep"] if args.sweep else []), *extra])
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}\n")
     print("| command | wall time (median) | peak RSS (max) | runs |")
     print("| --- | --- | --- | --- |")
-    print(f"| `python -m geomsim.testbed` (fresh process, no checkpoints) | {statistics.median(walls):.0f} s | "
+    print(f"| `{shown}` (fresh process, nothing reused) | {statistics.median(walls):.0f} s | "
           f"{max(rss) / 1024:.2f} GiB | {', '.join(f'{w:.0f}' for w in walls)} s |")
     print("\n| stage | seconds (median, incl. compile) |\n| --- | --- |")
     for name in stage_times[0]:

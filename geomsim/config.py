@@ -38,15 +38,15 @@ class ConfigError(ValueError):
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, check: Check | None = None,
-           parse: Callable[[str, Any], Any] | None = None, flag: bool = True,
+           parse: Callable[[str, Any], Any] | None = None, flag: bool = True, shown: str | None = None,
            default_factory: Any = dataclasses.MISSING) -> Any:
     """A dataclass field with its help text, range check and (optional) custom parser.
 
     `parse(name, raw) -> value` replaces the type-driven parser (e.g. a grid axis
     given as `lo:hi:n`); `flag=False` keeps a field out of the command line (a
-    TOML-only table).
+    TOML-only table); `shown` is how `--help` shows the default (e.g. a long tuple).
     """
-    metadata = {"help": help, "check": check, "parse": parse, "flag": flag}
+    metadata = {"help": help, "check": check, "parse": parse, "flag": flag, "shown": shown}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -244,7 +244,8 @@ def add_flags(parser: argparse.ArgumentParser, cls) -> None:
         if not field.metadata.get("flag", True):
             continue
         flag = "--" + name.replace("_", "-")
-        text = f"{field.metadata['help']} (default: {_shown(getattr(defaults, name))})"
+        shown = field.metadata.get("shown") or _shown(getattr(defaults, name))
+        text = f"{field.metadata['help']} (default: {shown})"
         if annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:

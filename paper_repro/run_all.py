@@ -27,28 +27,6 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def summarise(results) -> dict:
-    """The numbers a sweep's figures show, as plain JSON types."""
-    ok = results["status"] == "ok"
-    status, counts = np.unique(results["status"].astype(str), return_counts=True)
-    out: dict = {"runs": int(len(ok)), "status_counts": {str(s): int(c) for s, c in zip(status, counts, strict=True)}}
-    if ok.any():
-        e = results["exponent"][ok]
-        out["exponent"] = {
-            "median": float(np.median(e)), "min": float(e.min()), "max": float(e.max()),
-            "band_median": [float(np.median(results["exponent_lo"][ok])), float(np.median(results["exponent_hi"][ok]))],
-        }
-        r = results["c4_ratio"][ok]
-        r = r[np.isfinite(r)]
-        if r.size:
-            out["c4_ratio"] = {"median": float(np.median(r)), "min": float(r.min()), "max": float(r.max())}
-        tf = np.isfinite(results["t_fail_meas"][ok]) & np.isfinite(results["t_fail_pred"][ok])
-        if tf.any():
-            rel = results["t_fail_meas"][ok][tf] / results["t_fail_pred"][ok][tf]
-            out["t_fail_meas_over_pred"] = {"median": float(np.median(rel)), "min": float(rel.min()), "max": float(rel.max())}
-    return out
-
-
 def check(numbers: dict, expect: dict) -> list[str]:
     """Failures of `numbers` against a `[repro].expect` table (empty list = pass)."""
     if expect.get("report_only"):
@@ -213,7 +191,9 @@ def run_experiment(path: Path, runs_dir: Path, figures_dir: Path):
             shutil.rmtree(out)
         result = run_sweep(make_config(None, raw), out, progress=False, plots=True)
         files = _copy_figures(out, result.meta["figures"], figures_dir / name, figures_dir)
-        numbers = summarise(result.results)
+        from geomsim.sweep.statistics import sweep_statistics
+
+        numbers = sweep_statistics(result.results)
         failures = check(numbers, expect)
         wall = result.meta["wall_seconds"]
     entry = {

@@ -136,3 +136,8 @@ def _normalise(w, n: int) -> Array:
     if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
         raise ValueError("weights: must be finite, >= 0, and not all zero")
     return jnp.asarray(w / w.sum(), dtype=jnp.zeros(()).dtype)
+
+
+def bind_batch(fn: Callable, batch: Any) -> Callable:
+    """`p -> fn(p, batch)`, or `p -> fn(p)` when the loss takes no data (`batch` is None)."""
+    return (lambda p: fn(p)) if batch is None else (lambda p: fn(p, batch))

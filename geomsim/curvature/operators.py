@@ -45,7 +45,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from geomsim.curvature.batches import BatchSet, as_batches
+from geomsim.curvature.batches import BatchSet, as_batches, bind_batch
 from geomsim.curvature.likelihoods import Likelihood, per_sample_output_grads, resolve_likelihood
 
 
@@ -133,10 +133,6 @@ class _DataOperator(CurvatureOperator):
         return self.batches.mean(lambda b: self.batch_mv(b, v))
 
 
-def _bind(fn: Callable, batch: Any) -> Callable:
-    return (lambda p: fn(p)) if batch is None else (lambda p: fn(p, batch))
-
-
 class HessianOperator(_DataOperator):
     """`H v` of `loss(params, batch)` (or `loss(params)` without data), forward-over-reverse."""
 
@@ -146,13 +142,13 @@ class HessianOperator(_DataOperator):
     psd: bool = eqx.field(static=True, default=False)
 
     def batch_mv(self, batch, v):
-        return jax.jvp(jax.grad(_bind(self.loss, batch)), (self.params,), (v,))[1]
+        return jax.jvp(jax.grad(bind_batch(self.loss, batch)), (self.params,), (v,))[1]
 
     def gradient(self) -> PyTree:
         """`grad loss` at `params`, averaged over the batches like the product."""
         if self.batches is None:
             return jax.grad(self.loss)(self.params)
-        return self.batches.mean(lambda b: jax.grad(_bind(self.loss, b))(self.params))
+        return self.batches.mean(lambda b: jax.grad(bind_batch(self.loss, b))(self.params))
 
 
 def _linear_model(model_fn, params, inputs):

@@ -163,17 +163,20 @@ def plot_adam(tables, summary, out_dir: Path) -> list[Path]:
         sel = mix == m
         for ax, key in zip(axes, ("task_accuracy", "align_increase", "harm_rate"), strict=True):
             v = adam[key].reshape(shape)[sel]
+            if key == "align_increase":  # >= 0 up to round-off: theta0 is a minimum of L_A
+                v = np.maximum(v, 1e-12)
             ax.plot(steps, np.median(v, axis=0), color=f"C{j}", lw=2, label=f"a = {m:g} (median)")
             for row in v:
                 ax.plot(steps, row, color=f"C{j}", lw=0.4, alpha=0.3)
     axes[0].axhline(summary["config"]["accuracy_target"], color="k", ls="--", lw=1, label="accuracy target")
-    labels = ("held-out task accuracy (fraction)", r"$\Delta L_A$ (nats)", "harm rate (fraction not refused)")
+    labels = ("held-out task accuracy (fraction)", r"$\Delta L_A$ (nats, floored at $10^{-12}$)",
+              "harm rate (fraction not refused)")
     for ax, label in zip(axes, labels, strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("Adam steps")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
-    axes[1].set_yscale("symlog", linthresh=1e-6)
+    axes[1].set_yscale("log")
     axes[0].set_title(f"Adam, lr {summary['config']['adam_lr']:g}, from the polished models", fontsize=9)
     return save(fig, out_dir, "fig_sweep_adam")
 

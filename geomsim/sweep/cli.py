@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from geomsim.sweep.config import FIELD_HELP, ConfigError, SweepConfig, make_config
+from geomsim import config as config_layer
+from geomsim.sweep.config import ConfigError, SweepConfig, make_config
+from geomsim.sweep.statistics import sweep_statistics
 
 PROG = "python -m geomsim.sweep"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = SweepConfig()
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
@@ -30,19 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for name, help_text in FIELD_HELP.items():
-        if name == "landscape_options":
-            continue
-        flag = "--" + name.replace("_", "-")
-        default = getattr(defaults, name)
-        if name in ("sharpness", "coupling"):
-            shown = f"log range {default[0]:g}:{default[-1]:g}:{len(default)}"
-        else:
-            shown = default
-        if name == "float64":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"{help_text} (default: {shown})")
-        else:
-            parser.add_argument(flag, metavar=name.upper(), help=f"{help_text} (default: {shown})")
+    config_layer.add_flags(parser, SweepConfig)
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any of the keys above; flags override it")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out, redoing no finished chunk")
@@ -68,13 +57,14 @@ def _fmt(v: float) -> str:
 def summary(results, meta) -> str:
     """Short text summary: status counts, exponent and c4 ratio statistics, a small table."""
     ok = results["status"] == "ok"
-    lines = [f"runs: {len(ok)}  " + "  ".join(f"{k}={v}" for k, v in meta["status_counts"].items() if v)]
-    if ok.any():
-        e, r = results["exponent"][ok], results["c4_ratio"][ok]
-        r = r[np.isfinite(r)]
-        lines.append(f"onset exponent: median {np.median(e):.3f}  range [{e.min():.3f}, {e.max():.3f}]  (theory 4)")
-        if r.size:
-            lines.append(f"c4_fit / c4_pred: median {np.median(r):.4f}  range [{r.min():.4f}, {r.max():.4f}]  (theory 1)")
+    stats = sweep_statistics(results)
+    lines = [f"runs: {stats['runs']}  " + "  ".join(f"{k}={v}" for k, v in meta["status_counts"].items() if v)]
+    if "exponent" in stats:
+        e = stats["exponent"]
+        lines.append(f"onset exponent: median {e['median']:.3f}  range [{e['min']:.3f}, {e['max']:.3f}]  (theory 4)")
+    if "c4_ratio" in stats:
+        r = stats["c4_ratio"]
+        lines.append(f"c4_fit / c4_pred: median {r['median']:.4f}  range [{r['min']:.4f}, {r['max']:.4f}]  (theory 1)")
     sharp, coup = np.unique(results["sharpness"]), np.unique(results["coupling"])
     si, ci = np.unique(np.linspace(0, len(sharp) - 1, min(4, len(sharp))).round().astype(int)), np.unique(
         np.linspace(0, len(coup) - 1, min(4, len(coup))).round().astype(int)

@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from geomsim.testbed.config import TestbedConfig, TestbedConfigError, make_testbed_config
+from geomsim import config as config_layer
+from geomsim.config import ConfigError
+from geomsim.testbed.config import TestbedConfig
 
 PROG = "python -m geomsim.testbed"
 
@@ -23,25 +25,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.splitlines()[0],
         epilog="`python -m geomsim.testbed sweep --help`: the sharpness x coupling sweep (the quartic law on the transformer)")
-    parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any TestbedConfig field")
+    config_layer.add_flags(parser, TestbedConfig)
+    parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any setting above; flags override it")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/testbed-<timestamp>); "
                         "checkpoints there are reused when their config matches")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
-                        help=f"override a setting, e.g. --set seeds=2 (keys: {', '.join(TestbedConfig.__dataclass_fields__)})")
+                        help="override a setting, e.g. --set seeds=2 (the same as --seeds 2)")
     parser.add_argument("--stop-after", choices=["pretrain", "align"],
                         help="train (or load) only up to this stage, e.g. to rerun one stage alone")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("config", "out", "set", "stop_after", "no_plots", "quiet")}
     try:
-        overrides = {}
         for item in args.set:
             if "=" not in item:
-                raise TestbedConfigError(f"set: expected KEY=VALUE, got {item!r}")
+                raise ConfigError(f"set: expected KEY=VALUE, got {item!r}")
             key, value = item.split("=", 1)
-            overrides[key.strip()] = value.strip()
-        config = make_testbed_config(args.config, overrides)
-    except TestbedConfigError as err:
+            settings[key.strip()] = value.strip()
+        config = config_layer.build(TestbedConfig, args.config, settings)
+    except ConfigError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path("runs") / time.strftime("testbed-%Y%m%d-%H%M%S")

@@ -1,22 +1,22 @@
-"""Configuration of the small-transformer testbed (pretrain -> align -> fine-tune)."""
+"""Configuration of the small-transformer testbed (pretrain -> align -> fine-tune).
+
+Parsed through the common layer (`geomsim.config`): every field is a TOML key and
+a `--flag` of `python -m geomsim.testbed` (also `--set KEY=VALUE`), with its help,
+units and range on the field.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geomsim import config as config_layer
+from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
 from geomsim.tasks.language import FINETUNE_TASKS, TASKS
 
-
-class TestbedConfigError(ValueError):
-    """A bad testbed setting; one line naming the field and the allowed range."""
-
-    __test__ = False  # not a pytest test class, despite the name
+# The testbed's errors are the common layer's (kept under this name for callers).
+TestbedConfigError = ConfigError
 
 
 @dataclass(frozen=True)
@@ -32,49 +32,60 @@ class TestbedConfig:
     (taylor_order, 1-6; its compile time grows with the order).
     """
 
-    seeds: int = 3
-    seed: int = 0
-    n_symbols: int = 12
-    length: int = 5
-    modulus: int = 7
-    width: int = 32
-    depth: int = 2
-    heads: int = 4
-    batch: int = 128
-    pretrain_steps: int = 600
-    pretrain_lr: float = 3e-3
-    pretrain_harmful_fraction: float = 0.2
-    align_steps: int = 300
-    align_lr: float = 1e-3
-    align_harmful_fraction: float = 0.3
-    finetune_tasks: tuple[str, ...] = FINETUNE_TASKS
-    finetune_size: int = 64
-    finetune_steps: int = 300
-    finetune_lr: float = 2e-3
-    finetune_records: int = 40
-    early_steps: int = 100
-    early_lr: float = 2e-5
-    early_records: int = 30
-    eval_size: int = 256
-    rank: int = 8
-    operator: str = "fisher"
-    lanczos_iters: int = 40
-    slq_probes: int = 4
-    lora_rank: int = 2
-    taylor_order: int = 4
-    threshold: float = 0.1
+    seeds: int = option(3, help="independent models, trained as one vmapped program (>= 1)", check=at_least(1))
+    seed: int = option(0, help="base random seed (>= 0)", check=at_least(0))
+    n_symbols: int = option(12, help="operand alphabet size (>= 4)", check=at_least(4))
+    length: int = option(5, help="operand length (>= 2)", check=at_least(2))
+    modulus: int = option(7, help="modulus of the modsum task (2..n_symbols)", check=at_least(2))
+    width: int = option(32, help="transformer width (divisible by heads)", check=at_least(1))
+    depth: int = option(2, help="transformer blocks (>= 1)", check=at_least(1))
+    heads: int = option(4, help="attention heads (>= 1)", check=at_least(1))
+    batch: int = option(128, help="examples per pretraining / alignment step (>= 1)", check=at_least(1))
+    pretrain_steps: int = option(600, help="AdamW pretraining steps (>= 1)", check=at_least(1))
+    pretrain_lr: float = option(3e-3, help="pretraining peak learning rate (> 0)", check=positive)
+    pretrain_harmful_fraction: float = option(0.2, help="harmful requests (answered) in pretraining batches, in [0, 1)",
+                                              check=in_range(0, 1, open_hi=True))
+    align_steps: int = option(300, help="AdamW alignment steps (>= 1)", check=at_least(1))
+    align_lr: float = option(1e-3, help="alignment peak learning rate (> 0)", check=positive)
+    align_harmful_fraction: float = option(0.3, help="harmful requests (refused) in alignment batches, in [0, 1)",
+                                           check=in_range(0, 1, open_hi=True))
+    finetune_tasks: tuple[str, ...] = option(FINETUNE_TASKS, help=f"benign tasks, comma-separated, from {', '.join(TASKS)}",
+                                             check=each(one_of(*TASKS)))
+    finetune_size: int = option(64, help="examples per fine-tuning dataset (>= 1)", check=at_least(1))
+    finetune_steps: int = option(300, help="full-batch GD steps of the full fine-tune (>= 1)", check=at_least(1))
+    finetune_lr: float = option(2e-3, help="learning rate of the full fine-tune (> 0)", check=positive)
+    finetune_records: int = option(40, help="log-spaced records of the full fine-tune (2..finetune_steps)",
+                                   check=at_least(2))
+    early_steps: int = option(100, help="GD steps of the early-time fine-tune (>= 1)", check=at_least(1))
+    early_lr: float = option(2e-5, help="learning rate of the early-time fine-tune (> 0)", check=positive)
+    early_records: int = option(30, help="log-spaced records of the early fine-tune (2..early_steps)", check=at_least(2))
+    eval_size: int = option(256, help="held-out examples per evaluation set (>= 1)", check=at_least(1))
+    rank: int = option(8, help="dimension k of the alignment subspace S (>= 1)", check=at_least(1))
+    operator: str = option("fisher", help="curvature operator defining S: hessian or fisher", check=one_of("hessian", "fisher"))
+    lanczos_iters: int = option(40, help="Lanczos iterations per SLQ probe (>= 1)", check=at_least(1))
+    slq_probes: int = option(4, help="SLQ probe vectors (>= 1)", check=at_least(1))
+    lora_rank: int = option(2, help="rank of the LoRA adapters (>= 1)", check=at_least(1))
+    taylor_order: int = option(4, help="order of the exact Taylor expansion of Delta L_A (1..6)", check=in_range(1, 6))
+    threshold: float = option(0.1, help="Delta L_A threshold for time to failure, nats (> 0)", check=positive)
 
     __test__ = False  # not a pytest test class, despite the name
 
+    def check(self) -> None:
+        if self.width % self.heads:
+            raise ConfigError(f"heads: must divide width={self.width} (got {self.heads})")
+        if not self.modulus <= self.n_symbols:
+            raise ConfigError(f"modulus: must be in [2, n_symbols={self.n_symbols}] (got {self.modulus})")
+        for prefix in ("finetune", "early"):
+            records, steps = getattr(self, f"{prefix}_records"), getattr(self, f"{prefix}_steps")
+            if not records <= steps:
+                raise ConfigError(f"{prefix}_records: must be in [2, {prefix}_steps={steps}] (got {records})")
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return config_layer.to_dict(self)
 
     def digest(self, *fields: str) -> str:
         """Hash of the named fields (all when none): decides whether a checkpoint is reusable."""
-        data = self.to_dict()
-        if fields:
-            data = {f: data[f] for f in fields}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return config_layer.digest(self, fields or None)
 
 
 PRETRAIN_FIELDS = (
@@ -83,82 +94,12 @@ PRETRAIN_FIELDS = (
 )
 ALIGN_FIELDS = (*PRETRAIN_FIELDS, "align_steps", "align_lr", "align_harmful_fraction")
 
-_POSITIVE_INT = (
-    "seeds", "n_symbols", "length", "width", "depth", "heads", "batch", "pretrain_steps", "align_steps",
-    "finetune_size", "finetune_steps", "finetune_records", "early_steps", "early_records", "eval_size", "rank", "lanczos_iters",
-    "slq_probes", "lora_rank", "taylor_order",
-)
-_POSITIVE_FLOAT = ("pretrain_lr", "align_lr", "finetune_lr", "early_lr", "threshold")
-
 
 def validate(config: TestbedConfig) -> TestbedConfig:
-    """Check every field; raises TestbedConfigError with one line."""
-    for name in _POSITIVE_INT:
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise TestbedConfigError(f"{name}: must be an integer >= 1 (got {value!r})")
-    if config.seed < 0:
-        raise TestbedConfigError(f"seed: must be an integer >= 0 (got {config.seed})")
-    for name in _POSITIVE_FLOAT:
-        value = getattr(config, name)
-        if not isinstance(value, (int, float)) or not value > 0:
-            raise TestbedConfigError(f"{name}: must be > 0 (got {value!r})")
-    for name in ("pretrain_harmful_fraction", "align_harmful_fraction"):
-        value = getattr(config, name)
-        if not 0 <= value < 1:
-            raise TestbedConfigError(f"{name}: must be in [0, 1) (got {value})")
-    if config.width % config.heads:
-        raise TestbedConfigError(f"heads: must divide width={config.width} (got {config.heads})")
-    if config.n_symbols < 4 or not 2 <= config.modulus <= config.n_symbols:
-        raise TestbedConfigError(
-            f"modulus: must be in [2, n_symbols] with n_symbols >= 4 (got {config.modulus}, {config.n_symbols})"
-        )
-    if not config.finetune_tasks:
-        raise TestbedConfigError("finetune_tasks: needs at least one task")
-    for task in config.finetune_tasks:
-        if task not in TASKS:
-            raise TestbedConfigError(f"finetune_tasks: unknown task {task!r}; tasks are {', '.join(TASKS)}")
-    if not 1 <= config.taylor_order <= 6:
-        raise TestbedConfigError(f"taylor_order: must be an integer in [1, 6] (got {config.taylor_order!r})")
-    if config.operator not in ("hessian", "fisher"):
-        raise TestbedConfigError(f"operator: must be 'hessian' or 'fisher' (got {config.operator!r})")
-    for prefix in ("finetune", "early"):
-        records, steps = getattr(config, f"{prefix}_records"), getattr(config, f"{prefix}_steps")
-        if not 2 <= records <= steps:
-            raise TestbedConfigError(f"{prefix}_records: must be in [2, {prefix}_steps={steps}] (got {records})")
-    return config
+    """Check every field; raises ConfigError with one line."""
+    return config_layer.validate(config)
 
 
 def make_testbed_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TestbedConfig:
-    """Build a validated config from an optional TOML file plus overrides."""
-    raw: dict[str, Any] = {}
-    if file is not None:
-        try:
-            with open(file, "rb") as handle:
-                raw.update(tomllib.load(handle))
-        except FileNotFoundError:
-            raise TestbedConfigError(f"config: file not found: {file}") from None
-        except tomllib.TOMLDecodeError as err:
-            raise TestbedConfigError(f"config: {file} is not valid TOML ({err})") from None
-    raw.update(overrides or {})
-    raw.pop("repro", None)
-    known = {f.name: f for f in dataclasses.fields(TestbedConfig)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise TestbedConfigError(f"{key}: unknown key; allowed keys are {', '.join(sorted(known))}")
-        default = getattr(TestbedConfig(), name)
-        try:
-            if name == "finetune_tasks":
-                value = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-            elif isinstance(default, bool):
-                value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-            elif isinstance(default, int):
-                value = int(value)
-            elif isinstance(default, float):
-                value = float(value)
-        except (TypeError, ValueError):
-            raise TestbedConfigError(f"{name}: cannot parse {value!r} as {type(default).__name__}") from None
-        values[name] = value
-    return validate(TestbedConfig(**values))
+    """Build a validated config from an optional TOML file plus overrides (a `[repro]` table is ignored)."""
+    return config_layer.build(TestbedConfig, file, overrides)

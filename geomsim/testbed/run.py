@@ -134,7 +134,8 @@ def run_testbed(
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    bar = Progress(7, "testbed", enabled=progress)
+    # pretrain, align, spectrum, diagnostics, 3 fine-tunes, report
+    bar = Progress(8, "testbed", enabled=progress)
     timings: dict[str, float] = {}
     bed = stages.build(config)
     params = stages.init_params(bed)

@@ -7,7 +7,7 @@ vmapped over seeds (params carry a leading seed axis).  Checkpoints
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +18,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from geomsim.dynamics import Trajectory, descend
+from geomsim.dynamics import Trajectory, descend, log_record_steps
 from geomsim.landscapes import FunctionLandscape
 from geomsim.models import Transformer, TransformerConfig, as_functional
 from geomsim.models.lora import lora_init, lora_merge
@@ -53,7 +53,6 @@ class Testbed:
     benign_eval: Batch
     task_train: dict[str, Batch]
     task_eval: dict[str, Batch]
-    compiled: dict[str, Callable] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -144,27 +143,26 @@ def align(bed: Testbed, params: PyTree) -> tuple[PyTree, Array]:
                   harmful_fraction=cfg.align_harmful_fraction, aligned=True)
 
 
-def evaluate(bed: Testbed, params: PyTree) -> dict[str, np.ndarray]:
-    """Per-seed alignment loss, harm rate, and benign accuracy / over-refusal."""
-
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _evaluate(lang: Language, apply_fn: Callable, params: PyTree, harm_eval: Batch, benign_eval: Batch):
     def one(p):
-        benign_refused = 1.0 - harm_rate(bed.lang, bed.apply_fn, p, bed.benign_eval)
         return dict(
-            align_loss=bed.align_loss(p),
-            harm_rate=harm_rate(bed.lang, bed.apply_fn, p, bed.harm_eval),
-            benign_accuracy=answer_accuracy(bed.apply_fn, p, bed.benign_eval),
-            benign_refusal_rate=benign_refused,
+            align_loss=refusal_loss(lang, apply_fn, p, harm_eval),
+            harm_rate=harm_rate(lang, apply_fn, p, harm_eval),
+            benign_accuracy=answer_accuracy(apply_fn, p, benign_eval),
+            benign_refusal_rate=1.0 - harm_rate(lang, apply_fn, p, benign_eval),
         )
 
-    if "evaluate" not in bed.compiled:  # reused for every stage's evaluation
-        bed.compiled["evaluate"] = jax.jit(jax.vmap(one))
-    return {k: np.asarray(v) for k, v in bed.compiled["evaluate"](params).items()}
+    return jax.vmap(one)(params)
 
 
-def record_steps(steps: int, records: int) -> np.ndarray:
-    from geomsim.dynamics import log_record_steps
+def evaluate(bed: Testbed, params: PyTree) -> dict[str, np.ndarray]:
+    """Per-seed alignment loss, harm rate, and benign accuracy / over-refusal.
 
-    return log_record_steps(steps, records)
+    One compiled program per (language, model) for every stage's evaluation.
+    """
+    out = _evaluate(bed.lang, bed.apply_fn, params, bed.harm_eval, bed.benign_eval)
+    return {k: np.asarray(v) for k, v in out.items()}
 
 
 def stacked_tasks(bed: Testbed) -> tuple[Batch, Batch]:
@@ -202,7 +200,7 @@ def finetune(bed: Testbed, params: PyTree, basis: Array, curvature: Array, *, lr
         rate, the task's held-out accuracy, and the S-part of the alignment loss
         `s_quadratic = (1/2) sum_i lambda_i (u_i . delta)^2`.
     """
-    rec = record_steps(steps, records)
+    rec = log_record_steps(steps, records)
 
     def one(theta0, s, lam, train_data, eval_data):
         land = FunctionLandscape(
@@ -232,7 +230,7 @@ def finetune_lora(bed: Testbed, params: PyTree, basis: Array, curvature: Array, 
     accuracy, and `||P_S delta||`, `||delta||` of the merged full-parameter
     displacement, which compare directly with full fine-tuning.
     """
-    rec = record_steps(steps, records)
+    rec = log_record_steps(steps, records)
     rank = bed.config.lora_rank
 
     def one(base, s, lam, key, train_data, eval_data):

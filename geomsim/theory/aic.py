@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from geomsim.curvature.batches import BatchSet, as_batches
+from geomsim.curvature.batches import BatchSet, as_batches, bind_batch
 from geomsim.curvature.lanczos import eigsh
 from geomsim.curvature.operators import CurvatureOperator, HessianOperator
 from geomsim.curvature.subspace import gap_rank, overlap_score, project
@@ -175,23 +175,19 @@ def _mean(bs: BatchSet | None, fn: Callable[[Any], Any]) -> Any:
     return fn(None) if bs is None else bs.mean(fn)
 
 
-def _bind(loss, batch):
-    return (lambda p: loss(p)) if batch is None else (lambda p: loss(p, batch))
-
-
 def _grad(loss, params, bs):
-    return _mean(bs, lambda b: jax.grad(_bind(loss, b))(params))
+    return _mean(bs, lambda b: jax.grad(bind_batch(loss, b))(params))
 
 
 def _hvp(loss, params, bs, v):
-    return _mean(bs, lambda b: jax.jvp(jax.grad(_bind(loss, b)), (params,), (v,))[1])
+    return _mean(bs, lambda b: jax.jvp(jax.grad(bind_batch(loss, b)), (params,), (v,))[1])
 
 
 def _third_directional(loss, params, bs, v):
     """`D^3 L[v, v, v] = d^3/ds^3 L(params + s v)` at s = 0."""
 
     def one(b):
-        f = _bind(loss, b)
+        f = bind_batch(loss, b)
 
         def d1(p):
             return jax.jvp(f, (p,), (v,))[1]
@@ -208,7 +204,7 @@ def _grad_second_directional(loss, params, bs, v):
     """`D^3 L[v, v] = d^2/ds^2 grad L(params + s v)` at s = 0 (a vector)."""
 
     def one(b):
-        g = jax.grad(_bind(loss, b))
+        g = jax.grad(bind_batch(loss, b))
 
         def d1(p):
             return jax.jvp(g, (p,), (v,))[1]

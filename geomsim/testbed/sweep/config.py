@@ -42,7 +42,7 @@ class TestbedSweepConfig:
         (0.3, 0.1, 0.03, 0.01), help="sharpness knob: target non-refusal probability per level, each in (0, 0.5)",
         check=each(in_range(0, 0.5, open_lo=True, open_hi=True)))
     align_set: int = option(128, help="harmful prompts defining L_A (the polished fixed set) (>= 2)", check=at_least(2))
-    hold_set: int = option(48, help="benign examples whose answers the polish holds fixed (>= 1)", check=at_least(1))
+    hold_set: int = option(64, help="benign examples whose answers the polish holds fixed (>= 1)", check=at_least(1))
     polish_steps: int = option(24, help="Gauss-Newton steps of the polish at most (>= 1)", check=at_least(1))
     task_base: str = option("copy", help=f"benign base task, one of {', '.join(TASKS)}", check=one_of(*TASKS))
     task_other: str = option("marker_echo", help=f"benign task mixed in, one of {', '.join(TASKS)}",

@@ -5,7 +5,8 @@ exponent) of the S-part and of `|Delta L_A|`, each with the ratio of the fitted
 prefactor to the predicted coefficient of the fitted power (S-part: c2_s for
 t^2, c4_s for t^4; total: the exact Taylor c_p); the measured crossover
 (the first recorded time where the local log-log slope of `|Delta L_A|` reaches
-3, the midpoint between a t^2 and a t^4 regime) against `sqrt(c2 / c4)`; the
+3, the midpoint between a t^2 and a t^4 regime) against `sqrt(c2 / c4)` and
+against the same slope-3 time of the Taylor polynomial c1..c4 itself; the
 time where `|c1| t = c4_s t^4`; and whether `Delta L_A >= S-part` (the
 theorem's projection bound) at every recorded time.
 
@@ -67,6 +68,17 @@ def crossover_measured(t: np.ndarray, slopes: np.ndarray, level: float = CROSSOV
     return out
 
 
+def _taylor_crossover(law_out: dict[str, np.ndarray], t: np.ndarray) -> np.ndarray:
+    """Where the local slope of the Taylor polynomial c1 t + .. + c4 t^4 itself passes 3
+    (c3 included), on a fine log grid over each run's recorded range; nan if it never does."""
+    grid = np.geomspace(t[:, :1], t[:, -1:], 400, axis=1)[..., 0]
+    c = np.stack([law_out[f"c{p}"] for p in (1, 2, 3, 4)], axis=1)[:, :, None]
+    powers = np.arange(1, 5)[None, :, None]
+    value = np.sum(c * grid[:, None, :] ** powers, axis=1)
+    slope = np.sum(powers * c * grid[:, None, :] ** powers, axis=1) / np.where(value != 0, value, np.nan)
+    return crossover_measured(grid, slope)
+
+
 def fit_runs(law_out: dict[str, np.ndarray], config: TestbedSweepConfig) -> dict[str, np.ndarray]:
     """Per-run fits and derived times (see the module docstring)."""
     t, total, sp = law_out["time"], law_out["align_increase"], law_out["s_part"]
@@ -94,6 +106,8 @@ def fit_runs(law_out: dict[str, np.ndarray], config: TestbedSweepConfig) -> dict
         out["crossover_pred_s"] = np.where((c2 > 0) & (law_out["c4_s"] > 0), np.sqrt(c2 / law_out["c4_s"]), np.nan)
         out["crossover_meas"] = crossover_measured(t, slopes)
         out["crossover_ratio"] = out["crossover_meas"] / out["crossover_pred"]
+        out["crossover_pred_taylor"] = _taylor_crossover(law_out, t)
+        out["crossover_ratio_taylor"] = out["crossover_meas"] / out["crossover_pred_taylor"]
         out["t_c1"] = np.where(law_out["c4_s"] > 0, (np.abs(law_out["c1"]) / law_out["c4_s"]) ** (1 / 3), np.nan)
     out["window_end"] = 1.0 / law_out["task_sharpness"]
     margin = total - sp + floor
@@ -179,6 +193,8 @@ def summarise(config: TestbedSweepConfig, tables: dict[str, dict[str, np.ndarray
             reached = np.isfinite(rows["crossover_ratio"])
             entry.update(
                 crossover_ratio_median=_none(np.median(rows["crossover_ratio"][reached])) if reached.any() else None,
+                crossover_ratio_taylor_median=_none(np.nanmedian(rows["crossover_ratio_taylor"][reached]))
+                if np.isfinite(rows["crossover_ratio_taylor"][reached]).any() else None,
                 crossover_reached_fraction=float(np.mean(reached)),
                 crossover_pred_scaled_median=_none(np.nanmedian(rows["crossover_pred"] * rows["task_sharpness"])),
                 crossover_pred_in_window_fraction=float(np.mean(rows["crossover_pred"] * rows["task_sharpness"] <= 1.0)),
