@@ -19,9 +19,10 @@ import sys
 import tempfile
 import time
 
-import geomsim  # noqa: F401  (XLA runtime flags before JAX starts)
 import jax
 import numpy as np
+
+import geomsim  # noqa: F401  (XLA runtime flags before JAX starts)
 
 jax.config.update("jax_enable_x64", True)
 
@@ -96,7 +97,7 @@ def bench_scaling(repeats: int) -> None:
         batched = jax.jit(jax.vmap(make_point_function(config)))
         chunk = config.chunk
 
-        def run():
+        def run(s=s, c=c, k=k, batched=batched, chunk=chunk):
             for i in range(0, len(s), chunk):
                 idx = np.minimum(np.arange(i, i + chunk), len(s) - 1)
                 _block(batched(s[idx], c[idx], k[idx]))

@@ -36,3 +36,23 @@ def configure_runtime() -> None:
         )
         return
     os.environ["XLA_FLAGS"] = f"{flags} {SCHEDULER_FLAG}".strip()
+
+
+def enable_compilation_cache() -> str | None:
+    """Keep JAX's persistent compilation cache for the command-line tools, so a second
+    run of the same command does not recompile (benchmarks/RESULTS.md measures it).
+
+    The folder is `$GEOMSIM_JAX_CACHE`, else `$XDG_CACHE_HOME/geomsim/jax` (default
+    `~/.cache/geomsim/jax`); `GEOMSIM_NO_JAX_CACHE=1` turns it off.  Returns the
+    folder, or None when off.  Programs are keyed by JAX/XLA version, flags and shapes,
+    so a stale entry is never used.
+    """
+    if os.environ.get("GEOMSIM_NO_JAX_CACHE", "") not in ("", "0"):
+        return None
+    folder = os.environ.get("GEOMSIM_JAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "geomsim", "jax")
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return folder

@@ -55,7 +55,7 @@ def option(default: Any = dataclasses.MISSING, *, help: str, check: Check | None
 # --- checks ------------------------------------------------------------------------------------
 
 
-def at_least(lo: float) -> Check:
+def at_least(lo: float | int) -> Check:
     def check(name, value):
         return None if value >= lo else f"{name}: must be >= {lo:g} (got {value!r})"
 
@@ -66,7 +66,7 @@ def positive(name: str, value: Any) -> str | None:
     return None if value > 0 else f"{name}: must be > 0 (got {value!r})"
 
 
-def in_range(lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False) -> Check:
+def in_range(lo: float | int, hi: float | int, *, open_lo: bool = False, open_hi: bool = False) -> Check:
     left, right = "(" if open_lo else "[", ")" if open_hi else "]"
 
     def check(name, value):

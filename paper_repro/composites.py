@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geomsim.plotting.style import ALIGN_LABEL, TIME_LABEL, figure, plt, save
+from geomsim.plotting.style import ALIGN_LABEL, TIME_LABEL, plt, save
 
 
 @dataclass(frozen=True)

@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import geomsim  # noqa: F401  (runtime flags before JAX starts)
+    from geomsim._runtime import enable_compilation_cache
+
+    enable_compilation_cache()
     from geomsim.io import environment_versions, write_json
     from paper_repro.composites import COMPOSITES
 

@@ -3,9 +3,10 @@
 import os
 from pathlib import Path
 
-import geomsim  # noqa: F401  (sets the XLA runtime flags before JAX starts)
 import jax
 import pytest
+
+import geomsim  # noqa: F401  (sets the XLA runtime flags before JAX starts)
 
 jax.config.update("jax_enable_x64", True)
 # Many tests build the same programs from fresh closures (e.g. the sweep with one

@@ -2,6 +2,7 @@
 tiny transformer and a quadratic-cubic landscape; batching, pytrees, finite
 differences, linearisation, vmap over models, bad input."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,8 +10,6 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from geomsim import quadratic_cubic
-import equinox as eqx
-
 from geomsim.curvature import (
     Stacked,
     as_batches,
@@ -242,15 +241,15 @@ def test_bad_input_names_the_field():
     with pytest.raises(ValueError, match="^batches:"):
         ggn_operator(apply_fn, cross_entropy, params, None)
     with pytest.raises(ValueError, match="^batches:"):
-        hessian_operator(lambda p, b: 0.0, params, [])
+        hessian_operator(lambda _p, _b: 0.0, params, [])
     with pytest.raises(ValueError, match="^num_samples:"):
         mc_fisher_operator(apply_fn, params, batches, key=jax.random.key(0), num_samples=0)
     with pytest.raises(ValueError, match="^likelihood:"):
         fisher_operator(apply_fn, params, batches, likelihood="poisson")
     with pytest.raises(ValueError, match="^weights:"):
-        hessian_operator(lambda p, b: 0.0, params, batches, weights=[1.0])
+        hessian_operator(lambda _p, _b: 0.0, params, batches, weights=[1.0])
     with pytest.raises(ValueError, match="^weights:"):
-        hessian_operator(lambda p, b: 0.0, params, batches, weights=[-1.0, 2.0])
+        hessian_operator(lambda _p, _b: 0.0, params, batches, weights=[-1.0, 2.0])
     from geomsim.curvature import Gaussian
 
     with pytest.raises(ValueError, match="^sigma:"):

@@ -1,6 +1,5 @@
 """Closed-form laws: thresholds, crossover, discrete-GD correction."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -19,7 +19,7 @@ def test_starts_at_base_and_updates_are_low_rank(model):
     apply, params = model
     adapter = lora_init(params, 2, jax.random.key(1))
     merged = lora_merge(params, adapter)
-    assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(merged)))
+    assert all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(merged), strict=True))
     tokens = jnp.zeros((1, 8), jnp.int32)
 
     def loss(a):
@@ -27,7 +27,7 @@ def test_starts_at_base_and_updates_are_low_rank(model):
 
     grads = jax.grad(loss)(adapter)
     moved = jax.tree.map(lambda a, g: a - 0.1 * g, adapter, grads)
-    diffs = [b - a for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(lora_merge(params, moved))) if a.ndim == 2]
+    diffs = [b - a for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(lora_merge(params, moved)), strict=True) if a.ndim == 2]
     ranks = [int(np.linalg.matrix_rank(np.asarray(d), tol=1e-6)) for d in diffs if float(jnp.abs(d).max()) > 0]
     assert ranks and max(ranks) <= 2
 
@@ -37,6 +37,6 @@ def test_errors(model):
     with pytest.raises(ValueError, match="rank"):
         lora_init(params, 0, jax.random.key(0))
     with pytest.raises(ValueError, match="selected no weight"):
-        lora_init(params, 1, jax.random.key(0), targets=lambda path, leaf: False)
+        lora_init(params, 1, jax.random.key(0), targets=lambda _path, _leaf: False)
     with pytest.raises(ValueError, match="adapter"):
         lora_merge(params, ())

@@ -153,7 +153,7 @@ def test_bad_input_is_one_clear_line(flags, field, capsys):
     assert err[0].startswith("python -m geomsim.sweep: error: " + field)
 
 
-def test_toml_config_and_overrides(tmp_path, capsys):
+def test_toml_config_and_overrides(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('sharpness = [2.0, 4.0]\ncoupling = "0.1:1:3"\nsteps = 500\n[landscape_options]\ngrad_norm = 2.0\n')
     config = make_config(cfg, {"steps": "600"})

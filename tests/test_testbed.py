@@ -6,24 +6,20 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from geomsim.config import ConfigError
 from geomsim.models import Transformer, as_functional
 from geomsim.tasks import answer_loss
 from geomsim.testbed import diagnostics, stages
 from geomsim.testbed.cli import main
-from geomsim.config import ConfigError
 from geomsim.testbed.config import make_testbed_config
 from geomsim.testbed.run import run_testbed
 
-TINY = dict(
-    seeds=2, n_symbols=6, length=3, modulus=3, width=16, depth=1, heads=2, batch=32,
-    pretrain_steps=40, align_steps=30, finetune_tasks="copy,sort,marker_echo", finetune_size=16,
-    finetune_steps=12, finetune_records=6, early_steps=8, early_records=4, eval_size=24, rank=2,
-    lanczos_iters=8, slq_probes=2, lora_rank=1, taylor_order=2,  # order 4 doubles the diagnostics' compile
-)
+from tiny_configs import TESTBED
+
+TINY = TESTBED
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,9 @@ from geomsim.testbed.sweep import TestbedSweepConfig
 from geomsim.testbed.sweep.cli import main
 from geomsim.testbed.sweep.run import run_testbed_sweep
 
-TINY = dict(
-    seeds=2, n_symbols=6, length=3, modulus=3, width=16, depth=1, heads=2, batch=32, pretrain_steps=150,
-    align_steps=100, refusal_sigma="0.3,0.03", mix="0.1,1", align_set=24, hold_set=8, task_size=8, eval_size=24,
-    num_eigs=4, adam_steps=10, adam_records=5, polish_steps=12, chunk=8,
-)
+from tiny_configs import TESTBED_SWEEP
+
+TINY = TESTBED_SWEEP
 
 
 @pytest.fixture(scope="module")

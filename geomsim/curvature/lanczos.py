@@ -199,7 +199,7 @@ def _extend(prob: FlatProblem, V, H, j, scale, key):
     return V, H, scale
 
 
-def _ritz(H, j, m: int, num: int, which: str):
+def _ritz(H, j, m: int, which: str):
     """Wanted Ritz values, their eigenvectors in H coordinates, and the range,
     for the leading j x j block of H (padding sorted out of the way)."""
     hm = H[:m, :m]
@@ -234,7 +234,7 @@ def _thick_restart(prob: FlatProblem, start, key, num: int, which: str, tol: flo
             return _extend(prob, V, H, j, scale, key)
 
         V, H, scale = jax.lax.fori_loop(0, d, body, (V, H, scale))
-        theta, s, ritz_range = _ritz(H, d, m, num, which)
+        theta, s, ritz_range = _ritz(H, d, m, which)
         vecs = s[:, :num].T @ V[:m]
         return EigResult(theta[:num], vecs, residuals(H, d, s), jnp.asarray(d), jnp.asarray(0), jnp.asarray(True),
                          ritz_range)
@@ -244,7 +244,7 @@ def _thick_restart(prob: FlatProblem, start, key, num: int, which: str, tol: flo
         return (j >= num) & jnp.all(res <= thr)
 
     def restart(V, H):
-        theta, s, _ = _ritz(H, m, m, num, which)
+        theta, s, _ = _ritz(H, m, m, which)
         keep_vecs = s[:, :p].T @ V[:m]
         coupling = H[m, m - 1] * s[m - 1, :p]
         V_new = jnp.zeros_like(V).at[:p].set(keep_vecs).at[p].set(V[m])
@@ -260,7 +260,7 @@ def _thick_restart(prob: FlatProblem, start, key, num: int, which: str, tol: flo
         V, H, j, nmv, restarts, scale, _ = state
         V, H, scale = _extend(prob, V, H, j, scale, key)
         j, nmv = j + 1, nmv + 1
-        theta, s, _ = _ritz(H, j, m, num, which)
+        theta, s, _ = _ritz(H, j, m, which)
         return V, H, j, nmv, restarts, scale, converged(theta, residuals(H, j, s), j, scale)
 
     def cycle(state):
@@ -274,6 +274,6 @@ def _thick_restart(prob: FlatProblem, start, key, num: int, which: str, tol: flo
 
     init = (V, H, jnp.asarray(0), jnp.asarray(0), jnp.asarray(0), scale, jnp.asarray(False))
     V, H, j, nmv, restarts, scale, done = jax.lax.while_loop(running, cycle, init)
-    theta, s, ritz_range = _ritz(H, j, m, num, which)
+    theta, s, ritz_range = _ritz(H, j, m, which)
     vecs = s[:, :num].T @ V[:m]
     return EigResult(theta[:num], vecs, residuals(H, j, s), nmv, restarts, done, ritz_range)

@@ -9,8 +9,8 @@ from geomsim.landscapes.base import (
     subspace_basis,
 )
 from geomsim.landscapes.quadratic_cubic import QuadraticCubic, quadratic_cubic
-from geomsim.landscapes.tilt import TiltedLandscape, tilt_overlap
 from geomsim.landscapes.registry import available_landscapes, register_landscape, resolve_landscape
+from geomsim.landscapes.tilt import TiltedLandscape, tilt_overlap
 
 __all__ = [
     "FunctionLandscape",

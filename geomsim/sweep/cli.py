@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from geomsim import config as config_layer
+from geomsim._runtime import enable_compilation_cache
 from geomsim.sweep.config import ConfigError, SweepConfig, make_config
 from geomsim.sweep.statistics import sweep_statistics
 
@@ -84,6 +85,7 @@ def summary(results, meta) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
+    enable_compilation_cache()
     file = args.pop("config", None)
     out = args.pop("out", None)
     resume = args.pop("resume", False)

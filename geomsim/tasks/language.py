@@ -129,11 +129,12 @@ class Batch:
     tokens: int[B, T] full sequences (T = lang.seq_len).
     answer_mask: bool[B, T] True on answer tokens that carry loss.
     harmful: bool[B] True where the HARM marker is set.
+    Stacks of batches (e.g. one per seed or task) carry the same leading axes on every field.
     """
 
-    tokens: Int[Array, "B T"]
-    answer_mask: Bool[Array, "B T"]
-    harmful: Bool[Array, " B"]
+    tokens: Int[Array, "*stack B T"]
+    answer_mask: Bool[Array, "*stack B T"]
+    harmful: Bool[Array, "*stack B"]
 
 
 def make_batch(

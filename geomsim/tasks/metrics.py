@@ -69,7 +69,7 @@ def per_example_answer_loss(apply_fn: ApplyFn, params: PyTree, batch: Batch) -> 
 
 
 
-def log_odds(logits: Float[Array, "... V"], target: Array) -> Float[Array, "..."]:
+def log_odds(logits: Float[Array, "... V"], target: int | Int[Array, "..."]) -> Float[Array, "..."]:
     """`log p(target) - log(1 - p(target))` under `softmax(logits)` (nats).
 
     Written with `log_softmax` and a masked `logsumexp` (no `log_sigmoid`), so it

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from geomsim import config as config_layer
+from geomsim._runtime import enable_compilation_cache
 from geomsim.config import ConfigError
 from geomsim.testbed.config import TestbedConfig
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    enable_compilation_cache()
     settings = {k: v for k, v in vars(args).items()
                 if k not in ("config", "out", "set", "stop_after", "no_plots", "quiet")}
     try:

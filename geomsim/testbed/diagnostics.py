@@ -20,7 +20,7 @@ from jaxtyping import Array, Float, PyTree
 
 from geomsim.curvature import eigsh, fisher_operator, hessian_operator, spectral_density
 from geomsim.landscapes import FunctionLandscape
-from geomsim.tasks import REFUSE, answer_loss, first_answer_logits
+from geomsim.tasks import REFUSE, answer_loss
 from geomsim.testbed.stages import Testbed, stacked_tasks
 from geomsim.theory import align_coefficients
 from geomsim.theory.aic import aic

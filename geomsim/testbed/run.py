@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from geomsim.io import Table, environment_versions, write_csv, write_json
@@ -167,9 +168,9 @@ def run_testbed(
         ("lora", stages.finetune_lora, cfg.finetune_lr, cfg.finetune_steps, cfg.finetune_records),
     ):
         t0 = time.perf_counter()
-        curvature = spec.eigenvalues[:, : cfg.rank]
+        curvature = jnp.asarray(spec.eigenvalues[:, : cfg.rank])
         runs[name] = jax.tree.map(
-            np.asarray, fn(bed, params, spec.basis, curvature, lr=lr, steps=steps, records=records)
+            np.asarray, fn(bed, params, jnp.asarray(spec.basis), curvature, lr=lr, steps=steps, records=records)
         )
         timings[f"finetune_{name}"] = round(time.perf_counter() - t0, 2)
         bar.advance(1, f"fine-tune ({name})")

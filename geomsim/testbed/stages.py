@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, PRNGKeyArray, PyTree
+from jaxtyping import Array, Int, Key, PRNGKeyArray, PyTree
 
 from geomsim.dynamics import Trajectory, descend, log_record_steps
 from geomsim.landscapes import FunctionLandscape
@@ -56,13 +56,13 @@ class Testbed:
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def key(self, stream: int, *more: int) -> PRNGKeyArray:
+    def key(self, stream: int, *more: int | Int[Array, ""]) -> PRNGKeyArray:
         k = jax.random.fold_in(jax.random.key(self.config.seed), stream)
         for m in more:
             k = jax.random.fold_in(k, m)
         return k
 
-    def seed_keys(self, stream: int) -> PRNGKeyArray:
+    def seed_keys(self, stream: int) -> Key[Array, " seeds"]:
         return jax.vmap(lambda i: self.key(stream, i))(jnp.arange(self.config.seeds))
 
     def align_loss(self, params: PyTree) -> Array:

@@ -22,8 +22,8 @@ import numpy as np
 from scipy import stats
 
 from geomsim.fitting import fit_onset
-from geomsim.theory import first_crossing, time_to_threshold
 from geomsim.testbed.diagnostics import MASS
+from geomsim.theory import first_crossing, time_to_threshold
 
 DIAGNOSTICS = ("overlap", "eps", "coupling", "coupling_fisher", "c4_leading", "abs_c1", "taylor_forecast", "grad_norm")
 BOOTSTRAP = 2000

@@ -159,12 +159,12 @@ class AICResult(eqx.Module):
                 values[field] = data[field]
             elif field == "basis" and "basis" not in data:
                 values[field] = jnp.zeros((data["k"], 0))
-            else:
+            elif field in nonfinite:  # null -> the non-finite value it stood for
+                kinds = np.asarray(nonfinite[field], dtype=object)
                 raw = np.asarray(data[field], dtype=object)
-                if field in nonfinite:
-                    kinds = np.asarray(nonfinite[field], dtype=object)
-                    raw = np.where(kinds == None, raw, kinds)  # noqa: E711  (elementwise)
-                values[field] = jnp.asarray(np.asarray(raw.tolist(), dtype=float) if raw.dtype == object else raw)
+                values[field] = jnp.asarray(np.where(kinds == None, raw, kinds).astype(float))  # noqa: E711
+            else:
+                values[field] = jnp.asarray(data[field])
         return cls(**values)
 
 

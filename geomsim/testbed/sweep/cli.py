@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from geomsim import config as config_layer
+from geomsim._runtime import enable_compilation_cache
 from geomsim.config import ConfigError
 from geomsim.testbed.sweep.config import TestbedSweepConfig
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import jax
 
+    enable_compilation_cache()
     jax.config.update("jax_enable_x64", True)  # the early-time law is below float32 resolution
     from geomsim.testbed.sweep.run import run_testbed_sweep
 

@@ -28,6 +28,8 @@ from the polished model, recording harm rate and task accuracy (held-out) with
 
 from __future__ import annotations
 
+from typing import Any
+
 import diffrax
 import jax
 import jax.numpy as jnp
@@ -69,13 +71,26 @@ def s_part(basis: Float[Array, "d k"], lam: Float[Array, " k"], delta: PyTree) -
     return 0.5 * jnp.sum(lam * coords**2)
 
 
-def law_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Float[Array, " k"], target: Array,
-            base: Batch, other: Batch, mix: Array, keep: Array, key: PRNGKeyArray) -> dict[str, Array]:
-    """Measure and fine-tune one run (see the module docstring); pure, vmap it over runs."""
-    cfg = data.config
+def _landscape(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], target: Array, base: Batch,
+               other: Batch, mix: Array, keep: Array):
     task = mixture_task(data, base, other, mix)
     land = tilt_overlap(
         FunctionLandscape(theta0=theta0, align_fn=lambda p: data.align_loss(p, target), task_fn=task), basis, keep)
+    return land, task
+
+
+def law_taylor(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], target: Array, base: Batch,
+               other: Batch, mix: Array, keep: Array) -> Float[Array, " 5"]:
+    """Exact Taylor coefficients c0..c4 of `Delta L_A(t)` along the run's gradient flow."""
+    return align_coefficients(_landscape(data, theta0, basis, target, base, other, mix, keep)[0], 4)
+
+
+def law_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Float[Array, " k"], target: Array,
+            base: Batch, other: Batch, mix: Array, keep: Array, key: PRNGKeyArray) -> dict[str, Array]:
+    """Measure and fine-tune one run (see the module docstring; the Taylor
+    coefficients come from `law_taylor`); pure, vmap it over runs."""
+    cfg = data.config
+    land, task = _landscape(data, theta0, basis, target, base, other, mix, keep)
     flat0, unravel = ravel_pytree(theta0)
     zero = jnp.zeros_like(flat0)
 
@@ -85,7 +100,6 @@ def law_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Fl
     # ||H_F|| sets the time unit: a few percent is plenty (one Lanczos pass of 12 products).
     top = eigsh(1, tol=1e-2, krylov_dim=12, max_matvecs=12)(hessian_operator(task, theta0), key)
     task_sharpness = top.eigenvalues[0]
-    coeffs = align_coefficients(land, 4)
 
     coords_g, coords_hg = basis.T @ g, basis.T @ hg
     grad_norm = jnp.linalg.norm(g)
@@ -102,7 +116,6 @@ def law_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Fl
         coupling_fisher=jnp.sqrt(jnp.sum(lam * coords_hg**2)),
         overlap=(eps_abs / grad_norm) ** 2,  # ||P_S u||^2 / ||u||^2 of the first update u = -g
         align_grad_norm=jnp.linalg.norm(align_grad),
-        c1=coeffs[1], c2=coeffs[2], c3=coeffs[3], c4=coeffs[4],
         c2_s=0.5 * jnp.sum(lam * coords_g**2),
         c4_s=0.125 * jnp.sum(lam * coords_hg**2),
         time=traj.time,
@@ -112,6 +125,17 @@ def law_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Fl
         delta_norm=traj.delta_norm,
         task_loss=traj.task_loss,
     )
+
+
+def law_chunk(data: SweepData, runs: dict[str, Any]) -> dict[str, Array]:
+    """`law_run` vmapped over a chunk of runs (leading axis of every input), with the
+    Taylor coefficients computed one run at a time: Taylor mode through the
+    transformer needs ~150 MiB of buffers per run, the rest ~45."""
+    out = jax.vmap(lambda kw: law_run(data, **kw))(runs)
+    taylor_inputs = {k: v for k, v in runs.items() if k not in ("lam", "key")}
+    coeffs = jax.lax.map(lambda kw: law_taylor(data, **kw), taylor_inputs)
+    out.update({f"c{j}": coeffs[:, j] for j in range(1, 5)})
+    return out
 
 
 def adam_record_steps(config: TestbedSweepConfig) -> np.ndarray:

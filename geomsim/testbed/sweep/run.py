@@ -102,18 +102,19 @@ def _select(tree, *index):
     return jax.tree.map(lambda x: x[index], tree)
 
 
-def _run_chunks(name: str, fn, inputs: dict[str, Any], n: int, config: TestbedSweepConfig, digest: str,
+def _run_chunks(name: str, chunk_fn, inputs: dict[str, Any], n: int, config: TestbedSweepConfig, digest: str,
                 out_dir: Path, bar: Progress, reused: list[str]) -> dict[str, np.ndarray]:
-    """`fn(**inputs_i)` for i < n, vmapped in chunks; finished chunks come from the cache
-    (`name` goes into `reused` when every chunk did)."""
+    """`chunk_fn(inputs[chunk])` over chunks of the n runs (every input has a leading
+    run axis); finished chunks come from the cache (`name` goes into `reused` when every
+    chunk did)."""
     parts, hits = [], 0
-    compiled = jax.jit(jax.vmap(fn))
+    compiled = jax.jit(chunk_fn)
     for i, idx in enumerate(_chunks(n, config.chunk)):
         real = len(np.unique(idx))
 
         def compute(idx=idx):
             batch = {k: jax.tree.map(lambda x, idx=idx: x[idx], v) for k, v in inputs.items()}
-            return jax.tree.map(np.asarray, compiled(**batch))
+            return jax.tree.map(np.asarray, compiled(batch))
 
         arrays, hit = cached_arrays(out_dir, f"{name}_{i:03d}", f"{digest}-{i}", compute)
         parts.append({k: v[:real] for k, v in arrays.items()})
@@ -200,7 +201,7 @@ def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progre
         mix=jnp.asarray(np.asarray(cfg.mix)[mix_i]), keep=jnp.asarray([law.ARM_KEEP[r[0]] for r in runs]),
         key=jax.vmap(lambda i: data.key(stages.LAW_STREAM, i))(jnp.arange(len(runs))),
     )
-    law_out = _run_chunks("law", lambda **kw: law.law_run(data, **kw), law_inputs, len(runs), cfg,
+    law_out = _run_chunks("law", lambda runs: law.law_chunk(data, runs), law_inputs, len(runs), cfg,
                           config_layer.digest(cfg, LAW_FIELDS), out_dir, bar, reused)
     timings["law_runs"] = round(time.perf_counter() - t0, 2)
 
@@ -216,7 +217,7 @@ def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progre
         mix=jnp.asarray(np.asarray(cfg.mix)[p_mix]),
         key=jax.vmap(lambda i: data.key(stages.ADAM_STREAM, i))(jnp.arange(len(points))),
     )
-    adam_out = _run_chunks("adam", lambda **kw: law.adam_run(data, **kw), adam_inputs, len(points), cfg,
+    adam_out = _run_chunks("adam", jax.vmap(lambda kw: law.adam_run(data, **kw)), adam_inputs, len(points), cfg,
                            config_layer.digest(cfg, ADAM_FIELDS), out_dir, bar, reused)
     timings["adam_runs"] = round(time.perf_counter() - t0, 2)
 

@@ -1,0 +1,114 @@
+"""The README is executable truth: every command and Python block in it runs.
+
+Each shell command of README.md's ```bash blocks runs as written, in a fresh
+process, from a folder outside the repository (as a user of the installed
+package would), with small overrides where it is long (a tiny grid, a tiny
+model; flags appended after the README's own win).  The exceptions are stated
+here: `pip install` (the test environment is the installed package; CI's
+`.ci/run` runs the README's install command from a fresh clone) and
+`python -m pytest` (this suite).  `paper_repro` is a script of the repository,
+so its commands run from the repository root, into temporary folders.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiny_configs import TESTBED, TESTBED_SWEEP, as_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+TINY_SWEEP = ["--sharpness", "2,20", "--coupling", "0.1,1", "--steps", "400", "--records", "20", "--dim", "8",
+              "--rank", "2"]
+# Appended to a README command that starts with the key (the longest matching key wins).
+OVERRIDES = {
+    ("python", "-m", "geomsim.sweep"): TINY_SWEEP,
+    ("python", "-m", "geomsim.testbed"): as_flags(TESTBED),
+    ("python", "-m", "geomsim.testbed", "sweep"): as_flags(TESTBED_SWEEP),
+    ("python", "-m", "paper_repro"): ["--only", "controls_mu"],
+}
+NOT_RUN = {
+    ("pip", "install"): "the test environment is the installed package; .ci/run runs the install from a fresh clone",
+    ("python", "-m", "pytest"): "this is the test suite itself",
+}
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def shell_commands() -> list[str]:
+    """Every command of the README's bash blocks (comments dropped, `a && b` split)."""
+    out = []
+    for block in blocks("bash"):
+        for line in block.splitlines():
+            tokens = shlex.split(line, comments=True)
+            if not tokens:
+                continue
+            words = " ".join(shlex.quote(t) for t in tokens)
+            out.extend(part.strip() for part in words.split(" '&&' "))
+    return out
+
+
+def _matching(table, tokens):
+    keys = [k for k in table if tuple(tokens[: len(k)]) == k]
+    return max(keys, key=len) if keys else None
+
+
+def _environment():
+    env = dict(os.environ)
+    # Share the test session's compilation cache and compiler settings (tests/conftest.py).
+    env["GEOMSIM_JAX_CACHE"] = env["JAX_COMPILATION_CACHE_DIR"] = str(ROOT / ".pytest_cache" / "jax")
+    if os.environ.get("GEOMSIM_TEST_OPTIMIZED") != "1":
+        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true"
+    env["MPLBACKEND"] = "Agg"
+    return env
+
+
+def _run(argv, cwd, timeout=900):
+    proc = subprocess.run(argv, cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_the_readme_has_the_two_setup_commands_first():
+    first = blocks("bash")[0].strip().splitlines()
+    assert first == ['pip install . && python -m geomsim.sweep', 'pip install ".[test]" && python -m pytest']
+
+
+COMMANDS = shell_commands()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_readme_command_runs(command, tmp_path):
+    tokens = shlex.split(command)
+    skip = _matching(NOT_RUN, tokens)
+    if skip:
+        pytest.skip(NOT_RUN[skip])
+    assert tokens[0] == "python", f"unexpected command in the README: {command}"
+    extra = OVERRIDES.get(_matching(OVERRIDES, tokens), [])
+    if "--help" in tokens:
+        extra = []
+    repo_script = tokens[:3] == ["python", "-m", "paper_repro"]
+    if repo_script:
+        extra = [*extra, "--runs", str(tmp_path / "runs"), "--figures", str(tmp_path / "figures")]
+        if "--only" in tokens:
+            extra = extra[2:]  # the README's own selection
+    else:
+        (tmp_path / "experiments").symlink_to(ROOT / "experiments")  # commands that name an experiment file
+    proc = _run([sys.executable, *tokens[1:], *extra], cwd=ROOT if repo_script else tmp_path)
+    if "--help" in tokens:
+        assert "usage:" in proc.stdout
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_readme_python_block_runs(index, tmp_path):
+    _run([sys.executable, "-c", blocks("python")[index]], cwd=tmp_path)
