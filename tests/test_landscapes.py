@@ -144,3 +144,27 @@ def test_closed_form_task_gradient_equals_autodiff(key):
         delta = jax.random.normal(jax.random.fold_in(key, i), (12,))
         auto = jax.grad(land.displaced_task_loss)(delta)
         np.testing.assert_allclose(land.task_gradient(delta), auto, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [("eps", 1.5, "in \\[0, 1\\)"), ("sharpness", 0.0, "> 0"), ("coupling", -0.1, ">= 0"),
+     ("mu", float("nan"), ">= 0"), ("sharpness_spread", 0.5, ">= 1"), ("task_curvature_min", 2.0, "<= task_curvature")],
+)
+def test_out_of_range_arguments_raise_one_line_errors(field, value, allowed):
+    with pytest.raises(ValueError, match=f"quadratic_cubic: {field} must be {allowed}") as err:
+        quadratic_cubic(jax.random.key(0), dim=8, rank=2, **{field: value})
+    assert "\n" not in str(err.value)
+
+
+def test_traced_out_of_range_values_are_reported_not_built_as_nan():
+    build = jax.jit(lambda eps: quadratic_cubic(jax.random.key(0), dim=8, rank=2, eps=eps).grad_task)
+    assert np.all(np.isfinite(build(0.5)))
+    with pytest.raises(Exception, match="quadratic_cubic: eps must be in"):
+        jax.block_until_ready(build(1.5))
+    # Without runtime checks (the sweep validates on the host) the program carries no callback.
+    unchecked = jax.jit(lambda s: quadratic_cubic(jax.random.key(0), dim=8, rank=2, sharpness=s,
+                                                  runtime_checks=False).hess_align)
+    assert "callback" not in unchecked.lower(1.0).as_text()
+    assert "callback" in jax.jit(lambda s: quadratic_cubic(jax.random.key(0), dim=8, rank=2,
+                                                           sharpness=s).hess_align).lower(1.0).as_text()

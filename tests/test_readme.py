@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from geomsim.io import loads_strict
+
 from tiny_configs import TESTBED, TESTBED_SWEEP, as_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,8 +109,24 @@ def test_readme_command_runs(command, tmp_path):
     proc = _run([sys.executable, *tokens[1:], *extra], cwd=ROOT if repo_script else tmp_path)
     if "--help" in tokens:
         assert "usage:" in proc.stdout
+    assert_strict_json(tmp_path)
+
+
+def assert_strict_json(folder: Path) -> None:
+    """Every JSON file a command wrote parses with a strict parser (no NaN / Infinity tokens)."""
+    for path in folder.rglob("*.json"):
+        if not path.is_symlink() and "experiments" not in path.parts:
+            try:
+                loads_strict(path.read_text())
+            except ValueError as err:
+                raise AssertionError(f"{path.relative_to(folder)} is not strict JSON: {err}") from None
 
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_readme_python_block_runs(index, tmp_path):
     _run([sys.executable, "-c", blocks("python")[index]], cwd=tmp_path)
+
+
+def test_committed_manifest_is_strict_json():
+    manifest = loads_strict((ROOT / "figures" / "manifest.json").read_text())
+    assert "testbed_sweep" in manifest["figures"]

@@ -29,6 +29,8 @@ the quartic coefficient is exactly the AIC bound `sharpness * coupling^2 / 8`;
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -104,6 +106,41 @@ def _is_concrete_zero(x) -> bool:
         return False
 
 
+# (argument, predicate, allowed range as the error message states it)
+_RANGES = (
+    ("sharpness", lambda v: v > 0, "> 0"),
+    ("coupling", lambda v: v >= 0, ">= 0"),
+    ("mu", lambda v: v >= 0, ">= 0"),
+    ("eps", lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
+    ("cubic_coupling", lambda v: v >= 0, ">= 0"),
+    ("align_cubic", lambda v: v == v, "finite"),
+    ("sharpness_spread", lambda v: v >= 1, ">= 1"),
+    ("grad_norm", lambda v: v > 0, "> 0"),
+    ("task_curvature", lambda v: v > 0, "> 0"),
+    ("task_curvature_min", lambda v: v > 0, "> 0 and <= task_curvature"),
+    ("task_curvature_s", lambda v: v == v, "finite"),
+)
+
+
+def _checked(values: dict[str, Any], runtime: bool) -> dict[str, Any]:
+    """Range-check the builder's arguments where they enter.
+
+    Concrete values raise a one-line `ValueError` naming the argument; traced
+    values (under `vmap`/`jit`) go through `eqx.error_if` when `runtime` is on.
+    """
+    values = dict(values)
+    rules = _RANGES + (("task_curvature_min", lambda v: v <= values["task_curvature"], "<= task_curvature"),)
+    for name, predicate, allowed in rules:
+        value = values[name]
+        ok = predicate(value) & jnp.isfinite(value)
+        if isinstance(ok, jax.core.Tracer):
+            if runtime:
+                values[name] = eqx.error_if(jnp.asarray(value), ~ok, f"quadratic_cubic: {name} must be {allowed}")
+        elif not bool(ok):
+            raise ValueError(f"quadratic_cubic: {name} must be {allowed} (got {float(value)!r})")
+    return values
+
+
 def quadratic_cubic(
     key: PRNGKeyArray,
     *,
@@ -120,6 +157,7 @@ def quadratic_cubic(
     task_curvature: float | Array = 1.0,
     task_curvature_min: float | Array = 0.1,
     task_curvature_s: float | Array = 0.0,
+    runtime_checks: bool = True,
 ) -> QuadraticCubic:
     """Build a `QuadraticCubic` landscape with exact AIC parameters.
 
@@ -137,13 +175,17 @@ def quadratic_cubic(
         grad_norm: `||g||`, > 0.
         task_curvature, task_curvature_min: range of the task Hessian on the
             complement (positive, min <= max).
-        task_curvature_s: task Hessian eigenvalue on S (>= 0); with eps > 0 it
-            contributes `task_curvature_s * eps * grad_norm` to gamma.
+        task_curvature_s: task Hessian eigenvalue on S (finite; negative makes S
+            a concave task direction); with eps > 0 it contributes
+            `task_curvature_s * eps * grad_norm` to gamma.
+        runtime_checks: check traced arguments with `eqx.error_if` (a host
+            callback in the compiled program). The sweep validates its grid on
+            the host and turns this off so its program stays cacheable.
 
     Every float argument may be a traced scalar, so the builder is `vmap`pable
-    over a grid of (sharpness, coupling, ...) and over keys.  Validation of the
-    ranges happens in `geomsim.sweep.config` (host side) because traced values
-    cannot be checked here.
+    over a grid of (sharpness, coupling, ...) and over keys. Out-of-range
+    values raise `ValueError` (concrete) or an `eqx.error_if` runtime error
+    (traced) naming the argument, instead of building a NaN landscape.
     """
     if rank < 1 or dim < rank + 2:
         raise ValueError(f"rank must be in [1, dim - 2]; got rank={rank}, dim={dim}")
@@ -158,9 +200,18 @@ def quadratic_cubic(
     def f(x):
         return jnp.asarray(x, dtype)
 
-    sharpness, coupling, mu, eps = f(sharpness), f(coupling), f(mu), f(eps)
-    gnorm, spread = f(grad_norm), f(sharpness_spread)
-    hs = f(task_curvature_s)
+    v = _checked(
+        dict(sharpness=sharpness, coupling=coupling, mu=mu, eps=eps, cubic_coupling=cubic_coupling,
+             align_cubic=align_cubic, sharpness_spread=sharpness_spread, grad_norm=grad_norm,
+             task_curvature=task_curvature, task_curvature_min=task_curvature_min,
+             task_curvature_s=task_curvature_s),
+        runtime_checks,
+    )
+    sharpness, coupling, mu, eps = f(v["sharpness"]), f(v["coupling"]), f(v["mu"]), f(v["eps"])
+    gnorm, spread = f(v["grad_norm"]), f(v["sharpness_spread"])
+    hs = f(v["task_curvature_s"])
+    task_curvature, task_curvature_min = v["task_curvature"], v["task_curvature_min"]
+    cubic_coupling, align_cubic = v["cubic_coupling"], v["align_cubic"]
 
     lams = sharpness * spread ** jnp.linspace(0.0, 1.0, rank, dtype=dtype)
     proj_s = u @ u.T

@@ -9,6 +9,7 @@ onset law, and classifies the run.  No host syncs: the whole thing jits and vmap
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -58,6 +59,9 @@ def make_point_function(config: SweepConfig) -> Callable[..., dict[str, jax.Arra
     """Pure per-point function for `config` (see module docstring)."""
     factory = resolve_landscape(config.landscape)
     rec = record_steps(config)
+    # The config checked every value on the host; runtime checks would put a
+    # host callback in the program and keep it out of the compilation cache.
+    host_checked = {"runtime_checks": False} if "runtime_checks" in inspect.signature(factory).parameters else {}
 
     def point(sharpness, coupling, seed_index):
         key = jax.random.fold_in(jax.random.key(config.seed), seed_index)
@@ -73,6 +77,7 @@ def make_point_function(config: SweepConfig) -> Callable[..., dict[str, jax.Arra
             cubic_coupling=config.cubic_coupling,
             align_cubic=config.align_cubic,
             **config.landscape_options,
+            **host_checked,
         )
         basis = subspace_basis(landscape, config.rank)
         if config.optimizer == "flow":
