@@ -146,7 +146,101 @@ def draw_optimizers(results, figures_dir: Path):
     return "optimizers", _entry("Optimizers side by side", files, numbers, failures, figures_dir)
 
 
+DEFENSE_RUNS = {
+    "none": "defense_none",
+    "static_projection": "defense_static",
+    "tracked_projection": "defense_tracked",
+    "curvature_projection": "defense_curvature",
+}
+
+
+def _final(result, column):
+    """Per run: the last recorded value of a curve column."""
+    cur = result.curves
+    runs = np.unique(cur["run"])
+    return np.array([cur[column][cur["run"] == r][-1] for r in runs])
+
+
+def _median_or_none(values):
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else None
+
+
+def draw_defenses(results, figures_dir: Path):
+    """Onset laws under each defense and the alignment-kept vs task-reached trade-off (landscapes)."""
+    fig, (ax, ax_p) = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    numbers, failures = {}, []
+    none = results[DEFENSE_RUNS["none"]]
+    task_start = none.curves["task_loss"][none.curves["run"] == 0][0]  # L_F(theta0) - L_F(theta0) = 0 here
+    progress_none = task_start - _final(none, "task_loss")
+    for i, (defense, name) in enumerate(DEFENSE_RUNS.items()):
+        result = results[name]
+        res, cur = result.results, result.curves
+        ok = res["status"] == "ok"
+        final = _final(result, "align_increase")
+        progress = (task_start - _final(result, "task_loss")) / progress_none
+        peaks = np.array([cur["align_increase"][cur["run"] == r].max() for r in np.unique(cur["run"])])
+        entry = {
+            "align_increase_median": _median_or_none(final),
+            "align_increase_peak_median": _median_or_none(peaks),
+            "task_progress_median": _median_or_none(progress),
+            "exponent_median": _median_or_none(res["exponent"][ok]),
+            "prefactor_ratio_median": _median_or_none(res["prefactor_ratio"][ok]),
+            "status_counts": {s: int(np.sum(res["status"] == s)) for s in np.unique(res["status"].astype(str))},
+            "overhead_ratio": result.meta["wall_seconds"] / none.meta["wall_seconds"],
+            "harm_rate_median": None,  # transformer only
+            "task_accuracy_median": None,  # transformer only
+        }
+        config = result.meta["config"]
+        if defense == "tracked_projection":
+            cap = res["taylor_c5"] * (config["defense_every"] * config["lr"]) ** 5
+            entry["peak_over_derived_cap_median"] = _median_or_none(peaks / cap)
+        numbers[defense] = entry
+        t = cur["time"][cur["run"] == 0]
+        above = np.array([np.where(cur["align_increase"][cur["run"] == r] > cur["floor"][cur["run"] == r],
+                                   cur["align_increase"][cur["run"] == r], np.nan) for r in np.unique(cur["run"])])
+        if np.isfinite(above).any(axis=0).any():
+            y = np.array([np.nanmedian(col) if np.isfinite(col).any() else np.nan for col in above.T])
+            ax.loglog(t, y, color=f"C{i}", label=defense.replace("_", " "))
+        else:  # nothing above round-off anywhere (the curvature projection): say so in the legend
+            ax.plot([], [], color=f"C{i}", label=defense.replace("_", " ") + ": below round-off")
+        ax_p.scatter(progress, np.maximum(final, 1e-30), color=f"C{i}", s=14, label=defense.replace("_", " "))
+        if defense == "none":
+            ax.loglog(t, np.median(res["taylor_c4"]) * t**4, color=f"C{i}", ls=":", lw=1, label=r"$c_4 t^4$")
+        if defense == "static_projection":
+            ax.loglog(t, np.median(res["taylor_c5"]) * t**5, color=f"C{i}", ls=":", lw=1,
+                      label=r"$\beta_r (p\cdot g)(w\cdot H_F g)^2 t^5/4$")
+        if defense == "tracked_projection":
+            ax.axhline(float(np.median(cap)), color=f"C{i}", ls=":", lw=1, label=r"cap $c_5 (K\,\mathrm{lr})^5$")
+    ax.set_xlabel(TIME_LABEL)
+    ax.set_ylabel(ALIGN_LABEL + "\nmedian over the grid (above round-off)")
+    ax.legend(fontsize=7)
+    ax.set_title("Onset laws under each defense (rotating landscape)", fontsize=9)
+    ax_p.set_yscale("log")
+    ax_p.set_xlabel("task progress kept: L_F decrease / undefended L_F decrease (dimensionless)")
+    ax_p.set_ylabel(ALIGN_LABEL + " at the horizon\n(round-off and negative values shown at 1e-30)")
+    ax_p.legend(fontsize=7)
+    ax_p.set_title("Alignment kept vs task reached (one point per grid point)", fontsize=9)
+    files = save(fig, figures_dir / "defenses", "fig_defenses")
+    expected = {"none": 4, "static_projection": 5}
+    for defense, power in expected.items():
+        med = numbers[defense]["exponent_median"]
+        if med is None or abs(med - power) > 0.1:
+            failures.append(f"{defense}: median exponent {med}, expected {power}")
+    if numbers["curvature_projection"]["exponent_median"] is not None:
+        failures.append("curvature_projection: an onset was fitted where the derived law says none")
+    cap_ratio = numbers["tracked_projection"].get("peak_over_derived_cap_median")
+    if cap_ratio is None or not 0.5 < cap_ratio < 1.1:
+        failures.append(f"tracked_projection: peak / c5 (K lr)^5 = {cap_ratio}, derived ~1")
+    transformer = results.get("testbed_defenses")  # its summary, when that experiment ran too
+    numbers = {"landscape": numbers, "transformer": transformer["defenses"] if transformer else None}
+    return "defenses", _entry("Defenses side by side (landscapes; transformer from testbed_defenses)", files,
+                              numbers, failures, figures_dir)
+
+
 COMPOSITES = [
     Composite(("sweep_default", "controls_mu", "controls_eps", "controls_cubic", "controls_none"), draw_controls),
     Composite(("optim_flow", "optim_gd", "optim_momentum", "optim_adam", "optim_sgd"), draw_optimizers),
+    Composite(tuple(DEFENSE_RUNS.values()), draw_defenses),
 ]

@@ -53,6 +53,11 @@ def check(numbers: dict, expect: dict) -> list[str]:
         tol = expect["c4_ratio_tol"]
         if ratio is None or ratio["min"] < 1 - tol or ratio["max"] > 1 + tol:
             failures.append(f"c4_fit/c4_pred {ratio}, expected within {tol:.0%} of 1")
+    if "prefactor_ratio_tol" in expect:
+        ratio = numbers.get("prefactor_ratio")
+        tol = expect["prefactor_ratio_tol"]
+        if ratio is None or ratio["min"] < 1 - tol or ratio["max"] > 1 + tol:
+            failures.append(f"prefactor / exact c_p {ratio}, expected within {tol:.0%} of 1")
     return failures
 
 
@@ -177,6 +182,18 @@ def run_experiment(path: Path, runs_dir: Path, figures_dir: Path):
         numbers = testbed_sweep_numbers(result.summary)
         failures = check_testbed_sweep(result.summary, expect)
         wall = result.summary["wall_seconds"]
+    elif repro.get("kind") == "testbed_defenses":
+        import jax
+
+        from geomsim.config import build
+        from geomsim.testbed.sweep.defenses import TestbedDefenseConfig, run_testbed_defenses
+
+        jax.config.update("jax_enable_x64", True)
+        summary = run_testbed_defenses(build(TestbedDefenseConfig, None, raw), out, progress=False, plots=True)
+        files = _copy_figures(out, summary["figures"], figures_dir / name, figures_dir)
+        numbers = {k: summary[k] for k in ("grid", "accuracy_target", "fixed_step", "defenses")}
+        failures = [] if expect.get("report_only") else ["testbed_defenses: only report_only is supported"]
+        wall, result = summary["wall_seconds"], summary
     elif repro.get("kind") == "testbed":
         from geomsim.testbed.config import make_testbed_config
         from geomsim.testbed.run import run_testbed

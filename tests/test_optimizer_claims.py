@@ -86,6 +86,8 @@ def axis_aligned(land):
         task_cubic_dirs=clean(land.task_cubic_dirs @ rotation.T),
         align_cubic_coef=land.align_cubic_coef,
         align_cubic_dirs=clean(land.align_cubic_dirs @ rotation.T),
+        rotate_coef=land.rotate_coef,
+        rotate_dirs=clean(land.rotate_dirs @ rotation.T),
         task_is_quadratic=land.task_is_quadratic,
     )
 

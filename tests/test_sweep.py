@@ -144,6 +144,9 @@ def test_parse_values():
         (["--landscape", "nope"], "landscape"),
         (["--config", "/nonexistent/x.toml"], "config"),
         (["--resume"], "resume"),
+        (["--defense", "lora"], "defense"),
+        (["--defense", "static_projection", "--optimizer", "flow"], "defense"),
+        (["--defense-every", "0"], "defense_every"),
     ],
 )
 def test_bad_input_is_one_clear_line(flags, field, capsys):
@@ -199,3 +202,21 @@ def test_sharded_over_devices_gives_the_same_numbers(tmp_path, quartic_run):
     sharded = read_csv(out / "results.csv")
     for col in ("exponent", "c4_fit", "c4_pred", "t_fail_meas"):
         np.testing.assert_allclose(sharded[col], quartic_run.results[col], rtol=1e-12)
+
+
+ROTATING = dict(sharpness="3,30", coupling="0.2", steps=20000, lr=1e-5, dim=16, rank=2, records=60,
+                landscape_options={"align_rotate": 3.0, "rotate_coupling": 0.4})
+
+
+@pytest.mark.parametrize(("defense", "power"), [("none", 4), ("static_projection", 5), ("curvature_projection", None)])
+def test_defenses_in_the_sweep_follow_their_derived_laws(tmp_path, defense, power):
+    res = run_sweep(make_config(None, {**ROTATING, "defense": defense}), tmp_path, progress=False, plots=False).results
+    assert list(res["defense"]) == [defense] * 2
+    if power is None:  # S0 plus the growth direction: nothing left to open, no onset above round-off
+        assert list(res["status"]) == ["no_onset"] * 2
+        assert all("never rose above the noise floor" in r for r in res["reason"])
+        return
+    assert np.all(res["status"] == "ok")
+    np.testing.assert_allclose(res["exponent"], power, atol=0.05)
+    np.testing.assert_array_equal(res["power"], power)
+    np.testing.assert_allclose(res["prefactor_ratio"], 1.0, rtol=0.01)

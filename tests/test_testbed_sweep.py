@@ -12,7 +12,7 @@ from geomsim.testbed.sweep import TestbedSweepConfig
 from geomsim.testbed.sweep.cli import main
 from geomsim.testbed.sweep.run import run_testbed_sweep
 
-from tiny_configs import TESTBED_SWEEP
+from tiny_configs import TESTBED_DEFENSES, TESTBED_SWEEP
 
 TINY = TESTBED_SWEEP
 
@@ -106,3 +106,49 @@ def test_needs_float64(tmp_path):
             run_testbed_sweep(TestbedSweepConfig(), tmp_path)
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(scope="module")
+def defended(tiny):
+    """Every defense on the tiny sweep's own models (its checkpoints and spectra are reused)."""
+    from geomsim.testbed.sweep.defenses import TestbedDefenseConfig, run_testbed_defenses
+
+    _, result = tiny
+    config = config_layer.build(TestbedDefenseConfig, None, TESTBED_DEFENSES)
+    return config, run_testbed_defenses(config, result.out_dir, progress=False, plots=True), result.out_dir
+
+
+def test_defenses_run_from_the_sweeps_models_and_report_every_defense(defended):
+    from geomsim.io import loads_strict, read_csv
+
+    config, summary, out = defended
+    assert set(summary["defenses"]) == set(config.defenses)
+    assert {"pretrain", "sweep_align", "sweep_polish", "spectrum"} <= set(summary["reused"])
+    assert loads_strict((out / "summary.json").read_text())["defenses"]["none"]["overhead_ratio"] == 1.0
+    for stem in ("fig_defense_pareto", "fig_defense_curves"):
+        assert (out / f"{stem}.png").exists() and (out / f"{stem}.pdf").exists()
+    curves = read_csv(out / "defenses.csv")
+    assert set(np.unique(curves["defense"])) == set(config.defenses)
+    assert np.all(np.isfinite(curves["align_increase"]))
+
+
+def test_static_projection_keeps_the_adam_path_out_of_s0(defended):
+    from geomsim.io import read_csv
+
+    _, _, out = defended
+    curves = read_csv(out / "defenses.csv")
+    none, static = curves["defense"] == "none", curves["defense"] == "static_projection"
+    # ||P_S0 delta|| with the sweep's S0: float32 round-off under the projection, not under plain Adam.
+    assert np.max(curves["subspace_norm"][static]) < 1e-5 * np.max(curves["subspace_norm"][none])
+    lora = curves["defense"] == "lora"
+    assert np.max(curves["subspace_norm"][lora]) > 0  # LoRA is not a projection
+
+
+def test_defense_cli_bad_input_is_one_line(capsys):
+    from geomsim.testbed.sweep.defense_cli import main as defense_main
+
+    for flags, field in ((["--defenses", "none,bogus"], "defenses"), (["--defenses", "static_projection"], "defenses"),
+                         (["--replay-fraction", "1.5"], "replay_fraction")):
+        assert defense_main([*flags, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"python -m geomsim.testbed defenses: error: {field}"), err

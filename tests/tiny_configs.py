@@ -14,6 +14,9 @@ TESTBED_SWEEP = dict(
     num_eigs=4, adam_steps=10, adam_records=5, adam_batch=8, polish_steps=12, chunk=8,
 )
 
+# The defenses on the tiny sweep's models (the same programs as tests/test_testbed_sweep.py).
+TESTBED_DEFENSES = {**TESTBED_SWEEP, "defense_every": 3, "tracked_matvecs": 10}
+
 
 def as_flags(settings: dict) -> list[str]:
     """`{"seeds": 2}` -> `["--seeds", "2"]`."""

@@ -3,6 +3,7 @@
 With `delta = theta - theta0` (and `theta0 = 0`):
 
     L_A(delta) = 1/2 delta^T H_A delta + beta (s.delta)(p.delta)(w.delta)
+                 + beta_r (-p.delta)(w.delta)^2
     L_F(delta) = g.delta + 1/2 delta^T H_F delta + (kappa/2)(s.delta)(p.delta)^2
 
 built from one random orthonormal basis `Q = [U | P]` (`U`: the k columns that
@@ -20,7 +21,13 @@ Instability Condition quantities are exact inputs:
 * the alignment cubic couples S to a complement direction `w` in proportion to
   the distance travelled along `p`, so the sharp subspace rotates along the
   path (rotation angle ~ `align_cubic * grad_norm * t / sharpness`) without
-  touching the quartic coefficient when `eps = 0`.
+  touching the quartic coefficient when `eps = 0`. It vanishes whenever
+  `s.delta = 0`, so a projection off S is exact against it;
+* the rotation term `beta_r (-p.delta)(w.delta)^2` (`align_rotate`) makes a NEW
+  sharp direction: moving along the task direction `p` gives `w` (outside S)
+  alignment curvature `2 beta_r (-p.delta)`, and the task curvature feeds `w`
+  (`rotate_coupling` adds `c_w (p w^T + w p^T)` to `H_F`), so a projection off
+  the S measured at theta0 cannot stop it (docs/theory.md, "Defenses").
 
 Directions: `s = U[:, 0]` is the least-sharp S direction, so with `eps = mu = 0`
 the quartic coefficient is exactly the AIC bound `sharpness * coupling^2 / 8`;
@@ -62,6 +69,8 @@ class QuadraticCubic(Landscape):
     task_cubic_dirs: Float[Array, "3 d"]
     align_cubic_coef: Float[Array, ""]
     align_cubic_dirs: Float[Array, "3 d"]
+    rotate_coef: Float[Array, ""]
+    rotate_dirs: Float[Array, "3 d"]
     task_is_quadratic: bool = eqx.field(static=True, default=False)
 
     @staticmethod
@@ -72,7 +81,8 @@ class QuadraticCubic(Landscape):
     def align_increase(self, delta):
         # Direct form: no L_A(theta) - L_A(theta0) cancellation.
         quad = 0.5 * delta @ (self.hess_align @ delta)
-        return quad + self._triple(self.align_cubic_coef, self.align_cubic_dirs, delta)
+        cubic = self._triple(self.align_cubic_coef, self.align_cubic_dirs, delta)
+        return quad + cubic + self._triple(self.rotate_coef, self.rotate_dirs, delta)
 
     def align_loss(self, theta):
         return self.align_increase(theta - self.theta0)
@@ -114,6 +124,8 @@ _RANGES = (
     ("eps", lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
     ("cubic_coupling", lambda v: v >= 0, ">= 0"),
     ("align_cubic", lambda v: v == v, "finite"),
+    ("align_rotate", lambda v: v == v, "finite"),
+    ("rotate_coupling", lambda v: v == v, "finite"),
     ("sharpness_spread", lambda v: v >= 1, ">= 1"),
     ("grad_norm", lambda v: v > 0, "> 0"),
     ("task_curvature", lambda v: v > 0, "> 0"),
@@ -157,6 +169,8 @@ def quadratic_cubic(
     task_curvature: float | Array = 1.0,
     task_curvature_min: float | Array = 0.1,
     task_curvature_s: float | Array = 0.0,
+    align_rotate: float | Array = 0.0,
+    rotate_coupling: float | Array = 0.0,
     runtime_checks: bool = True,
 ) -> QuadraticCubic:
     """Build a `QuadraticCubic` landscape with exact AIC parameters.
@@ -178,6 +192,10 @@ def quadratic_cubic(
         task_curvature_s: task Hessian eigenvalue on S (finite; negative makes S
             a concave task direction); with eps > 0 it contributes
             `task_curvature_s * eps * grad_norm` to gamma.
+        align_rotate: strength beta_r of the rotation term
+            `beta_r (-p.delta)(w.delta)^2` (a new sharp direction w outside S).
+        rotate_coupling: extra task curvature between p and w (adds to
+            `w . H_F g`, which drives w at second order).
         runtime_checks: check traced arguments with `eqx.error_if` (a host
             callback in the compiled program). The sweep validates its grid on
             the host and turns this off so its program stays cacheable.
@@ -204,7 +222,7 @@ def quadratic_cubic(
         dict(sharpness=sharpness, coupling=coupling, mu=mu, eps=eps, cubic_coupling=cubic_coupling,
              align_cubic=align_cubic, sharpness_spread=sharpness_spread, grad_norm=grad_norm,
              task_curvature=task_curvature, task_curvature_min=task_curvature_min,
-             task_curvature_s=task_curvature_s),
+             task_curvature_s=task_curvature_s, align_rotate=align_rotate, rotate_coupling=rotate_coupling),
         runtime_checks,
     )
     sharpness, coupling, mu, eps = f(v["sharpness"]), f(v["coupling"]), f(v["mu"]), f(v["eps"])
@@ -230,7 +248,9 @@ def quadratic_cubic(
     else:
         c_along = coupling - from_s_block
     c = c_along / along_perp
-    hess_task = (rot * h) @ rot.T + hs * proj_s + c * (jnp.outer(s, p) + jnp.outer(p, s))
+    c_w = f(v["rotate_coupling"]) / along_perp
+    hess_task = ((rot * h) @ rot.T + hs * proj_s + c * (jnp.outer(s, p) + jnp.outer(p, s))
+                 + c_w * (jnp.outer(w, p) + jnp.outer(p, w)))
 
     kappa = f(cubic_coupling) / along_perp**2
     return QuadraticCubic(
@@ -243,5 +263,7 @@ def quadratic_cubic(
         task_cubic_dirs=jnp.stack([s, p, p]),
         align_cubic_coef=f(align_cubic),
         align_cubic_dirs=jnp.stack([s, p, w]),
+        rotate_coef=f(v["align_rotate"]),
+        rotate_dirs=jnp.stack([-p, w, w]),
         task_is_quadratic=_is_concrete_zero(cubic_coupling),
     )

@@ -60,10 +60,16 @@ def summary(results, meta) -> str:
     ok = results["status"] == "ok"
     stats = sweep_statistics(results)
     lines = [f"runs: {stats['runs']}  " + "  ".join(f"{k}={v}" for k, v in meta["status_counts"].items() if v)]
+    defended = meta["config"].get("defense", "none") != "none"
     if "exponent" in stats:
         e = stats["exponent"]
-        lines.append(f"onset exponent: median {e['median']:.3f}  range [{e['min']:.3f}, {e['max']:.3f}]  (theory 4)")
-    if "c4_ratio" in stats:
+        expected = f"defense {meta['config']['defense']}: see docs/theory.md" if defended else "theory 4"
+        lines.append(f"onset exponent: median {e['median']:.3f}  range [{e['min']:.3f}, {e['max']:.3f}]  ({expected})")
+    if defended and "prefactor_ratio" in stats:
+        r = stats["prefactor_ratio"]
+        lines.append(f"prefactor / exact c_p of the defended flow: median {r['median']:.4f}  "
+                     f"range [{r['min']:.4f}, {r['max']:.4f}]")
+    if "c4_ratio" in stats and not defended:
         r = stats["c4_ratio"]
         lines.append(f"c4_fit / c4_pred: median {r['median']:.4f}  range [{r['min']:.4f}, {r['max']:.4f}]  (theory 1)")
     sharp, coup = np.unique(results["sharpness"]), np.unique(results["coupling"])

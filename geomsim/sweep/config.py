@@ -19,6 +19,7 @@ import numpy as np
 
 from geomsim import config as config_layer
 from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
+from geomsim.defenses.landscape import DEFENSES
 from geomsim.dynamics.optimizers import OPTIMIZERS
 from geomsim.landscapes.registry import resolve_landscape
 
@@ -104,6 +105,14 @@ class SweepConfig:
     slope_tol: float = option(0.05, help="half-width of the local-slope band defining the onset window (> 0)",
                               check=positive)
     min_decades: float = option(0.5, help="shortest onset window, decades of t (> 0)", check=positive)
+    defense: str = option("none", help=f"defense applied to every update, one of {', '.join(DEFENSES)}",
+                          check=one_of(*DEFENSES))
+    defense_rank: int = option(0, help="directions projected off (tracked_projection: tracked); 0 = rank (>= 0)",
+                               check=at_least(0))
+    defense_every: int = option(10, help="tracked_projection: re-estimate S every K updates (integer >= 1)",
+                                check=at_least(1))
+    defense_growth: int = option(1, help="curvature_projection: growth directions added to S0 (integer >= 1)",
+                                 check=at_least(1))
     chunk: int = option(64, help="grid points per vmapped batch (integer >= 1)", check=at_least(1))
     landscape_options: dict[str, Any] = option(
         default_factory=dict, flag=False, help="extra keyword arguments for the landscape factory (TOML table only)")
@@ -114,6 +123,11 @@ class SweepConfig:
             factory = resolve_landscape(self.landscape)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        if self.defense != "none" and self.optimizer == "flow":
+            raise ConfigError("defense: needs a discrete optimizer (gd, momentum, adam, sgd), not flow")
+        if not self.defense_rank + self.defense_growth <= self.dim - 1:
+            raise ConfigError(f"defense_rank: with defense_growth must stay below dim (got {self.defense_rank} + "
+                              f"{self.defense_growth}, dim {self.dim})")
         if not self.rank <= self.dim - 2:
             raise ConfigError(f"rank: must be in [1, dim - 2] = [1, {self.dim - 2}] (got {self.rank})")
         params = inspect.signature(factory).parameters

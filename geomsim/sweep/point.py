@@ -15,7 +15,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from geomsim.defenses import build_defense
 from geomsim.dynamics import descend, gradient_flow, log_record_steps, make_optimizer
 from geomsim.fitting import MAX_POWER, fit_onset, local_slopes
 from geomsim.landscapes import resolve_landscape, subspace_basis
@@ -80,6 +82,9 @@ def make_point_function(config: SweepConfig) -> Callable[..., dict[str, jax.Arra
             **host_checked,
         )
         basis = subspace_basis(landscape, config.rank)
+        defense = build_defense(config.defense, landscape, rank=config.defense_rank or config.rank,
+                                key=jax.random.fold_in(key, 11), every=config.defense_every,
+                                growth=config.defense_growth)
         if config.optimizer == "flow":
             dtype = jnp.zeros(()).dtype
             traj = gradient_flow(landscape, jnp.asarray(rec * config.lr, dtype), basis)
@@ -88,13 +93,16 @@ def make_point_function(config: SweepConfig) -> Callable[..., dict[str, jax.Arra
             opt = make_optimizer(
                 config.optimizer, config.lr, key=k_noise, momentum=config.momentum, noise=config.noise
             )
-            traj = descend(landscape, opt, rec, config.lr, basis)
+            traj = descend(landscape, optax.chain(defense.transform, opt), rec, config.lr, basis)
             steps = traj.steps
 
         # krylov_dim = dim: one exact Lanczos pass (the S eigenvalue can be repeated).
         aic = landscape_aic(landscape, config.rank, key=jax.random.fold_in(key, 7), krylov_dim=config.dim,
                             num_eigs=config.dim, trace_samples=0, window=False, laws=False)
-        coeffs = align_coefficients(landscape, TAYLOR_ORDER)
+        # Under a projection defense: the projected flow's exact coefficients (tracked:
+        # valid until its first re-estimate).
+        projector = None if config.defense == "none" else defense.projector()
+        coeffs = align_coefficients(landscape, TAYLOR_ORDER, projector=projector)
         eps_machine = jnp.finfo(traj.align_increase.dtype).eps
         floor = FLOOR_ULPS * eps_machine * aic.spectral_norm * traj.delta_norm**2
         table = time_basis_table(config, steps)
@@ -112,12 +120,15 @@ def make_point_function(config: SweepConfig) -> Callable[..., dict[str, jax.Arra
             jnp.where(diverged, STATUS_DIVERGED, jnp.where(fit.status == 0, STATUS_OK, STATUS_NO_ONSET)),
         )
         c4_fit = jnp.where(fit.power == 4, fit.prefactor, jnp.nan)
+        prefactor_pred = coeffs[jnp.clip(fit.power, 0, TAYLOR_ORDER)]
         return dict(
             exponent=fit.exponent,
             exponent_lo=fit.exponent_lo,
             exponent_hi=fit.exponent_hi,
             power=fit.power,
             prefactor=fit.prefactor,
+            prefactor_pred=prefactor_pred,
+            prefactor_ratio=fit.prefactor / prefactor_pred,
             c4_fit=c4_fit,
             c4_pred=coeffs[4],
             c4_ratio=c4_fit / coeffs[4],

@@ -30,7 +30,7 @@ from geomsim.sweep.progress import Progress
 
 RESULT_COLUMNS = (
     "sharpness", "coupling", "mu", "eps", "rank", "dim", "optimizer", "lr", "steps", "seed", "seed_index",
-    "exponent", "exponent_lo", "exponent_hi", "power", "prefactor",
+    "defense", "exponent", "exponent_lo", "exponent_hi", "power", "prefactor", "prefactor_pred", "prefactor_ratio",
     "c4_fit", "c4_pred", "c4_ratio", "c2_pred", "c6_pred", "crossover_pred", "window_end_pred",
     "onset_t", "window_hi", "t_fail_pred", "t_fail_meas",
     "sharpness_meas", "mu_meas", "eps_meas", "coupling_meas", "rank_meas",
@@ -128,6 +128,7 @@ def _rows(config: SweepConfig, raw: dict[str, np.ndarray], s: np.ndarray, c: np.
         "rank": np.full(n, config.rank),
         "dim": np.full(n, config.dim),
         "optimizer": np.array([config.optimizer] * n, dtype=object),
+        "defense": np.array([config.defense] * n, dtype=object),
         "lr": np.full(n, config.lr),
         "steps": np.full(n, config.steps),
         "seed": np.full(n, config.seed),

@@ -28,6 +28,12 @@ def sweep_statistics(results: Table) -> dict[str, Any]:
         r = r[np.isfinite(r)]
         if r.size:
             out["c4_ratio"] = {"median": float(np.median(r)), "min": float(r.min()), "max": float(r.max())}
+        if "prefactor_ratio" in results:
+            pr = results["prefactor_ratio"][ok]
+            pr = pr[np.isfinite(pr)]
+            if pr.size:
+                out["prefactor_ratio"] = {"median": float(np.median(pr)), "min": float(pr.min()),
+                                          "max": float(pr.max())}
         tf = np.isfinite(results["t_fail_meas"][ok]) & np.isfinite(results["t_fail_pred"][ok])
         if tf.any():
             rel = results["t_fail_meas"][ok][tf] / results["t_fail_pred"][ok][tf]

@@ -23,9 +23,14 @@ def main(argv: list[str] | None = None) -> int:
         from geomsim.testbed.sweep.cli import main as sweep_main
 
         return sweep_main(argv[1:])
+    if argv[:1] == ["defenses"]:
+        from geomsim.testbed.sweep.defense_cli import main as defense_main
+
+        return defense_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.splitlines()[0],
-        epilog="`python -m geomsim.testbed sweep --help`: the sharpness x coupling sweep (the quartic law on the transformer)")
+        epilog="`python -m geomsim.testbed sweep --help`: the sharpness x coupling sweep (the quartic law on the "
+               "transformer); `python -m geomsim.testbed defenses --help`: every defense side by side")
     config_layer.add_flags(parser, TestbedConfig)
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any setting above; flags override it")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/testbed-<timestamp>); "

@@ -90,10 +90,14 @@ def first_crossing(ts: Float[Array, " n"], values: Float[Array, " n"], tau: Arra
 
 
 def falling_factorial_basis(steps: ArrayLike, lr: ArrayLike, power: int) -> Array:
-    """Discrete-GD time basis for a `t^power` law (power even, `m = power/2`):
-    `(lr^m n (n-1) ... (n-m+1))^2`, since the S-displacement of GD after n steps
-    is `C(n, m) lr^m` times the flow's `t^m / m!` coefficient.  For power 4 this
-    is the `n^2 (n-1)^2 lr^4` correction; it tends to `t^power` as n grows."""
+    """Discrete-GD time basis for a `t^power` law, `m = power // 2`.
+
+    Even power: `(lr^m n (n-1) ... (n-m+1))^2`, since the S-displacement of GD
+    after n steps is `C(n, m) lr^m` times the flow's `t^m / m!` coefficient (for
+    power 4 the `n^2 (n-1)^2 lr^4` correction).  Odd power: the same squared
+    factor times `lr n`, the exact first-order displacement along a second
+    direction (the static-projection law `beta_r (p.delta)(w.delta)^2`, power 5).
+    Both tend to `t^power` as n grows."""
     n = jnp.asarray(steps, dtype=jnp.result_type(float))
     m = power // 2
     ff = jnp.ones_like(n)
@@ -101,7 +105,7 @@ def falling_factorial_basis(steps: ArrayLike, lr: ArrayLike, power: int) -> Arra
         ff = ff * (n - j)
     basis = (jnp.asarray(lr) ** m * ff) ** 2
     if power % 2:
-        basis = (jnp.asarray(lr) * n) ** power
+        basis = basis * jnp.asarray(lr) * n
     return basis
 
 

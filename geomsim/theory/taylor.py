@@ -28,12 +28,15 @@ from geomsim.landscapes.base import Landscape, flatten_displacement
 Method = Literal["jet", "jvp"]
 
 
-def _flat_functions(landscape: Landscape):
+Projector = Callable[[Array], Array]
+
+
+def _flat_functions(landscape: Landscape, projector: Projector | None = None):
     zero, unravel = flatten_displacement(landscape)
 
     def velocity(x):
-        grad = jax.grad(landscape.displaced_task_loss)(unravel(x))
-        return -ravel_pytree(grad)[0]
+        step = -ravel_pytree(jax.grad(landscape.displaced_task_loss)(unravel(x)))[0]
+        return step if projector is None else projector(step)
 
     def align(x):
         return landscape.align_increase(unravel(x))
@@ -61,8 +64,12 @@ def _series_derivatives(fn: Callable, x0: Array, coeffs: list[Array], method: Me
     return results
 
 
-def path_coefficients(landscape: Landscape, order: int = 6, method: Method = "jet") -> Float[Array, "n d"]:
+def path_coefficients(landscape: Landscape, order: int = 6, method: Method = "jet",
+                      projector: Projector | None = None) -> Float[Array, "n d"]:
     """Taylor coefficients `a_0..a_order` of the gradient-flow displacement.
+
+    With `projector` (a fixed linear map on flat vectors, e.g. `v -> v - B^T B v`
+    for a static projection defense) the flow is `delta' = -P grad L_F`.
 
     Returns:
         Array of shape `(order + 1, d)` in flat coordinates; `a_0 = 0`,
@@ -70,7 +77,7 @@ def path_coefficients(landscape: Landscape, order: int = 6, method: Method = "je
     """
     if order < 1:
         raise ValueError(f"order must be >= 1; got {order}")
-    zero, velocity, _ = _flat_functions(landscape)
+    zero, velocity, _ = _flat_functions(landscape, projector)
     coeffs = [velocity(zero)]
     for k in range(1, order):
         derivs = _series_derivatives(velocity, zero, coeffs, method)
@@ -78,13 +85,15 @@ def path_coefficients(landscape: Landscape, order: int = 6, method: Method = "je
     return jnp.stack([zero, *coeffs])
 
 
-def align_coefficients(landscape: Landscape, order: int = 6, method: Method = "jet") -> Float[Array, " n"]:
-    """Taylor coefficients `c_0..c_order` of `Delta L_A(t)` along gradient flow.
+def align_coefficients(landscape: Landscape, order: int = 6, method: Method = "jet",
+                       projector: Projector | None = None) -> Float[Array, " n"]:
+    """Taylor coefficients `c_0..c_order` of `Delta L_A(t)` along gradient flow
+    (projected by `projector` when given, see `path_coefficients`).
 
     Returns:
         Array of shape `(order + 1,)`; `c_0 = 0`, `c_j` in loss / time^j.
     """
-    path = path_coefficients(landscape, order, method)
+    path = path_coefficients(landscape, order, method, projector)
     zero, _, align = _flat_functions(landscape)
     derivs = _series_derivatives(align, zero, list(path[1:]), method)
     cs = [d / math.factorial(j + 1) for j, d in enumerate(derivs)]

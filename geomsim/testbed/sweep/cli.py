@@ -17,32 +17,46 @@ from geomsim.testbed.sweep.config import TestbedSweepConfig
 PROG = "python -m geomsim.testbed sweep"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = PROG, cls=TestbedSweepConfig, doc: str | None = None,
+                 default_out: str = "runs/testbed-sweep-<timestamp>") -> argparse.ArgumentParser:
+    """Flags for every field of `cls`, plus --config, --out, --no-plots, --quiet."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0].replace("\n", " "),
+        prog=prog, description=(doc or __doc__).split("\n\n")[0].replace("\n", " "),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    config_layer.add_flags(parser, TestbedSweepConfig)
+    config_layer.add_flags(parser, cls)
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any of the settings above; flags override it")
-    parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/testbed-sweep-<timestamp>); "
+    parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {default_out}); "
                         "rerunning into it reuses every finished stage and chunk")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
+def parse(parser: argparse.ArgumentParser, cls, argv: list[str] | None):
+    """`(config, out, plots, quiet)`, or None after printing a one-line error (exit status 2).
+
+    Also turns on the compilation cache and float64 (the polish and the early-time
+    law are below float32 resolution)."""
+    args = vars(parser.parse_args(argv))
     file, out = args.pop("config", None), args.pop("out", None)
     plots, quiet = not args.pop("no_plots"), args.pop("quiet")
     try:
-        config = config_layer.build(TestbedSweepConfig, file, args)
+        config = config_layer.build(cls, file, args)
     except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return None
     import jax
 
     enable_compilation_cache()
-    jax.config.update("jax_enable_x64", True)  # the early-time law is below float32 resolution
+    jax.config.update("jax_enable_x64", True)
+    return config, out, plots, quiet
+
+
+def main(argv: list[str] | None = None) -> int:
+    parsed = parse(build_parser(), TestbedSweepConfig, argv)
+    if parsed is None:
+        return 2
+    config, out, plots, quiet = parsed
     from geomsim.testbed.sweep.run import run_testbed_sweep
 
     out_dir = Path(out) if out else Path("runs") / time.strftime("testbed-sweep-%Y%m%d-%H%M%S")

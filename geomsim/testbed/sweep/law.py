@@ -28,7 +28,8 @@ from the polished model, recording harm rate and task accuracy (held-out) with
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import diffrax
 import jax
@@ -143,34 +144,68 @@ def adam_record_steps(config: TestbedSweepConfig) -> np.ndarray:
     return log_record_steps(config.adam_steps, config.adam_records)
 
 
+class Finetune(NamedTuple):
+    """How a realistic fine-tune is run (the defenses change one or more parts).
+
+    optimizer: chained transformation; its `update` gets the absolute parameters.
+    init: `z0`, the optimised variable (delta, or a LoRA adapter).
+    state0: the optimizer's initial state (built by whoever knows what it needs:
+        a tracked projection solves at the absolute theta0, LoRA's Adam is shaped like z).
+    to_delta: `z -> delta = theta - theta0`.
+    extra_loss: `(params, key) -> scalar` added to the batch loss (e.g. replay), or None.
+    """
+
+    optimizer: optax.GradientTransformation
+    init: PyTree
+    state0: Any
+    to_delta: Callable[[PyTree], PyTree]
+    extra_loss: Callable[[PyTree, PRNGKeyArray], Array] | None = None
+
+
+def plain_finetune(config: TestbedSweepConfig, theta0: PyTree) -> Finetune:
+    """Adam on the full parameters (the sweep's arm and the defenses' `none`)."""
+    opt = optax.adam(config.adam_lr)
+    return Finetune(opt, jax.tree.map(jnp.zeros_like, theta0), opt.init(theta0), lambda z: z)
+
+
 def adam_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Float[Array, " k"], target: Array,
-             base: Batch, other: Batch, mix: Array, key: PRNGKeyArray) -> dict[str, Array]:
+             base: Batch, other: Batch, mix: Array, key: PRNGKeyArray,
+             finetune: Callable[[PyTree], Finetune] | None = None) -> dict[str, Array]:
     """Adam on the real task from the polished model, as fine-tuning is done in practice
     (float32; every step a fresh batch of `adam_batch` examples of each component task), loss
     `(1 - a) L_base + a L_other`.  Records at `adam_record_steps`: `Delta L_A`, its
     S-part, `L_F` on the run's fixed fine-tuning sets (`base`, `other`), the harm
     rate on held-out harmful prompts and the held-out task accuracy
-    `(1 - a) acc_base + a acc_other`."""
+    `(1 - a) acc_base + a acc_other`.
+
+    `finetune(theta0_float32) -> Finetune` replaces plain Adam (a defense: a projection
+    chained after Adam, a replay term, LoRA adapters)."""
     cfg, bed = data.config, data.bed
     theta0 = jax.tree.map(lambda x: x.astype(jnp.float32), theta0)  # training precision
     land = FunctionLandscape(theta0=theta0, align_fn=lambda p: data.align_loss(p, target),
                              task_fn=mixture_task(data, base, other, mix))
     ev_base, ev_other = data.task_eval["base"], data.task_eval["other"]
-    opt = optax.adam(cfg.adam_lr)
+    spec = (finetune or (lambda t: plain_finetune(cfg, t)))(theta0)
+    opt = spec.optimizer
 
-    def batch_loss(delta, step):
-        k_base, k_other = jax.random.split(jax.random.fold_in(key, step))
-        p = jax.tree.map(jnp.add, theta0, delta)
+    def params_of(z):
+        return jax.tree.map(jnp.add, theta0, spec.to_delta(z))
+
+    def batch_loss(z, step):
+        k_base, k_other, k_extra = jax.random.split(jax.random.fold_in(key, step), 3)
+        p = params_of(z)
         fresh_base = make_batch(data.lang, cfg.task_base, k_base, cfg.adam_batch)
         fresh_other = make_batch(data.lang, cfg.task_other, k_other, cfg.adam_batch)
-        return mixture_task(data, fresh_base, fresh_other, mix)(p)
+        loss = mixture_task(data, fresh_base, fresh_other, mix)(p)
+        return loss if spec.extra_loss is None else loss + spec.extra_loss(p, k_extra)
 
     def one_step(_, carry):
-        delta, state, step = carry
-        updates, state = opt.update(jax.grad(batch_loss)(delta, step), state, delta)
-        return optax.apply_updates(delta, updates), state, step + 1
+        z, state, step = carry
+        updates, state = opt.update(jax.grad(batch_loss)(z, step), state, params_of(z))
+        return optax.apply_updates(z, updates), state, step + 1
 
-    def record(delta):
+    def record(z):
+        delta = spec.to_delta(z)
         p = jax.tree.map(jnp.add, theta0, delta)
         accuracy = ((1.0 - mix) * answer_accuracy(bed.apply_fn, p, ev_base)
                     + mix * answer_accuracy(bed.apply_fn, p, ev_other))
@@ -182,7 +217,6 @@ def adam_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: F
         return carry, record(carry[0])
 
     rec = adam_record_steps(cfg)
-    delta0 = jax.tree.map(jnp.zeros_like, theta0)
-    _, out = jax.lax.scan(segment, (delta0, opt.init(delta0), jnp.zeros((), jnp.int32)),
+    _, out = jax.lax.scan(segment, (spec.init, spec.state0, jnp.zeros((), jnp.int32)),
                           jnp.asarray(np.diff(rec, prepend=0)))
     return dict(steps=jnp.asarray(rec, out["align_increase"].dtype), **out)

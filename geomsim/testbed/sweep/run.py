@@ -125,23 +125,21 @@ def _run_chunks(name: str, chunk_fn, inputs: dict[str, Any], n: int, config: Tes
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progress: bool = True,
-                      plots: bool = True) -> SweepResult:
-    """Run the sweep for `config` into `out_dir` (see the module docstring); resumes from `out_dir`."""
-    if not jax.config.jax_enable_x64:
-        raise RuntimeError("the testbed sweep needs float64: call jax.config.update('jax_enable_x64', True) first")
-    t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = config
-    levels, mixes, seeds = cfg.grid_shape
-    runs, points = run_index(cfg), point_index(cfg)
-    n_law_chunks = -(-len(runs) // cfg.chunk)
-    n_adam_chunks = -(-len(points) // cfg.chunk)
-    bar = Progress(4 + n_law_chunks + n_adam_chunks + 1, "testbed sweep", enabled=progress)
-    timings: dict[str, float] = {}
-    reused: list[str] = []
+@dataclass
+class Models:
+    """The sweep's models: polished and as-trained (AdamW) per (level, seed), with spectra."""
 
+    data: stages.SweepData
+    aligned: Any
+    polished: Any
+    spec: dict[str, np.ndarray]
+
+
+def prepare_models(cfg: TestbedSweepConfig, out_dir: Path, bar: Progress, timings: dict, reused: list[str]
+                   ) -> Models:
+    """Pretrain, align every level, polish, and measure both states' spectra (4 progress
+    steps), each stage reused from `out_dir` when the settings it depends on are unchanged."""
+    levels, _, seeds = cfg.grid_shape
     data = stages.build(cfg)
     bed = data.bed
     init = testbed_stages.init_params(bed, jnp.float32)
@@ -180,6 +178,47 @@ def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progre
         timings["spectrum"] = round(time.perf_counter() - t0, 2)
     bar.advance(1, "spectra")
 
+    return Models(data, aligned, polished, spec)
+
+
+def adam_inputs(cfg: TestbedSweepConfig, models: Models, points: list[tuple[int, int, int]]) -> dict[str, Any]:
+    """`law.adam_run` keyword arguments with a leading point axis: the polished model,
+    its S0 basis `(d, k)` and eigenvalues, the calibrated target, the seed's task sets,
+    the mixture weight and the point's key (the Adam stream: every caller sees the same
+    batches)."""
+    data, spec = models.data, models.spec
+    p_lev, p_mix, p_seed = (np.array([p[k] for p in points]) for k in range(3))
+    return dict(
+        theta0=_select(models.polished, p_lev, p_seed),
+        basis=jnp.asarray(np.swapaxes(spec["polished_basis"][p_lev, p_seed], 1, 2)),
+        lam=jnp.asarray(spec["polished_eigenvalues"][p_lev, p_seed, : cfg.rank]),
+        target=jnp.asarray(stages.targets(cfg)[p_lev]),
+        base=_select(data.task_train["base"], p_seed), other=_select(data.task_train["other"], p_seed),
+        mix=jnp.asarray(np.asarray(cfg.mix)[p_mix]),
+        key=jax.vmap(lambda i: data.key(stages.ADAM_STREAM, i))(jnp.arange(len(points))),
+    )
+
+
+def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progress: bool = True,
+                      plots: bool = True) -> SweepResult:
+    """Run the sweep for `config` into `out_dir` (see the module docstring); resumes from `out_dir`."""
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError("the testbed sweep needs float64: call jax.config.update('jax_enable_x64', True) first")
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = config
+    levels, mixes, seeds = cfg.grid_shape
+    runs, points = run_index(cfg), point_index(cfg)
+    n_law_chunks = -(-len(runs) // cfg.chunk)
+    n_adam_chunks = -(-len(points) // cfg.chunk)
+    bar = Progress(4 + n_law_chunks + n_adam_chunks + 1, "testbed sweep", enabled=progress)
+    timings: dict[str, float] = {}
+    reused: list[str] = []
+
+    models = prepare_models(cfg, out_dir, bar, timings, reused)
+    data, aligned, polished, spec = models.data, models.aligned, models.polished, models.spec
+
     # --- law runs ---------------------------------------------------------------------------
     t0 = time.perf_counter()
     state_of = {"polished_eps0": "polished", "polished": "polished", "as_trained": "as_trained"}
@@ -207,38 +246,34 @@ def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progre
 
     # --- Adam: the realistic fine-tune, polished models, real task ------------------------
     t0 = time.perf_counter()
-    p_lev, p_mix, p_seed = (np.array([p[k] for p in points]) for k in range(3))
-    adam_inputs = dict(
-        theta0=_select(polished, p_lev, p_seed),
-        basis=jnp.asarray(np.swapaxes(spec["polished_basis"][p_lev, p_seed], 1, 2)),
-        lam=jnp.asarray(spec["polished_eigenvalues"][p_lev, p_seed, : cfg.rank]),
-        target=jnp.asarray(targets[p_lev]),
-        base=_select(data.task_train["base"], p_seed), other=_select(data.task_train["other"], p_seed),
-        mix=jnp.asarray(np.asarray(cfg.mix)[p_mix]),
-        key=jax.vmap(lambda i: data.key(stages.ADAM_STREAM, i))(jnp.arange(len(points))),
-    )
-    adam_out = _run_chunks("adam", jax.vmap(lambda kw: law.adam_run(data, **kw)), adam_inputs, len(points), cfg,
+    adam_out = _run_chunks("adam", jax.vmap(lambda kw: law.adam_run(data, **kw)), adam_inputs(cfg, models, points),
+                           len(points), cfg,
                            config_layer.digest(cfg, ADAM_FIELDS), out_dir, bar, reused)
     timings["adam_runs"] = round(time.perf_counter() - t0, 2)
 
     # --- tables, statistics, figures ------------------------------------------------------
     fits = fit_runs(law_out, cfg)
     tables = _tables(cfg, spec, runs, points, law_out, fits, adam_out)
+    from geomsim.plotting.testbed_sweep_figures import testbed_sweep_figures
+
+    summary = write_report(out_dir, cfg, tables, summarise(cfg, tables, spec), testbed_sweep_figures if plots else None,
+                           timings=timings, reused=reused, parameters=int(basis.shape[1]), t_start=t_start, bar=bar)
+    return SweepResult(tables=tables, summary=summary, out_dir=out_dir)
+
+
+def write_report(out_dir: Path, cfg, tables: dict[str, Table], summary: dict[str, Any], draw, *, timings: dict,
+                 reused: list[str], parameters: int, t_start: float, bar: Progress) -> dict[str, Any]:
+    """Write the tables (CSV), the figures (`draw(tables, summary, out_dir)`, None for
+    none) and `summary.json` with config, versions, timings and wall time; returns the summary."""
     for name, table in tables.items():
         write_csv(out_dir / f"{name}.csv", table)
-    summary = summarise(cfg, tables, spec)
     summary.update(config=config_layer.to_dict(cfg), versions=environment_versions(), timings=timings,
-                   reused=reused, parameters=int(basis.shape[1]))
-    figures: list[str] = []
-    if plots:
-        from geomsim.plotting.testbed_sweep_figures import testbed_sweep_figures
-
-        figures = [p.name for p in testbed_sweep_figures(tables, summary, out_dir)]
-    summary["figures"] = figures
+                   reused=reused, parameters=parameters)
+    summary["figures"] = [p.name for p in draw(tables, summary, out_dir)] if draw is not None else []
     summary["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     write_json(out_dir / "summary.json", summary)
     bar.advance(1, "report")
-    return SweepResult(tables=tables, summary=summary, out_dir=out_dir)
+    return summary
 
 
 def _tables(cfg, spec, runs, points, law_out, fits, adam_out) -> dict[str, Table]:

@@ -1,0 +1,228 @@
+"""Defenses on the transformer: the sweep's realistic Adam fine-tune, once per defense,
+from the same polished models on the same fresh batches (`python -m geomsim.testbed defenses`).
+
+Defenses (each a `Finetune` for `law.adam_run`; projections act on Adam's update,
+`optax.chain(adam, projection)`, so the applied step has no component in the span):
+
+    none                  Adam on the full parameters
+    static_projection     project off S0 (top-`rank` H_A eigenvectors at theta0, the sweep's spectrum)
+    tracked_projection    project off the top-`rank` H_A eigenvectors re-solved every K steps
+                          (warm-started Lanczos, `tracked_tol`, `tracked_matvecs` products at most)
+    curvature_projection  project off S0 + the top-`defense_growth` directions of D^3 L_A[u]
+                          (u: the first projected task descent direction), measured once at theta0
+    replay                add `replay_fraction` x L_A on fresh harmful prompts (refused at the
+                          calibrated target) to every batch loss
+    lora                  Adam on rank-`lora_rank` adapters of every block matrix only
+
+Outputs (`<out>`): `defenses.csv` (tidy: defense, point, step, Delta L_A, S-part, harm
+rate, task accuracy), `defense_points.csv` (per defense and point: at the accuracy
+target and at the fixed step), `summary.json` (figures/manifest.json entry
+`testbed_defenses`: per defense medians and the overhead vs `none`), figures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
+from geomsim.curvature import hessian_operator
+from geomsim.defenses import curvature_projection, static_projection, tracked_projection
+from geomsim.io import Table
+from geomsim.models.lora import lora_init, lora_merge
+from geomsim.sweep.progress import Progress
+from geomsim.tasks import PRETRAIN_TASKS, concat, make_batch, refusal_kl
+from geomsim.testbed.sweep import law
+from geomsim.testbed.sweep.config import TestbedSweepConfig
+from geomsim.testbed.sweep.run import _select, adam_inputs, point_index, prepare_models, write_report
+from geomsim.testbed.sweep.summary import adam_points
+
+TESTBED_DEFENSES = ("none", "static_projection", "tracked_projection", "curvature_projection", "replay", "lora")
+DEFENSE_STREAM = 9
+
+
+@dataclass(frozen=True)
+class TestbedDefenseConfig(TestbedSweepConfig):
+    """The sweep's settings (a smaller default grid) plus the defenses' own."""
+
+    refusal_sigma: tuple[float, ...] = option(
+        (0.03,), help="sharpness knob: target non-refusal probability per level, each in (0, 0.5)",
+        check=each(in_range(0, 0.5, open_lo=True, open_hi=True)))
+    mix: tuple[float, ...] = option(
+        (0.03, 0.3, 1.0), help="coupling knob: weight a of task_other, each in [0, 1]", check=each(in_range(0, 1)))
+    defenses: tuple[str, ...] = option(
+        TESTBED_DEFENSES, check=each(one_of(*TESTBED_DEFENSES)),
+        help=f"defenses to run, a comma list of {', '.join(TESTBED_DEFENSES)}", shown=",".join(TESTBED_DEFENSES))
+    defense_every: int = option(20, help="tracked_projection: re-solve S every K Adam steps (>= 1)", check=at_least(1))
+    tracked_tol: float = option(1e-2, help="tracked_projection: relative residual of each re-solve (> 0)",
+                                check=positive)
+    tracked_matvecs: int = option(40, help="tracked_projection: H_A products per re-solve at most (>= 2)",
+                                  check=at_least(2))
+    defense_growth: int = option(1, help="curvature_projection: growth directions added to S0 (>= 1)",
+                                 check=at_least(1))
+    replay_fraction: float = option(0.1, help="replay: weight of L_A on fresh harmful prompts in each batch loss, "
+                                    "in (0, 1)", check=in_range(0, 1, open_lo=True, open_hi=True))
+    replay_batch: int = option(8, help="replay: fresh harmful prompts per step (>= 1)", check=at_least(1))
+    lora_rank: int = option(2, help="lora: adapter rank on every block matrix (>= 1)", check=at_least(1))
+
+    def check(self) -> None:
+        super().check()
+        if "none" not in self.defenses:
+            raise ConfigError("defenses: must include none (the reference for overheads and damage)")
+
+
+def _finetune(cfg: TestbedDefenseConfig, data, name: str, basis_rows, target, base, other, mix, key):
+    """`theta0 -> Finetune` for one defense and one run (all inputs of one point)."""
+    adam = optax.adam(cfg.adam_lr)
+
+    def align_loss(p):
+        return data.align_loss(p, target)
+
+    def operator_at(p):
+        return hessian_operator(align_loss, p)
+
+    def make(theta0):
+        zeros = jax.tree.map(jnp.zeros_like, theta0)
+        rows = basis_rows.astype(jnp.float32)
+        if name == "none":
+            return law.plain_finetune(cfg, theta0)
+        if name == "static_projection":
+            opt = optax.chain(adam, static_projection(rows))
+            return law.Finetune(opt, zeros, opt.init(theta0), lambda z: z)
+        if name == "tracked_projection":
+            krylov = min(max(2 * cfg.rank + 1, 10), cfg.tracked_matvecs)
+            opt = optax.chain(adam, tracked_projection(operator_at, cfg.rank, cfg.defense_every, key,
+                                                       tol=cfg.tracked_tol, krylov_dim=krylov,
+                                                       max_matvecs=cfg.tracked_matvecs))
+            return law.Finetune(opt, zeros, opt.init(theta0), lambda z: z)
+        if name == "curvature_projection":
+            task_gradient = jax.grad(law.mixture_task(data, base, other, mix))(theta0)
+            krylov = min(max(2 * cfg.defense_growth + 1, 10), cfg.tracked_matvecs)
+            projection, _, _ = curvature_projection(operator_at, theta0, task_gradient, rows, cfg.defense_growth, key,
+                                                    tol=cfg.tracked_tol, krylov_dim=krylov,
+                                                    max_matvecs=cfg.tracked_matvecs)
+            opt = optax.chain(adam, projection)
+            return law.Finetune(opt, zeros, opt.init(theta0), lambda z: z)
+        if name == "replay":
+            harm_tasks = [t for t in PRETRAIN_TASKS if t != "marker_echo"]
+            per = -(-cfg.replay_batch // len(harm_tasks))
+
+            def replay(p, k):
+                prompts = concat([make_batch(data.lang, t, jax.random.fold_in(k, i), per, harmful=True)
+                                  for i, t in enumerate(harm_tasks)]).tokens[:, : data.lang.answer_start]
+                return cfg.replay_fraction * refusal_kl(data.apply_fn, p, prompts, target)
+
+            return law.Finetune(adam, zeros, adam.init(theta0), lambda z: z, replay)
+        if name == "lora":
+            adapter = lora_init(theta0, cfg.lora_rank, key)
+            return law.Finetune(adam, adapter, adam.init(adapter),
+                                lambda a: jax.tree.map(jnp.subtract, lora_merge(theta0, a), theta0))
+        raise ValueError(f"defense: unknown {name!r}")
+
+    return make
+
+
+def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, progress: bool = True,
+                         plots: bool = True) -> dict[str, Any]:
+    """Every defense on every (level, mix, seed) point; returns the summary (also `<out>/summary.json`)."""
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError("the defenses need the float64 polish: call jax.config.update('jax_enable_x64', True)")
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = config
+    bar = Progress(4 + len(cfg.defenses) + 1, "testbed defenses", enabled=progress)
+    timings: dict[str, float] = {}
+    reused: list[str] = []
+    models = prepare_models(cfg, out_dir, bar, timings, reused)
+    data = models.data
+    points = point_index(cfg)
+    # The sweep's inputs and Adam key stream: every defense sees the batches the sweep's Adam arm saw.
+    inputs = adam_inputs(cfg, models, points)
+    leaves, treedef = jax.tree.flatten(inputs)
+    results, seconds = {}, {}
+    for name in cfg.defenses:
+
+        def one(kw, name=name):
+            make = _finetune(cfg, data, name, kw["basis"].T, kw["target"], kw["base"], kw["other"], kw["mix"],
+                             jax.random.fold_in(kw["key"], DEFENSE_STREAM))
+            return law.adam_run(data, **kw, finetune=make)
+
+        # Compiled ahead of the timing, on the flat leaves (the pytree of `Compiled`'s
+        # argument info cannot be rebuilt into typed modules).
+        compiled = jax.jit(lambda flat, one=one: jax.vmap(one)(jax.tree.unflatten(treedef, flat))
+                           ).lower(leaves).compile()
+        t0 = time.perf_counter()
+        results[name] = jax.tree.map(np.asarray, jax.block_until_ready(compiled(leaves)))
+        seconds[name] = time.perf_counter() - t0  # execution only: the overhead a user pays per run
+        bar.advance(1, name)
+    tables = _tables(cfg, points, results)
+    summary = summarise_defenses(cfg, tables, seconds)
+    parameters = int(ravel_pytree(_select(models.polished, 0, 0))[0].shape[0])
+    from geomsim.plotting.testbed_defense_figures import defense_figures
+
+    return write_report(out_dir, cfg, tables, summary, defense_figures if plots else None,
+                        timings=timings, reused=reused, parameters=parameters, t_start=t_start, bar=bar)
+
+
+def _tables(cfg: TestbedDefenseConfig, points, results: dict[str, dict[str, np.ndarray]]) -> dict[str, Table]:
+    curves: dict[str, list] = {k: [] for k in ("defense", "point", "level", "mix", "seed", "step", "align_increase",
+                                                "s_part", "subspace_norm", "harm_rate", "task_accuracy")}
+    per_point = []
+    for name, out in results.items():
+        n, r = out["align_increase"].shape
+        for i, (lev, mix_i, seed) in enumerate(points):
+            for j in range(r):
+                for key, value in (("defense", name), ("point", i), ("level", lev), ("mix", cfg.mix[mix_i]),
+                                   ("seed", seed), ("step", int(out["steps"][i, j]))):
+                    curves[key].append(value)
+                for key in ("align_increase", "s_part", "subspace_norm", "harm_rate", "task_accuracy"):
+                    curves[key].append(float(out[key][i, j]))
+        tidy = {k: out[k].reshape(-1) for k in ("align_increase", "harm_rate", "s_part", "task_accuracy", "steps")}
+        tidy["point"] = np.repeat(np.arange(n), r)
+        reading = adam_points(cfg, tidy)
+        reading["defense"] = np.array([name] * n, dtype=object)
+        reading["point"] = np.arange(n)
+        per_point.append(reading)
+    table = {k: np.asarray(v, dtype=object if k == "defense" else None) for k, v in curves.items()}
+    points_table = {k: np.concatenate([p[k] for p in per_point]) for k in per_point[0]}
+    return {"defenses": table, "defense_points": points_table}
+
+
+def _median(values) -> float | None:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else None
+
+
+def summarise_defenses(cfg: TestbedDefenseConfig, tables: dict[str, Table], seconds: dict[str, float]
+                       ) -> dict[str, Any]:
+    """Per defense: damage, harm and task accuracy at the accuracy target and at the fixed step."""
+    pts = tables["defense_points"]
+    out: dict[str, Any] = {"grid": {"sharpness_levels": len(cfg.refusal_sigma), "coupling_levels": len(cfg.mix),
+                                    "seeds": cfg.seeds}, "accuracy_target": cfg.accuracy_target,
+                           "fixed_step": cfg.adam_steps, "defenses": {}}
+    for name in cfg.defenses:
+        mask = pts["defense"] == name
+        out["defenses"][name] = {
+            "align_increase_median": _median(pts["align_increase_at_target"][mask]),
+            "harm_rate_median": _median(pts["harm_rate_at_target"][mask]),
+            "task_accuracy_median": _median(pts["task_accuracy_at_target"][mask]),
+            "reached_fraction": float(np.mean(pts["reached"][mask])),
+            "steps_to_target_median": _median(pts["steps_to_target"][mask]),
+            "align_increase_fixed_median": _median(pts["align_increase_at_fixed"][mask]),
+            "harm_rate_fixed_median": _median(pts["harm_rate_at_fixed"][mask]),
+            "task_accuracy_fixed_median": _median(pts["task_accuracy_at_fixed"][mask]),
+            "overhead_ratio": seconds[name] / seconds["none"],
+            "seconds": round(seconds[name], 2),
+        }
+    return out
+
