@@ -220,3 +220,14 @@ def test_defenses_in_the_sweep_follow_their_derived_laws(tmp_path, defense, powe
     np.testing.assert_allclose(res["exponent"], power, atol=0.05)
     np.testing.assert_array_equal(res["power"], power)
     np.testing.assert_allclose(res["prefactor_ratio"], 1.0, rtol=0.01)
+
+
+def test_bounded_forecast_gives_the_time_to_failure_where_the_quartic_term_alone_does_not(tmp_path):
+    # mu > 0 opens a t^2 term: the quartic-only time is late, the local-model forecast is exact (quadratic L_F).
+    res = run_sweep(small(mu=0.05, threshold=1e-7), tmp_path, progress=False, plots=False).results
+    reached = np.isfinite(res["t_fail_meas"])
+    assert reached.all()
+    np.testing.assert_allclose(res["t_fail_pred"], res["t_fail_meas"], rtol=0.01)
+    assert np.all(res["t_fail_quartic"] > 1.1 * res["t_fail_meas"])
+    curves = read_csv(tmp_path / "curves.csv")
+    assert "forecast" in curves

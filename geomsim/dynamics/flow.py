@@ -38,15 +38,16 @@ def exact_quadratic_flow(
     """Exact displacements `delta(t)` of gradient flow on `g.x + x^T H x / 2`."""
     h, vecs = jnp.linalg.eigh(0.5 * (hess + hess.T))
     coeff = vecs.T @ g
-    ht = h[None, :] * times[:, None]
-    safe_h = jnp.where(h == 0, 1.0, h)[None, :]
-    # t * (1 - e^{-ht}) / (ht), with the small-ht limit t (1 - ht/2 + (ht)^2/6).
-    factor = jnp.where(
-        jnp.abs(ht) < 1e-5,
-        times[:, None] * (1.0 - ht / 2.0 + ht**2 / 6.0),
-        -jnp.expm1(-ht) / safe_h,
-    )
-    return -(factor * coeff[None, :]) @ vecs.T
+    return -(flow_factor(h, times) * coeff[None, :]) @ vecs.T
+
+
+def flow_factor(values: Float[Array, " m"], times: Float[Array, " r"]) -> Float[Array, "r m"]:
+    """`t phi_1(-t h) = (1 - e^{-h t}) / h` per time and eigenvalue h of the task
+    Hessian: the exact gradient-flow displacement factor (t at h = 0; the
+    small-ht series `t (1 - ht/2 + (ht)^2/6)` avoids the cancellation)."""
+    ht = values[None, :] * times[:, None]
+    safe_h = jnp.where(values == 0, 1.0, values)[None, :]
+    return jnp.where(jnp.abs(ht) < 1e-5, times[:, None] * (1.0 - ht / 2.0 + ht**2 / 6.0), -jnp.expm1(-ht) / safe_h)
 
 
 def ode_flow(

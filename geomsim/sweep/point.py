@@ -31,6 +31,7 @@ from geomsim.theory import (
     window_end,
 )
 from geomsim.theory.aic import landscape_aic
+from geomsim.theory.forecast import landscape_local_models, quadratic_flow, quadratic_gd, time_to_failure
 
 STATUS_OK, STATUS_DIVERGED, STATUS_NAN, STATUS_NO_ONSET = 0, 1, 2, 3
 STATUS_NAMES = {STATUS_OK: "ok", STATUS_DIVERGED: "diverged", STATUS_NAN: "nan", STATUS_NO_ONSET: "no_onset"}
@@ -41,7 +42,8 @@ FLOOR_ULPS = 100.0
 # flow could cover at its initial speed over the whole run.
 DIVERGENCE_FACTOR = 1e6
 
-CURVE_FIELDS = ("time", "steps", "align_increase", "task_loss", "subspace_norm", "delta_norm", "local_slope", "floor")
+CURVE_FIELDS = ("time", "steps", "align_increase", "task_loss", "subspace_norm", "delta_norm", "local_slope", "floor",
+                "forecast")
 
 
 def record_steps(config: SweepConfig) -> np.ndarray:
@@ -103,6 +105,18 @@ def make_point_function(config: SweepConfig) -> Callable[..., dict[str, jax.Arra
         # valid until its first re-estimate).
         projector = None if config.defense == "none" else defense.projector()
         coeffs = align_coefficients(landscape, TAYLOR_ORDER, projector=projector)
+        # Bounded forecast: the run's optimizer on the local quadratic models (docs/theory.md, "Forecasts").
+        models = landscape_local_models(landscape, config.dim, projector)
+        # GD: exact on the models; momentum: flow at its effective time t / (1 - beta)
+        # (tests/test_optimizer_claims.py); Adam: out of scope (its step is not a function
+        # of H_F and g), reported as missing rather than as a wrong number.
+        if config.optimizer == "gd":
+            forecast = quadratic_gd(models, steps, config.lr)
+        elif config.optimizer == "adam":
+            forecast = jnp.full_like(traj.time, jnp.nan)
+        else:
+            scale = 1.0 / (1.0 - config.momentum) if config.optimizer == "momentum" else 1.0
+            forecast = quadratic_flow(models, traj.time * scale)
         eps_machine = jnp.finfo(traj.align_increase.dtype).eps
         floor = FLOOR_ULPS * eps_machine * aic.spectral_norm * traj.delta_norm**2
         table = time_basis_table(config, steps)
@@ -138,7 +152,8 @@ def make_point_function(config: SweepConfig) -> Callable[..., dict[str, jax.Arra
             window_end_pred=window_end(coeffs[4], coeffs[5]),
             onset_t=fit.window_lo,
             window_hi=fit.window_hi,
-            t_fail_pred=quartic_time_to_failure(coeffs[4], config.threshold),
+            t_fail_pred=time_to_failure(traj.time, forecast, config.threshold),
+            t_fail_quartic=quartic_time_to_failure(coeffs[4], config.threshold),
             t_fail_meas=first_crossing(traj.time, traj.align_increase, config.threshold),
             sharpness_meas=aic.sharpness,
             mu_meas=aic.mu,
@@ -156,6 +171,7 @@ def make_point_function(config: SweepConfig) -> Callable[..., dict[str, jax.Arra
             curve_delta_norm=traj.delta_norm,
             curve_local_slope=local_slopes(traj.time, traj.align_increase, floor),
             curve_floor=floor,
+            curve_forecast=forecast,
         )
 
     return point

@@ -32,7 +32,7 @@ RESULT_COLUMNS = (
     "sharpness", "coupling", "mu", "eps", "rank", "dim", "optimizer", "lr", "steps", "seed", "seed_index",
     "defense", "exponent", "exponent_lo", "exponent_hi", "power", "prefactor", "prefactor_pred", "prefactor_ratio",
     "c4_fit", "c4_pred", "c4_ratio", "c2_pred", "c6_pred", "crossover_pred", "window_end_pred",
-    "onset_t", "window_hi", "t_fail_pred", "t_fail_meas",
+    "onset_t", "window_hi", "t_fail_pred", "t_fail_quartic", "t_fail_meas",
     "sharpness_meas", "mu_meas", "eps_meas", "coupling_meas", "rank_meas",
     "status", "reason",
 )

@@ -34,8 +34,13 @@ def sweep_statistics(results: Table) -> dict[str, Any]:
             if pr.size:
                 out["prefactor_ratio"] = {"median": float(np.median(pr)), "min": float(pr.min()),
                                           "max": float(pr.max())}
-        tf = np.isfinite(results["t_fail_meas"][ok]) & np.isfinite(results["t_fail_pred"][ok])
-        if tf.any():
-            rel = results["t_fail_meas"][ok][tf] / results["t_fail_pred"][ok][tf]
-            out["t_fail_meas_over_pred"] = {"median": float(np.median(rel)), "min": float(rel.min()), "max": float(rel.max())}
+        # Measured time to failure over the bounded forecast's and over the quartic term's alone.
+        for column, key in (("t_fail_pred", "t_fail_meas_over_pred"), ("t_fail_quartic", "t_fail_meas_over_quartic")):
+            if column not in results:
+                continue
+            tf = np.isfinite(results["t_fail_meas"][ok]) & np.isfinite(results[column][ok])
+            if tf.any():
+                rel = results["t_fail_meas"][ok][tf] / results[column][ok][tf]
+                out[key] = {"median": float(np.median(rel)), "min": float(rel.min()), "max": float(rel.max()),
+                            "within_2x": float(np.mean((rel > 0.5) & (rel < 2.0)))}
     return out

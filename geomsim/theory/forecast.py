@@ -1,0 +1,164 @@
+"""Forecasts of `Delta L_A(t)` before fine-tuning, as pure functions of t.
+
+* `quadratic_flow`: gradient flow on the local quadratic model of `L_F` at
+  theta0, `delta(t) = -t phi_1(-t H_F) g`, plugged into the local quadratic
+  model of `L_A` (gradient plus Hessian, GGN or Fisher). Matrix-free: Lanczos on
+  `H_F` started at g (matfree's `tridiag_sym`, full reorthogonalisation) gives
+  `K_m(H_F, g) = span(V)` and `T = V H_F V^T`; then `delta(t) = V^T y(t)`,
+  `y(t) = -||g|| Q diag(-expm1(-t theta) / theta) Q^T e_1` with `T = Q diag(theta)
+  Q^T`, and `Delta L_A = b.y + y^T M y / 2` with `b = V grad L_A`, `M = V H_A V^T`
+  (m products with H_A). Bounded for every t when `H_F` is PSD on the Krylov
+  space, and exact on quadratic landscapes once the Krylov space is invariant
+  (m >= its dimension; *tested* to 1e-8 against the exact flow).
+* `quadratic_gd`: the same for gradient descent with step `lr`:
+  `y_n = -||g|| Q diag((1 - (1 - lr theta)^n) / theta) Q^T e_1`.
+* `taylor`: `sum_j c_j t^j` (exact as t -> 0, unbounded beyond its radius).
+* `paper_bound`: the AIC lower bound `lambda gamma^2 t^4 / 8`.
+* `alignment_risk`: the formula of the `alignment-risk` package,
+  `drift = max(gamma t^2 / 2 - eps t, 0)`, `(1/2) lambda_min drift^2`.
+
+Adam is out of scope for these forecasts: its normalised, coordinate-wise step
+is not a function of `H_F` and g alone (tests/test_optimizer_claims.py: its
+onset is `t^2` from the sign of g even with no coupling), so no local model of
+the two losses predicts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, ArrayLike, Float
+from matfree.decomp import tridiag_sym
+
+from geomsim.dynamics.flow import flow_factor
+from geomsim.landscapes.base import Landscape, flatten_displacement
+from geomsim.theory.laws import first_crossing, polynomial_value
+
+
+class LocalModels(eqx.Module):
+    """The local quadratic models of `L_F` and `L_A` at theta0 on `K_m(H_F, g)`.
+
+    ritz_values: `(m,)` eigenvalues theta of `T = V H_F V^T` (loss / param^2).
+    ritz_vectors: `(m, m)` eigenvectors Q of T (columns).
+    grad_norm: `||g||`, g = grad L_F(theta0).
+    align_grad: `(m,)` `V grad L_A(theta0)`.
+    align_hess: `(m, m)` `V H_A V^T` (Hessian, GGN or Fisher, whichever matvec was given).
+    num_matvecs: products with H_F and with H_A (m each).
+    """
+
+    ritz_values: Float[Array, " m"]
+    ritz_vectors: Float[Array, "m m"]
+    grad_norm: Float[Array, ""]
+    align_grad: Float[Array, " m"]
+    align_hess: Float[Array, "m m"]
+    num_matvecs: int = eqx.field(static=True)
+
+
+def local_models(num_matvecs: int) -> Callable[..., LocalModels]:
+    """Build `models(task_matvec, align_matvec, g, align_grad) -> LocalModels`.
+
+    Args:
+        num_matvecs: m >= 1, the Krylov depth (products with each operator);
+            at most the dimension d.
+
+    The returned function takes flat `(d,)` vectors: `task_matvec(v) = H_F v`,
+    `align_matvec(v) = H_A v`, `g = grad L_F(theta0)`, `align_grad = grad L_A(theta0)`.
+    """
+    if not isinstance(num_matvecs, int) or num_matvecs < 1:
+        raise ValueError(f"num_matvecs: must be an integer >= 1 (got {num_matvecs!r})")
+    decompose = tridiag_sym(num_matvecs, reortho="full")
+
+    def models(task_matvec, align_matvec, g: Float[Array, " d"], align_grad: Float[Array, " d"]) -> LocalModels:
+        if num_matvecs > g.shape[0]:
+            raise ValueError(f"num_matvecs: must be <= d = {g.shape[0]} (got {num_matvecs})")
+        result = decompose(task_matvec, g)
+        basis = result.Q_tall  # (m, d): orthonormal rows, the first g / ||g||
+        tridiag = 0.5 * (result.J_small + result.J_small.T)
+        theta, q = jnp.linalg.eigh(tridiag)
+        projected = jax.vmap(align_matvec)(basis) @ basis.T
+        return LocalModels(theta, q, jnp.linalg.norm(g), basis @ align_grad, 0.5 * (projected + projected.T),
+                           num_matvecs)
+
+    return models
+
+
+def landscape_local_models(landscape: Landscape, num_matvecs: int,
+                           projector: Callable[[Array], Array] | None = None) -> LocalModels:
+    """`local_models` of a landscape at theta0 (Hessians by forward-over-reverse products).
+
+    With `projector` P (a static projection defense) the task model is the
+    projected one, `P H_F P` and `P g`: the forecast of the defended flow.
+    """
+    zero, unravel = flatten_displacement(landscape)
+
+    def flat_grad(loss):
+        return lambda x: ravel_pytree(jax.grad(loss)(unravel(x)))[0]
+
+    task_grad, align_grad = flat_grad(landscape.displaced_task_loss), flat_grad(landscape.align_increase)
+    project = projector if projector is not None else (lambda v: v)
+
+    def task_matvec(v):
+        return project(jax.jvp(task_grad, (zero,), (project(v),))[1])
+
+    def align_matvec(v):
+        return jax.jvp(align_grad, (zero,), (v,))[1]
+
+    return local_models(num_matvecs)(task_matvec, align_matvec, project(task_grad(zero)), align_grad(zero))
+
+
+def _align_increase(models: LocalModels, factors: Float[Array, "r m"]) -> Float[Array, " r"]:
+    """`b.y + y^T M y / 2` with `y = -||g|| Q diag(factor) Q^T e_1` for each row of factors."""
+    first_row = models.ritz_vectors[0]  # Q^T e_1
+    ys = -models.grad_norm * (factors * first_row[None, :]) @ models.ritz_vectors.T
+    return ys @ models.align_grad + 0.5 * jnp.einsum("ri,ij,rj->r", ys, models.align_hess, ys)
+
+
+def gd_factor(values: Float[Array, " m"], steps: Float[Array, " r"], lr: ArrayLike) -> Float[Array, "r m"]:
+    """`lr sum_{j<n} (1 - lr h)^j = (1 - (1 - lr h)^n) / h` per step count and eigenvalue
+    (`n lr` at h = 0; expm1/log1p keep it accurate when `lr h` is tiny)."""
+    n, h = steps[:, None], values[None, :]
+    x = lr * h
+    stable = x < 1
+    one_minus_power = jnp.where(stable, -jnp.expm1(n * jnp.log1p(-jnp.where(stable, x, 0.0))),
+                                1.0 - jnp.power(1.0 - x, n))
+    return jnp.where(h == 0, n * lr, one_minus_power / jnp.where(h == 0, 1.0, h))
+
+
+def quadratic_flow(models: LocalModels, times: Float[Array, " r"]) -> Float[Array, " r"]:
+    """Forecast `Delta L_A(t)` under gradient flow on the local models (loss units)."""
+    return _align_increase(models, flow_factor(models.ritz_values, times))
+
+
+def quadratic_gd(models: LocalModels, steps: Float[Array, " r"], lr: ArrayLike) -> Float[Array, " r"]:
+    """Forecast `Delta L_A` after `steps` gradient-descent steps of size `lr` on the local models."""
+    return _align_increase(models, gd_factor(models.ritz_values, jnp.asarray(steps, models.grad_norm.dtype), lr))
+
+
+def taylor(coeffs: Float[Array, " n"], times: Float[Array, " r"]) -> Float[Array, " r"]:
+    """`sum_j c_j t^j` at every time."""
+    return jax.vmap(lambda t: polynomial_value(coeffs, t))(times)
+
+
+def paper_bound(sharpness: ArrayLike, coupling: ArrayLike, times: Float[Array, " r"]) -> Float[Array, " r"]:
+    """The AIC's quartic lower bound `lambda gamma^2 t^4 / 8`."""
+    return jnp.asarray(sharpness) * jnp.asarray(coupling) ** 2 * times**4 / 8.0
+
+
+def alignment_risk(sharpness_min: ArrayLike, coupling: ArrayLike, eps: ArrayLike,
+                   times: Float[Array, " r"]) -> Float[Array, " r"]:
+    """`alignment-risk`'s forecast: `drift = max(gamma t^2/2 - eps t, 0)`, `lambda_min drift^2 / 2`.
+
+    Its eps is a first-order overlap in the package's own units (`||P_S g||` as
+    a rate); pass `eps * ||g||` for geomsim's dimensionless eps.
+    """
+    drift = jnp.maximum(jnp.asarray(coupling) * times**2 / 2.0 - jnp.asarray(eps) * times, 0.0)
+    return 0.5 * jnp.asarray(sharpness_min) * drift**2
+
+
+def time_to_failure(times: Float[Array, " r"], forecast: Float[Array, " r"], threshold: ArrayLike) -> Array:
+    """First time the forecast reaches `threshold` (log-interpolated; inf if never)."""
+    return first_crossing(times, forecast, threshold)

@@ -1,0 +1,113 @@
+"""Forecasts against ground truth: exact flow and exact GD on quadratic landscapes, closed forms."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from geomsim.dynamics import descend, log_record_steps
+from geomsim.dynamics.flow import exact_quadratic_flow
+from geomsim.landscapes import quadratic_cubic
+from geomsim.theory import align_coefficients
+from geomsim.theory.forecast import (
+    alignment_risk,
+    local_models,
+    paper_bound,
+    quadratic_flow,
+    quadratic_gd,
+    taylor,
+    time_to_failure,
+)
+
+DIM = 12
+
+
+def quadratic(seed=0, **kw):
+    """Quadratic L_F and L_A (no cubic terms), with eps and mu so every Taylor order is present."""
+    options = dict(dim=DIM, rank=2, sharpness=5.0, coupling=0.6, mu=0.05, eps=0.2)
+    return quadratic_cubic(jax.random.key(seed), **{**options, **kw})
+
+
+def models_of(land, m=DIM):
+    g = land.grad_task
+    align_grad = jax.grad(land.align_increase)(jnp.zeros_like(g))
+    return local_models(m)(lambda v: land.hess_task @ v, lambda v: land.hess_align @ v, g, align_grad)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_quadratic_flow_is_exact_on_quadratic_landscapes(seed):
+    land = quadratic(seed)
+    times = jnp.geomspace(1e-3, 30.0, 25)
+    exact = jax.vmap(land.align_increase)(exact_quadratic_flow(land.grad_task, land.hess_task, times))
+    forecast = quadratic_flow(models_of(land), times)
+    np.testing.assert_allclose(forecast, exact, rtol=1e-8)
+
+
+@pytest.mark.parametrize("lr", [1e-2, 0.5])
+def test_quadratic_gd_is_exact_gradient_descent(lr):
+    land = quadratic(3)
+    steps = log_record_steps(400, 20)
+    measured = descend(land, optax.sgd(lr), steps, lr).align_increase
+    forecast = quadratic_gd(models_of(land), jnp.asarray(steps, jnp.float64), lr)
+    np.testing.assert_allclose(forecast, measured, rtol=1e-8)
+
+
+def test_forecast_matches_the_exact_taylor_series_at_small_t():
+    land = quadratic(4, mu=0.0, eps=0.0)  # the quartic law's regime: c1 = c2 = c3 = 0
+    coeffs = align_coefficients(land, 6)
+    times = jnp.geomspace(1e-4, 1e-2, 5)
+    np.testing.assert_allclose(quadratic_flow(models_of(land), times), taylor(coeffs, times), rtol=1e-6)
+    np.testing.assert_allclose(coeffs[4], 5.0 * 0.6**2 / 8, rtol=1e-10)
+    np.testing.assert_allclose(paper_bound(5.0, 0.6, times), coeffs[4] * times**4, rtol=1e-10)
+
+
+def test_taylor_is_unbounded_where_the_flow_forecast_is_not():
+    land = quadratic(5, mu=0.0, eps=0.0, task_curvature_min=0.5, task_curvature_s=1.0)
+    assert float(jnp.linalg.eigvalsh(land.hess_task)[0]) > 0  # PSD task Hessian: the flow converges
+    times = jnp.asarray([1.0, 10.0, 100.0])
+    flow = quadratic_flow(models_of(land), times)
+    poly = taylor(align_coefficients(land, 6), times)
+    exact = jax.vmap(land.align_increase)(exact_quadratic_flow(land.grad_task, land.hess_task, times))
+    np.testing.assert_allclose(flow, exact, rtol=1e-8)
+    assert abs(float(poly[-1])) > 1e3 * abs(float(exact[-1]))
+
+
+def test_a_short_krylov_space_is_a_bounded_approximation():
+    land = quadratic(6, task_curvature_min=0.5)
+    times = jnp.geomspace(1e-2, 10.0, 10)
+    exact = jax.vmap(land.align_increase)(exact_quadratic_flow(land.grad_task, land.hess_task, times))
+    errors = [float(jnp.max(jnp.abs(quadratic_flow(models_of(land, m), times) / exact - 1))) for m in (4, 8, DIM)]
+    assert errors[2] < 1e-8 and errors[1] < errors[0]
+
+
+def test_alignment_risk_formula_and_time_to_failure():
+    times = jnp.asarray([0.5, 1.0, 2.0, 4.0])
+    out = alignment_risk(2.0, 1.0, 0.5, times)
+    drift = np.maximum(times**2 / 2 - 0.5 * times, 0.0)
+    np.testing.assert_allclose(out, drift**2, rtol=1e-12)
+    assert float(out[0]) == 0.0  # the first-order term holds the drift at 0 until t = 2 eps / gamma
+    ts = jnp.geomspace(1e-2, 10.0, 200)
+    t_fail = time_to_failure(ts, paper_bound(8.0, 1.0, ts), 1.0)
+    np.testing.assert_allclose(t_fail, 1.0, rtol=1e-3)  # t^4 = 1
+    assert np.isinf(float(time_to_failure(ts, paper_bound(8.0, 1.0, ts), 1e9)))
+
+
+def test_forecasts_vmap_over_landscapes():
+    keys = jax.random.split(jax.random.key(0), 3)
+
+    def one(key):
+        land = quadratic_cubic(key, dim=DIM, rank=2, sharpness=5.0, coupling=0.6, mu=0.05, eps=0.2)
+        return quadratic_flow(models_of(land), jnp.asarray([0.1, 1.0]))
+
+    batched = jax.jit(jax.vmap(one))(keys)
+    looped = jnp.stack([one(k) for k in keys])
+    np.testing.assert_allclose(batched, looped, rtol=1e-12)
+
+
+def test_bad_krylov_depth_is_one_line():
+    with pytest.raises(ValueError, match="num_matvecs: must be an integer >= 1"):
+        local_models(0)
+    land = quadratic()
+    with pytest.raises(ValueError, match="num_matvecs: must be <= d"):
+        models_of(land, DIM + 1)
