@@ -35,15 +35,15 @@ def solve_cost(name, land, rank, every, lr) -> str:
     defense = build_defense(name, land, rank=rank, key=jax.random.key(1), every=every)
     if name != "tracked_projection":
         return "one Lanczos solve at theta0"
-    chain = optax.chain(defense.transform, optax.sgd(lr))
+    chain = optax.chain(optax.sgd(lr), defense.transform)
     state = chain.init(land.theta0)
     step = jax.jit(lambda d, s: chain.update(land.task_gradient(d), s, land.theta0 + d))
     delta = land.theta0 * 0
-    first = int(state[0].num_matvecs)
+    first = int(state[1].num_matvecs)
     for _ in range(5 * every):
         update, state = step(delta, state)
         delta = delta + update
-    return f"{first} at theta0, then {(int(state[0].num_matvecs) - first) / 5:.0f} per re-estimate (warm)"
+    return f"{first} at theta0, then {(int(state[1].num_matvecs) - first) / 5:.0f} per re-estimate (warm)"
 
 
 def main() -> None:
@@ -64,7 +64,7 @@ def main() -> None:
         @jax.jit
         def run(landscape, name=name, rank=rank):
             defense = build_defense(name, landscape, rank=rank, key=jax.random.key(1), every=args.every)
-            chain = optax.chain(defense.transform, optax.sgd(lr))
+            chain = optax.chain(optax.sgd(lr), defense.transform)
             traj = descend(landscape, chain, np.array([args.steps]), lr)
             return traj.align_increase[-1]
 

@@ -30,7 +30,7 @@ def rotating(seed=0, **kw):
 
 
 def run(land, defense, steps=20000, records=40, optimizer=None):
-    chain = optax.chain(defense.transform, optimizer or optax.sgd(LR))
+    chain = optax.chain(optimizer or optax.sgd(LR), defense.transform)
     record = log_record_steps(steps, records)
     traj = descend(land, chain, record, LR, land.basis)
     return np.asarray(traj.time), np.asarray(traj.align_increase), traj
@@ -95,7 +95,7 @@ def test_tracked_projection_with_k1_follows_the_rotating_subspace():
     land = rotating()
     defense = build_defense("tracked_projection", land, rank=3, key=jax.random.key(1), every=1)
     steps = 400
-    chain = optax.chain(defense.transform, optax.sgd(LR))
+    chain = optax.chain(optax.sgd(LR), defense.transform)
     traj = descend(land, chain, np.array([steps]), LR, land.basis)
     # Re-run the loop by hand to get the final state and point.
     state = chain.init(land.theta0)
@@ -105,7 +105,7 @@ def test_tracked_projection_with_k1_follows_the_rotating_subspace():
         update, state = step(delta, state)
         delta = delta + update
     np.testing.assert_allclose(delta, jnp.zeros_like(delta) + np.asarray(delta), atol=0)
-    tracked = state[0]
+    tracked = state[1]  # chain(sgd, defense): the defense state is second
     hess = jax.hessian(land.align_loss)(land.theta0 + delta)
     vals, vecs = jnp.linalg.eigh(hess)
     exact = vecs[:, -3:].T  # S plus the new sharp direction at the final point

@@ -1,7 +1,8 @@
 """Defenses against alignment collapse, as optax gradient transformations.
 
-Each composes with any optimizer, `optax.chain(defense, optimizer)`, keeps its
-state explicit and jits / vmaps with the rest of a run:
+Each composes with any optimizer, `optax.chain(optimizer, defense)` (after it,
+so the applied step is the defended one), keeps its state explicit and jits /
+vmaps with the rest of a run:
 
     none                  `optax.identity()`
     static_projection     project off S0, the top-k alignment eigenspace at theta0

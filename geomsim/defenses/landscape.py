@@ -22,7 +22,7 @@ DEFENSES = ("none", "static_projection", "tracked_projection", "curvature_projec
 class LandscapeDefense(eqx.Module):
     """A defense built for one landscape.
 
-    transform: the optax transformation (chain it before the optimizer).
+    transform: the optax transformation (chain it after the optimizer).
     basis: `(m, d)` rows projected off at the first update (zero rows for `none`).
     """
 

@@ -1,8 +1,10 @@
 """Projection defenses: remove an update's component in a subspace.
 
-Each defense is an `optax.GradientTransformation` placed before the optimizer,
-`optax.chain(defense, optimizer)`, so it acts on the gradient every optimizer
-sees (for plain gradient descent that is the update itself). Bases are `(k, d)`
+Each defense is an `optax.GradientTransformation` chained after the optimizer,
+`optax.chain(optimizer, defense)`, so the step that is applied has no component
+in the subspace (chained before, an adaptive optimizer such as Adam rescales
+the projected gradient back into it; for plain gradient descent the two orders
+agree). Bases are `(k, d)`
 orthonormal rows over the flattened parameters, the curvature engine's
 convention (`EigResult.eigenvectors`).
 """

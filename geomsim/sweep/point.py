@@ -95,7 +95,7 @@ def make_point_function(config: SweepConfig) -> Callable[..., dict[str, jax.Arra
             opt = make_optimizer(
                 config.optimizer, config.lr, key=k_noise, momentum=config.momentum, noise=config.noise
             )
-            traj = descend(landscape, optax.chain(defense.transform, opt), rec, config.lr, basis)
+            traj = descend(landscape, optax.chain(opt, defense.transform), rec, config.lr, basis)
             steps = traj.steps
 
         # krylov_dim = dim: one exact Lanczos pass (the S eigenvalue can be repeated).
