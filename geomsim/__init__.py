@@ -1,8 +1,10 @@
 """geomsim: simulate and verify the geometry of alignment collapse (JAX).
 
 Subpackages mirror the architecture: `landscapes` (aligned point + losses),
-`dynamics` (optimizers, gradient flow), `theory` (Taylor coefficients, laws,
-AIC), `fitting` (onset power laws), `sweep` (grids and the CLI), `plotting`,
+`dynamics` (optimizers, gradient flow), `curvature` (matrix-free operators and
+spectra), `theory` (Taylor coefficients, laws, AIC, forecasts), `fitting`
+(onset power laws), `defenses` (optax transformations), `sweep` (grids and the
+CLI), `diagnose` (the forecast CLI), `testbed` (the transformer), `plotting`,
 `io`.
 """
 
@@ -10,7 +12,7 @@ from geomsim._runtime import configure_runtime
 
 configure_runtime()
 
-from geomsim import dynamics, fitting, io, landscapes, theory  # noqa: E402
+from geomsim import defenses, dynamics, fitting, io, landscapes, theory  # noqa: E402
 from geomsim.dynamics import Trajectory, descend, gradient_flow, make_optimizer  # noqa: E402
 from geomsim.fitting import PowerLawFit, fit_onset, local_slopes  # noqa: E402
 from geomsim.landscapes import FunctionLandscape, Landscape, QuadraticCubic, quadratic_cubic  # noqa: E402
@@ -25,6 +27,7 @@ __all__ = [
     "QuadraticCubic",
     "Trajectory",
     "align_coefficients",
+    "defenses",
     "dense_aic",
     "descend",
     "dynamics",

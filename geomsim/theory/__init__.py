@@ -1,6 +1,16 @@
-"""Theory: Taylor coefficients along gradient flow, closed-form laws, dense AIC."""
+"""Theory: Taylor coefficients along gradient flow, closed-form laws, dense AIC, forecasts."""
 
 from geomsim.theory.aic_dense import DenseAIC, dense_aic, dense_matrices
+from geomsim.theory.forecast import (
+    LocalModels,
+    alignment_risk,
+    landscape_local_models,
+    local_models,
+    paper_bound,
+    quadratic_flow,
+    quadratic_gd,
+    time_to_failure,
+)
 from geomsim.theory.laws import (
     crossover_time,
     discrete_gd_quartic,
@@ -19,6 +29,14 @@ from geomsim.theory.taylor import align_coefficients, path_coefficients
 
 __all__ = [
     "DenseAIC",
+    "LocalModels",
+    "alignment_risk",
+    "landscape_local_models",
+    "local_models",
+    "paper_bound",
+    "quadratic_flow",
+    "quadratic_gd",
+    "time_to_failure",
     "align_coefficients",
     "crossover_time",
     "dense_aic",

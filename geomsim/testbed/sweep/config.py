@@ -70,7 +70,8 @@ class TestbedSweepConfig:
                                     check=in_range(0, 1, open_lo=True))
     slope_tol: float = option(0.1, help="half-width of the local-slope band of an onset window (> 0)", check=positive)
     min_decades: float = option(0.5, help="shortest onset window, decades of t (> 0)", check=positive)
-    chunk: int = option(16, help="runs per vmapped batch (memory vs speed) (>= 1)", check=at_least(1))
+    chunk: int = option(8, help="runs per vmapped batch (memory vs speed; 8 keeps the default sweep near 3.5 GiB) (>= 1)",
+                        check=at_least(1))
 
     __test__ = False  # not a pytest test class, despite the name
 

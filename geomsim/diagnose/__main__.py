@@ -1,0 +1,5 @@
+import sys
+
+from geomsim.diagnose.cli import main
+
+sys.exit(main())

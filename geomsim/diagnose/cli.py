@@ -1,0 +1,44 @@
+"""Command line of `python -m geomsim.diagnose` (one flag per setting; one-line errors)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from geomsim import config as config_layer
+from geomsim._runtime import enable_compilation_cache
+from geomsim.config import ConfigError
+from geomsim.diagnose.config import DiagnoseConfig
+
+PROG = "python -m geomsim.diagnose"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description="Forecast alignment loss before fine-tuning: the "
+                                     "AIC of a model and when each forecast crosses a threshold.")
+    config_layer.add_flags(parser, DiagnoseConfig)
+    parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any setting above; flags override it")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/diagnose-<timestamp>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    args = vars(parser.parse_args(argv))
+    file, out, quiet = args.pop("config", None), args.pop("out", None), args.pop("quiet")
+    try:
+        config = config_layer.build(DiagnoseConfig, file, args)
+        import jax
+
+        enable_compilation_cache()
+        jax.config.update("jax_enable_x64", True)
+        from geomsim.diagnose.run import diagnose
+
+        out_dir = Path(out) if out else Path("runs") / time.strftime("diagnose-%Y%m%d-%H%M%S")
+        report = diagnose(config, out_dir, quiet=quiet)
+    except ConfigError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"t_fail": report["t_fail"], "threshold": report["threshold"],
+                      "wall_seconds": report["wall_seconds"]}, indent=1))
+    print(f"wrote {out_dir}")
+    return 0

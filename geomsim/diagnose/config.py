@@ -1,0 +1,32 @@
+"""Settings of `python -m geomsim.diagnose`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from geomsim.config import ConfigError, at_least, in_range, one_of, option, positive
+
+
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    """What to measure on the user's model and how far to forecast (units: t = steps x lr, nats)."""
+
+    model: str = option("", help="pkg.module:factory, where factory() returns a geomsim Landscape "
+                        "(theta0, align_loss, task_loss)")
+    rank: int = option(4, help="dimension k of the alignment subspace S (>= 1)", check=at_least(1))
+    operator: str = option("hessian", help="alignment curvature: hessian (a Landscape has no data for a "
+                           "GGN or Fisher)", check=one_of("hessian"))
+    optimizer: str = option("flow", help="forecast for gradient flow or gradient descent: flow | gd",
+                            check=one_of("flow", "gd"))
+    lr: float = option(1e-2, help="gd step size; time t = steps x lr (> 0)", check=positive)
+    horizon: float = option(0.0, help="last forecast time t (> 0; 0 = 10 / ||H_F||)", check=at_least(0))
+    threshold: float = option(1e-2, help="alignment-loss increase that counts as failure, nats (> 0)",
+                              check=positive)
+    krylov: int = option(0, help="Lanczos depth m of the local models (0 = min(d, 64))", check=at_least(0))
+    points: int = option(64, help="forecast times, log-spaced over 4 decades up to the horizon (8..2000)",
+                         check=in_range(8, 2000))
+    seed: int = option(0, help="PRNG seed of the Lanczos starts and trace probes (>= 0)", check=at_least(0))
+
+    def check(self) -> None:
+        if ":" not in self.model:
+            raise ConfigError(f"model: must be pkg.module:factory (got {self.model!r})")

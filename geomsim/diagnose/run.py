@@ -1,0 +1,170 @@
+"""Diagnose an aligned model before fine-tuning: AIC, forecasts, time to failure, report.
+
+Writes `report.json` (strict JSON: `aic`, `forecast` {t, align_increase per
+method}, `t_fail` per method, `threshold`, `config`, versions, timing),
+`report.md` (a page a person reads) and `fig_forecast` / `fig_spectrum`
+(PNG + PDF).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from geomsim import config as config_layer
+from geomsim.config import ConfigError
+from geomsim.diagnose.config import DiagnoseConfig
+from geomsim.io import atomic_open, environment_versions, write_json
+from geomsim.landscapes.base import Landscape, flatten_displacement
+from geomsim.theory.aic import landscape_aic
+from geomsim.theory.forecast import (
+    alignment_risk,
+    landscape_local_models,
+    paper_bound,
+    quadratic_flow,
+    quadratic_gd,
+    taylor,
+    time_to_failure,
+)
+
+METHODS = ("quadratic_flow", "taylor", "paper_bound", "alignment_risk")
+
+
+def load_model(spec: str) -> Landscape:
+    """Call `pkg.module:factory()`; one-line ConfigError naming `model` when it fails."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 (any import failure is the user's module)
+        raise ConfigError(f"model: cannot import {module_name!r} ({type(err).__name__}: {err})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"model: {module_name!r} has no callable {attr!r}")
+    model = factory()
+    if not isinstance(model, Landscape):
+        raise ConfigError(f"model: {spec}() must return a geomsim Landscape (got {type(model).__name__})")
+    return model
+
+
+def _say(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"geomsim diagnose: {message}", file=sys.stderr, flush=True)
+
+
+def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False) -> dict[str, Any]:
+    """Measure, forecast and write the report for `config`; returns the report dict."""
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    landscape = load_model(config.model)
+    dim = int(flatten_displacement(landscape)[0].shape[0])
+    if not config.rank < dim:
+        raise ConfigError(f"rank: must be in [1, d - 1] = [1, {dim - 1}] for this model (got {config.rank})")
+    key = jax.random.key(config.seed)
+    _say(f"[1/3] AIC at theta0 (d = {dim}, k = {config.rank}, {config.operator})", quiet)
+    aic = jax.jit(lambda land: landscape_aic(land, config.rank, key=key, threshold=config.threshold,
+                                             num_eigs=min(dim, max(2 * config.rank + 1, 8))))(landscape)
+    horizon = config.horizon or 10.0 / float(aic.task_spectral_norm)
+    times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
+    m = config.krylov or min(dim, 64)
+    _say(f"[2/3] local models (Krylov depth {m}) and forecasts to t = {horizon:.3g}", quiet)
+    models = landscape_local_models(landscape, min(m, dim))
+    bounded = (quadratic_gd(models, times / config.lr, config.lr) if config.optimizer == "gd"
+               else quadratic_flow(models, times))
+    curves = {
+        "quadratic_flow": bounded,
+        "taylor": taylor(aic.taylor, times),
+        "paper_bound": paper_bound(aic.sharpness, aic.coupling, times),
+        "alignment_risk": alignment_risk(aic.sharpness, aic.coupling, aic.eps * aic.grad_norm, times),
+    }
+    t_fail = {name: float(time_to_failure(times, curve, config.threshold)) for name, curve in curves.items()}
+    _say("[3/3] report", quiet)
+    report = {
+        "model": config.model,
+        "aic": aic.to_dict(),
+        "forecast": {"t": np.asarray(times).tolist(),
+                     "align_increase": {name: np.asarray(c).tolist() for name, c in curves.items()},
+                     "bounded_method": "quadratic_gd" if config.optimizer == "gd" else "quadratic_flow"},
+        "t_fail": t_fail,
+        "threshold": config.threshold,
+        "horizon": horizon,
+        "krylov_depth": int(min(m, dim)),
+        "config": config_layer.to_dict(config),
+        "versions": environment_versions(),
+    }
+    figures = _figures(report, np.asarray(aic.eigenvalues), out_dir)
+    report["figures"] = figures
+    report["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+    write_json(out_dir / "report.json", report)
+    with atomic_open(out_dir / "report.md") as handle:
+        handle.write(_markdown(report))
+    return report
+
+
+def _fmt(value: float | None) -> str:
+    return "never (within the horizon)" if value is None or not np.isfinite(value) else f"{value:.4g}"
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    aic, t_fail = report["aic"], report["t_fail"]
+    main = t_fail["quadratic_flow"]
+    verdict = (f"alignment loss is forecast to rise by {report['threshold']:g} nats at t = {_fmt(main)}"
+               if np.isfinite(main) else
+               f"alignment loss is not forecast to rise by {report['threshold']:g} nats before t = "
+               f"{report['horizon']:.4g}")
+    rows = "\n".join(f"| {name} | {_fmt(value)} |" for name, value in t_fail.items())
+    return f"""# geomsim diagnosis of `{report['model']}`
+
+**Verdict:** {verdict} ({report['forecast']['bounded_method']} on the local quadratic models; docs/theory.md,
+section 10).
+
+| AIC quantity | value |
+| --- | --- |
+| sharpness lambda (k-th alignment eigenvalue) | {aic['sharpness']} |
+| mu (curvature outside S) | {aic['mu']} |
+| eps (first-order overlap) | {aic['eps']} |
+| gamma (curvature coupling) | {aic['coupling']} |
+| Taylor c1..c4 | {aic['taylor'][1:]} |
+| ||H_F|| | {aic['task_spectral_norm']} |
+
+| method | t_fail (t = steps x lr) |
+| --- | --- |
+{rows}
+
+`taylor` is exact as t -> 0 and unbounded past its radius; `paper_bound` is the
+quartic lower bound `lambda gamma^2 t^4 / 8`; `alignment_risk` is that package's
+formula. Figures: {', '.join(report['figures'])}.
+"""
+
+
+def _figures(report: dict[str, Any], eigenvalues: np.ndarray, out_dir: Path) -> list[str]:
+    from geomsim.plotting.style import ALIGN_LABEL, TIME_LABEL, plt, save
+
+    t = np.asarray(report["forecast"]["t"])
+    fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
+    for i, (name, values) in enumerate(report["forecast"]["align_increase"].items()):
+        v = np.asarray(values, dtype=float)
+        ax.loglog(t, np.where(v > 0, v, np.nan), color=f"C{i}", label=name.replace("_", " "))
+    ax.axhline(report["threshold"], color="0.5", ls="--", lw=0.8, label=f"threshold {report['threshold']:g} nats")
+    ax.set_xlabel(TIME_LABEL)
+    ax.set_ylabel(ALIGN_LABEL)
+    ax.legend(fontsize=8)
+    ax.set_title("Forecasts of the alignment loss before fine-tuning", fontsize=9)
+    files = save(fig, out_dir, "fig_forecast")
+    fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
+    k = report["aic"]["k"]
+    idx = np.arange(1, len(eigenvalues) + 1)
+    ax.semilogy(idx, np.abs(eigenvalues), "o-", color="C0", label="|eigenvalue| of the alignment Hessian")
+    ax.axvline(k + 0.5, color="C3", ls="--", lw=0.8, label=f"S: top k = {k}")
+    ax.set_xlabel("eigenvalue index (descending)")
+    ax.set_ylabel("curvature (loss / param^2)")
+    ax.legend(fontsize=8)
+    files += save(fig, out_dir, "fig_spectrum")
+    return [p.name for p in files]
