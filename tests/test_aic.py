@@ -23,6 +23,8 @@ CONFIGS = {
     "cubic": dict(sharpness=2.0, coupling=0.7, cubic_coupling=0.4, align_cubic=0.3, sharpness_spread=2.0),
 }
 
+KEY = jax.random.key(0)  # aic takes an explicit key (Lanczos start, trace probes)
+
 
 @pytest.fixture(scope="module")
 def landscape_results():
@@ -31,7 +33,7 @@ def landscape_results():
         land = quadratic_cubic(jax.random.key(1), dim=24, rank=3, **cfg)
         exhaustive = cfg.get("sharpness_spread", 1.0) == 1.0
         options = dict(krylov_dim=24, num_eigs=24) if exhaustive else dict(num_eigs=4)
-        res = jax.jit(lambda land, o=options: landscape_aic(land, 3, trace_samples=12, **o))(land)
+        res = jax.jit(lambda land, o=options: landscape_aic(land, 3, key=KEY, trace_samples=12, **o))(land)
         out[name] = (cfg, land, res)
     return out
 
@@ -78,7 +80,7 @@ def test_negative_control_and_update_overlap():
 
     @jax.jit
     def run(update):
-        return landscape_aic(land, 2, krylov_dim=16, num_eigs=16, update=update, trace_samples=0)
+        return landscape_aic(land, 2, key=KEY, krylov_dim=16, num_eigs=16, update=update, trace_samples=0)
 
     res = run(-g)
     np.testing.assert_allclose(res.coupling, 0.0, atol=1e-12)
@@ -98,7 +100,7 @@ def test_vmap_over_a_landscape_grid():
     @jax.vmap
     def grid(s, c):
         land = quadratic_cubic(jax.random.key(0), dim=12, rank=2, sharpness=s, coupling=c)
-        return landscape_aic(land, 2, krylov_dim=12, num_eigs=12, trace_samples=0, window=False)
+        return landscape_aic(land, 2, key=KEY, krylov_dim=12, num_eigs=12, trace_samples=0, window=False)
 
     res = grid(sharp, coup)
     np.testing.assert_allclose(res.sharpness, sharp, rtol=1e-10)
@@ -133,7 +135,7 @@ def mlp_problem():
 def test_model_aic_matches_dense_computation(mlp_problem):
     apply_fn, params, batch, align_loss, task_loss = mlp_problem
     k = 3
-    res = eqx.filter_jit(lambda p: aic(align_loss, task_loss, p, batch, k=k, tol=1e-11, trace_samples=0))(params)
+    res = eqx.filter_jit(lambda p: aic(align_loss, task_loss, p, batch, k=k, key=KEY, tol=1e-11, trace_samples=0))(params)
     ref = eqx.filter_jit(lambda p: dense_model_aic(align_loss, task_loss, p, batch, k=k))(params)
     np.testing.assert_allclose(res.eigenvalues, ref.eigenvalues[: res.eigenvalues.shape[0]], rtol=1e-8)
     for field in ("sharpness", "mu", "eps", "coupling", "coupling_fisher", "grad_norm"):
@@ -151,7 +153,7 @@ def test_fisher_and_ggn_operators_define_s(mlp_problem):
     def run(p):
         ggn = ggn_operator(apply_fn, cross_entropy, p, align_data)
         fisher = fisher_operator(apply_fn, p, align_data)
-        common = dict(k=2, tol=1e-11, window=False, laws=False)
+        common = dict(k=2, key=KEY, tol=1e-11, window=False, laws=False)
         by_ggn = aic(align_loss, task_loss, p, batch, operator=ggn, trace_samples=8, **common)
         # S from the Hessian, coupling weighted by the Fisher (= the GGN for a softmax).
         mixed = aic(align_loss, task_loss, p, batch, fisher=fisher, trace_samples=0, **common)
@@ -197,7 +199,7 @@ def test_flax_and_equinox_mlp_give_the_same_aic(mlp_problem):
         return cross_entropy(flax_fn(p, b["task"][0]), b["task"][1])
 
     # window=False: the window is a loose (tol 1e-3) solve whose random start depends on the parameter layout.
-    run = eqx.filter_jit(lambda a, t, p: aic(a, t, p, batch, k=3, tol=1e-11, trace_samples=0, window=False))
+    run = eqx.filter_jit(lambda a, t, p: aic(a, t, p, batch, k=3, key=KEY, tol=1e-11, trace_samples=0, window=False))
     eqx_res, flax_res = run(align_loss, task_loss, params), run(flax_align, flax_task, flax_p)
     for field in ("eigenvalues", "sharpness", "mu", "eps", "coupling", "coupling_fisher", "taylor", "t_fail",
                   "t_threshold", "curve"):
@@ -228,7 +230,7 @@ def test_transformer_aic_matches_dense_and_flax_twin_agrees():
     flax_fn, flax_p = as_functional(twin, {"params": flax_params})
     # Laws without c3 (third derivatives of a transformer are slow to compile) for
     # the equinox model only; the twins' full results are compared on the MLP above.
-    run = eqx.filter_jit(lambda a, t, p, laws: aic(a, t, p, batch, k=2, tol=1e-11, trace_samples=0, window=False,
+    run = eqx.filter_jit(lambda a, t, p, laws: aic(a, t, p, batch, k=2, key=KEY, tol=1e-11, trace_samples=0, window=False,
                                                    laws=laws, third_order=False))
     eqx_res = run(*losses(eqx_fn), eqx_params, True)
     flax_res = run(*losses(flax_fn), flax_p, False)
@@ -254,7 +256,7 @@ def test_result_round_trips_through_strict_json(landscape_results):
     for field in ("eigenvalues", "sharpness", "eps", "coupling", "taylor", "curve", "basis", "t_threshold"):
         np.testing.assert_allclose(getattr(back, field), getattr(res, field), rtol=1e-15)
     assert back.k == res.k
-    controls = jax.jit(lambda land: landscape_aic(land, 2, krylov_dim=8, num_eigs=8, trace_samples=0,
+    controls = jax.jit(lambda land: landscape_aic(land, 2, key=KEY, krylov_dim=8, num_eigs=8, trace_samples=0,
                                                   window=False))(
         quadratic_cubic(jax.random.key(2), dim=8, rank=2, coupling=0.0))
     dumped = loads_strict(controls.to_json())
@@ -278,4 +280,10 @@ def test_result_round_trips_through_strict_json(landscape_results):
 def test_bad_input_names_the_field(kwargs, field):
     land = quadratic_cubic(jax.random.key(0), dim=8, rank=2)
     with pytest.raises(ValueError, match=f"^{field}:"):
-        landscape_aic(land, **kwargs)
+        landscape_aic(land, key=KEY, **kwargs)
+
+
+def test_aic_needs_an_explicit_key():
+    land = quadratic_cubic(jax.random.key(0), dim=8, rank=2)
+    with pytest.raises(ValueError, match="^key: aic needs an explicit PRNG key"):
+        landscape_aic(land, 2)

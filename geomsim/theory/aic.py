@@ -253,7 +253,7 @@ def aic(
         operator: "hessian" (of L_A) or a `CurvatureOperator` at `params` (e.g.
             `ggn_operator(...)`, `fisher_operator(...)`) defining S and the spectrum.
         fisher: the F of `coupling_fisher` (default: the alignment operator).
-        key: PRNG key of the Lanczos start and the trace probes (default key(0)).
+        key: PRNG key of the Lanczos start and the trace probes (required).
         num_eigs: eigenpairs computed, k+1 <= n <= d (default min(d, 2k+1));
             `rank` can only be detected below n.
         tol: Lanczos relative residual tolerance.
@@ -279,7 +279,9 @@ def aic(
         raise ValueError(f"trace_samples: must be an integer >= 0 (got {trace_samples})")
     if num_curve < 2:
         raise ValueError(f"num_curve: must be an integer >= 2 (got {num_curve})")
-    key = jax.random.key(0) if key is None else key
+    if key is None:
+        raise ValueError("key: aic needs an explicit PRNG key, e.g. key=jax.random.key(0) (it seeds the Lanczos "
+                         "start and the trace probes)")
     a_bs = as_batches(batches if align_batches is None else align_batches)
     f_bs = as_batches(batches if task_batches is None else task_batches)
     flat0, unravel = ravel_pytree(params)
