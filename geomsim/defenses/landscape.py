@@ -75,7 +75,10 @@ def build_defense(
     if name == "none":
         return LandscapeDefense(optax.identity(), jnp.zeros((1, dim), dtype))
     if name == "tracked_projection":
-        transform = tracked_projection(operator_at, rank, every, k_more, tol=tol, krylov_dim=krylov)
+        # The initial solve is done once here (the same key `init` would use) and handed to the
+        # transformation, so `init` does not repeat it.
+        first = eigsh(rank, tol=tol, krylov_dim=krylov)(operator_at(theta0), jax.random.split(k_more)[0])
+        transform = tracked_projection(operator_at, rank, every, k_more, tol=tol, krylov_dim=krylov, first=first)
         return LandscapeDefense(transform, transform.init(theta0).basis)
     s0 = eigsh(rank, tol=tol, krylov_dim=krylov)(operator_at(theta0), k_s0).eigenvectors
     if name == "static_projection":

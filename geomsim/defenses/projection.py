@@ -20,7 +20,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from geomsim.curvature import CurvatureOperator, eigsh
+from geomsim.curvature import CurvatureOperator, EigResult, eigsh
 
 
 def project_off(basis: Float[Array, "k d"], tree: PyTree) -> PyTree:
@@ -69,6 +69,7 @@ def tracked_projection(
     every: int,
     key: PRNGKeyArray,
     rtol: float = 1e-8,
+    first: EigResult | None = None,
     **eigsh_options: Any,
 ) -> optax.GradientTransformation:
     """Project every update off the current top-`rank` alignment eigenspace, re-estimated
@@ -83,6 +84,8 @@ def tracked_projection(
         key: PRNG key for the Lanczos start vectors.
         rtol: directions with eigenvalue <= rtol * (largest) are not projected
             off (see `sharp_rows`).
+        first: the solve at the initial parameters, when the caller already has it
+            (`init` then reuses it instead of solving again).
         eigsh_options: `tol`, `krylov_dim`, `max_matvecs` of `geomsim.curvature.eigsh`.
     """
     if not isinstance(rank, int) or rank < 1:
@@ -93,9 +96,9 @@ def tracked_projection(
 
     def init(params):
         k0, k_rest = jax.random.split(key)
-        first = solve(operator_at(params), k0)
-        basis = sharp_rows(first.eigenvalues, first.eigenvectors, rtol)
-        return TrackedProjectionState(basis, jnp.zeros((), jnp.int32), k_rest, first.num_matvecs)
+        start = first if first is not None else solve(operator_at(params), k0)
+        basis = sharp_rows(start.eigenvalues, start.eigenvectors, rtol)
+        return TrackedProjectionState(basis, jnp.zeros((), jnp.int32), k_rest, start.num_matvecs)
 
     def update(updates, state, params=None):
         if params is None:

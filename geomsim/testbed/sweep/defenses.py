@@ -42,7 +42,7 @@ from geomsim.sweep.progress import Progress
 from geomsim.tasks import PRETRAIN_TASKS, concat, make_batch, refusal_kl
 from geomsim.testbed.sweep import law
 from geomsim.testbed.sweep.config import TestbedSweepConfig
-from geomsim.testbed.sweep.run import _select, adam_inputs, point_index, prepare_models, write_report
+from geomsim.testbed.sweep.run import _select, adam_inputs, begin_run, point_index, prepare_models, write_report
 from geomsim.testbed.sweep.summary import adam_points
 
 TESTBED_DEFENSES = ("none", "static_projection", "tracked_projection", "curvature_projection", "replay", "lora")
@@ -133,11 +133,7 @@ def _finetune(cfg: TestbedDefenseConfig, data, name: str, basis_rows, target, ba
 def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, progress: bool = True,
                          plots: bool = True) -> dict[str, Any]:
     """Every defense on every (level, mix, seed) point; returns the summary (also `<out>/summary.json`)."""
-    if not jax.config.jax_enable_x64:
-        raise RuntimeError("the defenses need the float64 polish: call jax.config.update('jax_enable_x64', True)")
-    t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start, out_dir = begin_run(out_dir, "the defenses")
     cfg = config
     bar = Progress(4 + len(cfg.defenses) + 1, "testbed defenses", enabled=progress)
     timings: dict[str, float] = {}
@@ -174,25 +170,21 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
 
 
 def _tables(cfg: TestbedDefenseConfig, points, results: dict[str, dict[str, np.ndarray]]) -> dict[str, Table]:
-    curves: dict[str, list] = {k: [] for k in ("defense", "point", "level", "mix", "seed", "step", "align_increase",
-                                                "s_part", "subspace_norm", "harm_rate", "task_accuracy")}
-    per_point = []
+    lev, mix_i, seed = (np.array([p[k] for p in points]) for k in range(3))
+    blocks, per_point = [], []
     for name, out in results.items():
         n, r = out["align_increase"].shape
-        for i, (lev, mix_i, seed) in enumerate(points):
-            for j in range(r):
-                for key, value in (("defense", name), ("point", i), ("level", lev), ("mix", cfg.mix[mix_i]),
-                                   ("seed", seed), ("step", int(out["steps"][i, j]))):
-                    curves[key].append(value)
-                for key in ("align_increase", "s_part", "subspace_norm", "harm_rate", "task_accuracy"):
-                    curves[key].append(float(out[key][i, j]))
-        tidy = {k: out[k].reshape(-1) for k in ("align_increase", "harm_rate", "s_part", "task_accuracy", "steps")}
-        tidy["point"] = np.repeat(np.arange(n), r)
-        reading = adam_points(cfg, tidy)
+        block: Table = {"defense": np.full(n * r, name, dtype=object), "point": np.repeat(np.arange(n), r),
+                        "level": np.repeat(lev, r), "mix": np.repeat(np.asarray(cfg.mix)[mix_i], r),
+                        "seed": np.repeat(seed, r), "step": out["steps"].ravel().astype(np.int64)}
+        for key in ("align_increase", "s_part", "subspace_norm", "harm_rate", "task_accuracy"):
+            block[key] = out[key].ravel().astype(np.float64)
+        blocks.append(block)
+        reading = adam_points(cfg, {**block, "steps": out["steps"].ravel()})
         reading["defense"] = np.array([name] * n, dtype=object)
         reading["point"] = np.arange(n)
         per_point.append(reading)
-    table = {k: np.asarray(v, dtype=object if k == "defense" else None) for k, v in curves.items()}
+    table = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
     points_table = {k: np.concatenate([p[k] for p in per_point]) for k in per_point[0]}
     return {"defenses": table, "defense_points": points_table}
 

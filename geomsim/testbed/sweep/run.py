@@ -199,14 +199,19 @@ def adam_inputs(cfg: TestbedSweepConfig, models: Models, points: list[tuple[int,
     )
 
 
+def begin_run(out_dir: str | Path, what: str) -> tuple[float, Path]:
+    """Start time and the created output folder of a run that needs float64 (the polish)."""
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError(f"{what} needs float64: call jax.config.update('jax_enable_x64', True) first")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return time.perf_counter(), out_dir
+
+
 def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progress: bool = True,
                       plots: bool = True) -> SweepResult:
     """Run the sweep for `config` into `out_dir` (see the module docstring); resumes from `out_dir`."""
-    if not jax.config.jax_enable_x64:
-        raise RuntimeError("the testbed sweep needs float64: call jax.config.update('jax_enable_x64', True) first")
-    t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start, out_dir = begin_run(out_dir, "the testbed sweep")
     cfg = config
     levels, mixes, seeds = cfg.grid_shape
     runs, points = run_index(cfg), point_index(cfg)
