@@ -8,7 +8,6 @@ method}, `t_fail` per method, `threshold`, `config`, versions, timing),
 
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from geomsim.config import ConfigError
 from geomsim.diagnose.config import DiagnoseConfig
 from geomsim.io import atomic_open, environment_versions, write_json
 from geomsim.landscapes.base import Landscape, flatten_displacement
+from geomsim.landscapes.registry import resolve_landscape
 from geomsim.theory.aic import landscape_aic
 from geomsim.theory.forecast import (
     alignment_risk,
@@ -39,14 +39,12 @@ METHODS = ("quadratic_flow", "taylor", "paper_bound", "alignment_risk")
 
 def load_model(spec: str) -> Landscape:
     """Call `pkg.module:factory()`; one-line ConfigError naming `model` when it fails."""
-    module_name, _, attr = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # noqa: BLE001 (any import failure is the user's module)
-        raise ConfigError(f"model: cannot import {module_name!r} ({type(err).__name__}: {err})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ConfigError(f"model: {module_name!r} has no callable {attr!r}")
+        factory = resolve_landscape(spec)  # the sweep's import-path lookup
+    except ValueError as err:
+        raise ConfigError("model: " + str(err).removeprefix("landscape: ")) from None
+    except Exception as err:  # noqa: BLE001 (the user's module failed while importing)
+        raise ConfigError(f"model: cannot import {spec.partition(':')[0]!r} ({type(err).__name__}: {err})") from None
     model = factory()
     if not isinstance(model, Landscape):
         raise ConfigError(f"model: {spec}() must return a geomsim Landscape (got {type(model).__name__})")
