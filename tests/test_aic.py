@@ -12,6 +12,7 @@ from geomsim import align_coefficients, dense_aic, quadratic_cubic
 from geomsim.curvature import dense_ggn, fisher_operator, ggn_operator
 from geomsim.io import loads_strict
 from geomsim.models import MLP, Transformer, TransformerConfig, as_functional, cross_entropy
+from geomsim.theory import aic_factory
 from geomsim.theory.aic import AICResult, aic, landscape_aic
 from geomsim.theory.aic_dense import dense_model_aic
 
@@ -287,3 +288,80 @@ def test_aic_needs_an_explicit_key():
     land = quadratic_cubic(jax.random.key(0), dim=8, rank=2)
     with pytest.raises(ValueError, match="^key: aic needs an explicit PRNG key"):
         landscape_aic(land, 2)
+
+
+# --- the factory ---------------------------------------------------------------------------------
+
+
+def _landscape_losses(land):
+    from geomsim.landscapes.base import flatten_displacement
+
+    zero, unravel = flatten_displacement(land)
+    return (lambda x: land.align_increase(unravel(x))), (lambda x: land.displaced_task_loss(unravel(x))), zero
+
+
+def _fields(res):
+    return {f: np.asarray(getattr(res, f)) for f in res.__dataclass_fields__ if f not in ("k", "operator")}
+
+
+def test_factory_measure_equals_aic():
+    land = quadratic_cubic(jax.random.key(1), dim=12, rank=2, **CONFIGS["cubic"])
+    align, task, zero = _landscape_losses(land)
+    settings = dict(num_eigs=4, trace_samples=5, threshold=0.05, num_curve=16)
+    measure = aic_factory(2, **settings)
+    by_factory = eqx.filter_jit(measure)(align, task, zero, key=KEY, update=-land.grad_task)
+    by_aic = eqx.filter_jit(lambda p: aic(align, task, p, k=2, key=KEY, update=-land.grad_task, **settings))
+    by_aic = by_aic(zero)
+    assert (by_factory.k, by_factory.operator) == (by_aic.k, by_aic.operator) == (2, "hessian")
+    for field, value in _fields(by_aic).items():
+        np.testing.assert_array_equal(_fields(by_factory)[field], value, err_msg=field)
+    np.testing.assert_allclose(by_factory.taylor[:4], align_coefficients(land, 4)[:4], rtol=1e-9, atol=1e-14)
+
+
+def test_factory_jits_and_vmaps_over_keys():
+    land = quadratic_cubic(jax.random.key(2), dim=24, rank=3, **CONFIGS["overlap_mu"])
+    align, task, zero = _landscape_losses(land)
+    measure = aic_factory(3, num_eigs=4, trace_samples=4, num_curve=8)
+    keys = jax.random.split(jax.random.key(5), 3)
+    batched = jax.jit(jax.vmap(lambda key: measure(align, task, zero, key=key)))(keys)
+    one = jax.jit(lambda key: measure(align, task, zero, key=key))
+    assert batched.eigenvalues.shape == (3, 4) and batched.basis.shape == (3, 3, 24)
+    for i in range(3):
+        single = _fields(one(keys[i]))
+        for field, value in _fields(batched).items():
+            if np.issubdtype(value.dtype, np.floating) and field != "basis":  # basis: up to row signs
+                np.testing.assert_allclose(value[i], single[field], rtol=1e-9, atol=1e-12, err_msg=field)
+            elif field != "basis":
+                np.testing.assert_array_equal(value[i], single[field], err_msg=field)
+        np.testing.assert_allclose(np.abs(batched.basis[i] @ single["basis"].T), np.eye(3), atol=1e-8)
+    # The key matters (the tail-mass probes differ) and the measurement is right for each.
+    assert len(set(np.asarray(batched.tail_mass_stderr).tolist())) == 3
+    np.testing.assert_allclose(batched.sharpness, CONFIGS["overlap_mu"]["sharpness"], rtol=1e-10)
+    np.testing.assert_allclose(batched.eps, CONFIGS["overlap_mu"]["eps"], atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(k=0), "k"),
+        (dict(k=2, threshold=-1.0), "threshold"),
+        (dict(k=2, trace_samples=-1), "trace_samples"),
+        (dict(k=2, num_curve=1), "num_curve"),
+        (dict(k=2, num_eigs=2), "num_eigs"),
+    ],
+)
+def test_factory_rejects_a_bad_setting_in_one_line(kwargs, field):
+    with pytest.raises(ValueError, match=f"^{field}:") as err:
+        aic_factory(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_factory_measure_checks_its_inputs():
+    land = quadratic_cubic(jax.random.key(0), dim=8, rank=2)
+    align, task, zero = _landscape_losses(land)
+    with pytest.raises(ValueError, match="^key: aic needs an explicit PRNG key"):
+        aic_factory(2)(align, task, zero, key=None)
+    with pytest.raises(ValueError, match=r"^k: must be < d = 8 \(got 8\)"):
+        aic_factory(8)(align, task, zero, key=KEY)
+    with pytest.raises(ValueError, match=r"^num_eigs: must be in \[k \+ 1, d\] = \[3, 8\] \(got 9\)"):
+        aic_factory(2, num_eigs=9)(align, task, zero, key=KEY)

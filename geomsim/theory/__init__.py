@@ -1,9 +1,11 @@
 """Theory: Taylor coefficients along gradient flow, closed-form laws, dense AIC, forecasts."""
 
+from geomsim.theory.aic import aic_factory
 from geomsim.theory.aic_dense import DenseAIC, dense_aic, dense_matrices
 from geomsim.theory.forecast import (
     LocalModels,
     alignment_risk,
+    forecast_errors,
     landscape_local_models,
     local_models,
     paper_bound,
@@ -31,12 +33,14 @@ __all__ = [
     "DenseAIC",
     "LocalModels",
     "alignment_risk",
+    "forecast_errors",
     "landscape_local_models",
     "local_models",
     "paper_bound",
     "quadratic_flow",
     "quadratic_gd",
     "time_to_failure",
+    "aic_factory",
     "align_coefficients",
     "crossover_time",
     "dense_aic",

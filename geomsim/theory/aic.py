@@ -1,7 +1,10 @@
 """Alignment Instability Condition (AIC) diagnostics for any JAX model.
 
-`aic(align_loss, task_loss, params, batches, k=...)` measures, matrix-free,
-every quantity of `shared/theory.md` at the aligned point `params`:
+`aic_factory(k, ...)` takes the static settings (matfree / optax style) and
+returns a pure `measure(align_loss, task_loss, params, batches, *, key, ...)`;
+`aic(align_loss, task_loss, params, batches, k=..., key=...)` is the same in
+one call.  They measure, matrix-free, every quantity of `shared/theory.md` at
+the aligned point `params`:
 
 * the top of the alignment spectrum (Lanczos on the alignment operator: the
   Hessian of `L_A` by default, or any `CurvatureOperator`, e.g. its GGN or
@@ -22,6 +25,15 @@ every quantity of `shared/theory.md` at the aligned point `params`:
   failure `(tau / c4)^(1/4)`, and the polynomial's first crossing of tau within
   the expansion window `t < 1 / ||H_F||`.
 
+`measure` assembles small parts, each a pure function of operators and flat
+vectors: `_spectrum` (Lanczos on A, deflated trace of the tail), `_geometry`
+(g, grad L_A, H_F g and their projections on S), `_window` (||H_F|| by
+Lanczos), `_taylor` (c1..c4) and `_laws` (times to failure, curve).  Gradients
+and Hessian-vector products are those of the `HessianOperator`s of `L_A` and
+`L_F` (batch means like every operator's product); only the third derivatives
+of c3 are written out here.  The PRNG key is split once into the Lanczos, the
+trace-probe and the window keys.
+
 The Taylor coefficients always use the Hessian of `L_A` (they are derivatives
 of the loss); only S, the spectrum and `coupling_fisher` follow `operator`.
 Units: losses in nats (or the losses' units), t in gradient-flow time
@@ -31,17 +43,17 @@ jits and vmaps) with `to_dict` / `to_json` / `from_dict`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 
-from geomsim.curvature.batches import BatchSet, as_batches, bind_batch
-from geomsim.curvature.lanczos import eigsh
+from geomsim.curvature.batches import as_batches, bind_batch
+from geomsim.curvature.lanczos import EigResult, eigsh
 from geomsim.curvature.operators import CurvatureOperator, HessianOperator
 from geomsim.curvature.subspace import gap_rank, overlap_score, project
 from geomsim.curvature.trace import trace_estimator
@@ -168,26 +180,61 @@ class AICResult(eqx.Module):
         return cls(**values)
 
 
-# --- derivative helpers (batched means) -------------------------------------------------------------
+# --- settings -------------------------------------------------------------------------------------
 
 
-def _mean(bs: BatchSet | None, fn: Callable[[Any], Any]) -> Any:
-    return fn(None) if bs is None else bs.mean(fn)
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """The static settings of `aic_factory` (see there), validated once on construction."""
+
+    k: int
+    num_eigs: int | None
+    tol: float
+    krylov_dim: int | None
+    max_matvecs: int | None
+    trace_samples: int
+    window: bool
+    threshold: float
+    num_curve: int
+    laws: bool
+    third_order: bool
+
+    def __post_init__(self) -> None:
+        k = self.k
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: must be an integer >= 1 (got {k!r})")
+        if not self.threshold > 0:
+            raise ValueError(f"threshold: must be > 0 (got {self.threshold})")
+        if self.trace_samples < 0:
+            raise ValueError(f"trace_samples: must be an integer >= 0 (got {self.trace_samples})")
+        if self.num_curve < 2:
+            raise ValueError(f"num_curve: must be an integer >= 2 (got {self.num_curve})")
+        if self.num_eigs is not None and self.num_eigs < k + 1:  # the upper bound d is checked per call
+            raise ValueError(f"num_eigs: must be in [k + 1, d] = [{k + 1}, d] (got {self.num_eigs})")
+
+    def eigenpairs(self, d: int) -> int:
+        """n, the number of eigenpairs to compute in dimension d (checks k and num_eigs against d)."""
+        if self.k >= d:
+            raise ValueError(f"k: must be < d = {d} (got {self.k})")
+        n = min(d, 2 * self.k + 1) if self.num_eigs is None else self.num_eigs
+        if not self.k + 1 <= n <= d:
+            raise ValueError(f"num_eigs: must be in [k + 1, d] = [{self.k + 1}, {d}] (got {n})")
+        return n
 
 
-def _grad(loss, params, bs):
-    return _mean(bs, lambda b: jax.grad(bind_batch(loss, b))(params))
+# --- third derivatives (batched means, like the operator's products) -------------------------------
 
 
-def _hvp(loss, params, bs, v):
-    return _mean(bs, lambda b: jax.jvp(jax.grad(bind_batch(loss, b)), (params,), (v,))[1])
+def _batch_mean(op: HessianOperator, fn: Callable[[Any], Any]) -> Any:
+    """`sum_b w_b fn(batch_b)` over `op`'s batches (`fn(None)` without data)."""
+    return fn(None) if op.batches is None else op.batches.mean(fn)
 
 
-def _third_directional(loss, params, bs, v):
-    """`D^3 L[v, v, v] = d^3/ds^3 L(params + s v)` at s = 0."""
+def _third_directional(op: HessianOperator, v: PyTree) -> Float[Array, ""]:
+    """`D^3 L[v, v, v] = d^3/ds^3 L(params + s v)` at s = 0, for the loss, point and data of `op`."""
 
     def one(b):
-        f = bind_batch(loss, b)
+        f = bind_batch(op.loss, b)
 
         def d1(p):
             return jax.jvp(f, (p,), (v,))[1]
@@ -195,26 +242,326 @@ def _third_directional(loss, params, bs, v):
         def d2(p):
             return jax.jvp(d1, (p,), (v,))[1]
 
-        return jax.jvp(d2, (params,), (v,))[1]
+        return jax.jvp(d2, (op.params,), (v,))[1]
 
-    return _mean(bs, one)
+    return _batch_mean(op, one)
 
 
-def _grad_second_directional(loss, params, bs, v):
-    """`D^3 L[v, v] = d^2/ds^2 grad L(params + s v)` at s = 0 (a vector)."""
+def _grad_second_directional(op: HessianOperator, v: PyTree) -> PyTree:
+    """`D^3 L[v, v] = d^2/ds^2 grad L(params + s v)` at s = 0 (a pytree like `params`), for `op`'s loss."""
 
     def one(b):
-        g = jax.grad(bind_batch(loss, b))
+        g = jax.grad(bind_batch(op.loss, b))
 
         def d1(p):
             return jax.jvp(g, (p,), (v,))[1]
 
-        return jax.jvp(d1, (params,), (v,))[1]
+        return jax.jvp(d1, (op.params,), (v,))[1]
 
-    return _mean(bs, one)
+    return _batch_mean(op, one)
+
+
+# --- the parts ------------------------------------------------------------------------------------
+
+
+def _alignment_operator(operator: str | CurvatureOperator, align_op: HessianOperator) -> tuple[CurvatureOperator, str]:
+    """The operator A defining S and the spectrum, and its name for `AICResult.operator`."""
+    d = align_op.dim
+    if isinstance(operator, str):
+        if operator != "hessian":
+            raise ValueError(f"operator: must be 'hessian' or a CurvatureOperator (got {operator!r})")
+        return align_op, "hessian"
+    if isinstance(operator, CurvatureOperator):
+        if operator.dim != d:
+            raise ValueError(f"operator: acts on dimension {operator.dim}, params have d = {d}")
+        return operator, type(operator).__name__
+    raise ValueError(f"operator: must be 'hessian' or a CurvatureOperator (got {type(operator).__name__})")
+
+
+def _spectrum(
+    op: CurvatureOperator, n: int, s: _Settings, k_eig: PRNGKeyArray, k_trace: PRNGKeyArray
+) -> tuple[EigResult, Float[Array, ""], Float[Array, ""], Int[Array, ""]]:
+    """Top of the spectrum of A and the mass of the rest.
+
+    Returns `(eig, tail, tail_stderr, matvecs)`: `eig` the Lanczos result, n
+    eigenpairs (eigenvalues `(n,)` descending, units of A; eigenvectors `(n, d)`
+    flat, the first k span S); `tail = tr((I - P_S) A (I - P_S)) = sum_{j>k}
+    lambda_j` (units of A; XNysTrace for a PSD A, else XTrace, from
+    min(trace_samples, d) probes) and its standard error, both nan when
+    `trace_samples = 0`; `matvecs` the products with A.
+    """
+    # The plain operator: hoisting the forward pass (`op.linearize()`) costs memory
+    # and measured no faster per product on CPU (benchmarks/RESULTS.md).
+    eig = eigsh(n, tol=s.tol, krylov_dim=s.krylov_dim, max_matvecs=s.max_matvecs)(op, k_eig)
+    d, dtype = op.dim, op.dtype
+    if s.trace_samples == 0:
+        nan = jnp.asarray(jnp.nan, dtype)
+        return eig, nan, nan, eig.num_matvecs
+    basis = eig.eigenvectors[: s.k]
+
+    def deflated(v):
+        w = v - project(basis, v)
+        w = op.mv_flat(w)
+        return w - project(basis, w)
+
+    est = trace_estimator(min(s.trace_samples, d), method="xnystrace" if op.psd else "xtrace",
+                          like=jnp.zeros((d,), dtype))(deflated, k_trace)
+    return eig, est.value, est.stderr, eig.num_matvecs + est.num_matvecs
+
+
+class _Geometry(eqx.Module):
+    """The task gradient against S (flat vectors `(d,)`, ravel_pytree order).
+
+    grad `g = grad L_F` (loss/param) and grad_norm `||g||`; align_grad `grad L_A`;
+    task_hg `H_F g` (loss/param^3); eps `||P_S g|| / ||g||` (a ratio); coupling
+    `||P_S H_F g||`; gamma_fisher_sq `(P_S H_F g)^T F (P_S H_F g)`; update_overlap
+    `||P_S u||^2 / ||u||^2` (nan without an update); num_matvecs the products with
+    H_F and F.
+    """
+
+    grad: Float[Array, " d"]
+    grad_norm: Float[Array, ""]
+    align_grad: Float[Array, " d"]
+    task_hg: Float[Array, " d"]
+    eps: Float[Array, ""]
+    coupling: Float[Array, ""]
+    gamma_fisher_sq: Float[Array, ""]
+    update_overlap: Float[Array, ""]
+    num_matvecs: int = eqx.field(static=True)
+
+
+def _geometry(
+    align_op: HessianOperator,
+    task_op: HessianOperator,
+    basis: Float[Array, "k d"],
+    top: Float[Array, " k"],
+    fisher: CurvatureOperator | None,
+    update: PyTree | None,
+) -> _Geometry:
+    """Initial orthogonality and coupling of the task gradient to S (`basis`, with A's eigenvalues `top`).
+
+    The Fisher weighting uses `fisher` when given, else A itself, which is
+    diagonal on S: `sum_j lambda_j (u_j . H_F g)^2` needs no product.
+    """
+    g = task_op.ravel(task_op.gradient())
+    hg = task_op.mv_flat(g)
+    coords = basis @ hg
+    if fisher is None:
+        gamma_f2, matvecs = jnp.sum(top * coords**2), 1
+    else:
+        s_hg = project(basis, hg)
+        gamma_f2, matvecs = s_hg @ fisher.mv_flat(s_hg), 2
+    gnorm = jnp.linalg.norm(g)
+    overlap = jnp.nan if update is None else overlap_score(basis, task_op.ravel(update))
+    return _Geometry(
+        grad=g,
+        grad_norm=gnorm,
+        align_grad=align_op.ravel(align_op.gradient()),
+        task_hg=hg,
+        eps=jnp.linalg.norm(basis @ g) / gnorm,
+        coupling=jnp.linalg.norm(coords),
+        gamma_fisher_sq=gamma_f2,
+        update_overlap=jnp.asarray(overlap, g.dtype),
+        num_matvecs=matvecs,
+    )
+
+
+def _taylor(
+    align_op: HessianOperator, task_op: HessianOperator, geo: _Geometry, third_order: bool
+) -> Float[Array, " 5"]:
+    """`(0, c1, c2, c3, c4)` of `Delta L_A(t) = sum_j c_j t^j` along the gradient flow of L_F
+    (c_j in loss units per unit time^j; c4 the leading term `(1/8) (H_F g)^T H_A (H_F g)`;
+    c3 nan unless `third_order`).  Costs 3 Hessian-vector products (with H_F, H_A, H_A)."""
+    g, ga, hg = geo.grad, geo.align_grad, geo.task_hg
+    hhg = task_op.mv_flat(hg)
+    ha_g = align_op.mv_flat(g)
+    ha_hg = align_op.mv_flat(hg)
+    c1 = -ga @ g
+    c2 = 0.5 * g @ ha_g + 0.5 * ga @ hg
+    if third_order:
+        g_tree = task_op.unravel(g)
+        t_a = _third_directional(align_op, g_tree)
+        d3f = task_op.ravel(_grad_second_directional(task_op, g_tree))
+        c3 = -0.5 * g @ ha_hg - t_a / 6.0 - ga @ (hhg + d3f) / 6.0
+    else:
+        c3 = jnp.asarray(jnp.nan, g.dtype)
+    c4 = 0.125 * hg @ ha_hg
+    return jnp.stack([jnp.zeros((), g.dtype), c1, c2, c3, c4])
+
+
+def _window(task_op: HessianOperator, key: PRNGKeyArray) -> tuple[Float[Array, ""], Float[Array, ""], Int[Array, ""]]:
+    """`(||H_F||, 1 / ||H_F||, matvecs)`: the task Hessian's norm (loss/param^2) from a loose
+    (tol 1e-3) Lanczos solve at each end of its spectrum, and the end of the Taylor
+    expansion's window in gradient-flow time."""
+    top = eigsh(1, which="largest", tol=1e-3)(task_op, key)
+    bottom = eigsh(1, which="smallest", tol=1e-3)(task_op, jax.random.fold_in(key, 1))
+    norm = jnp.maximum(jnp.abs(top.eigenvalues[0]), jnp.abs(bottom.eigenvalues[0]))
+    return norm, 1.0 / norm, top.num_matvecs + bottom.num_matvecs
+
+
+def _laws(
+    taylor: Float[Array, " 5"],
+    hg: Float[Array, " d"],
+    spectral_norm: Float[Array, ""],
+    window_end: Float[Array, ""],
+    s: _Settings,
+) -> tuple[Float[Array, ""], Float[Array, ""], Float[Array, " c"]]:
+    """`(t_fail, t_threshold, curve_time)` in gradient-flow time: the quartic law's
+    `(tau / c4)^(1/4)`, the Taylor polynomial's first crossing of tau within
+    `t_max` (the window end, else 2 t_fail, else 1) and `num_curve` log-spaced
+    times up to `t_max` (from `1e-4 t_max`)."""
+    dtype = taylor.dtype
+    tau = jnp.asarray(s.threshold, dtype)
+    c4 = taylor[4]
+    # A c4 at the round-off level of (1/8) hg^T H_A hg (e.g. gamma = 0) never fails.
+    c4_floor = 64.0 * jnp.finfo(dtype).eps * spectral_norm * (hg @ hg) / 8.0
+    t_fail = quartic_time_to_failure(jnp.where(c4 > c4_floor, c4, 0.0), tau)
+    t_max = jnp.where(jnp.isfinite(window_end), window_end, jnp.where(jnp.isfinite(t_fail), 2.0 * t_fail, 1.0))
+    t_threshold = time_to_threshold(taylor, tau, t_max)
+    return t_fail, t_threshold, t_max * jnp.logspace(-4, 0, s.num_curve, dtype=dtype)
 
 
 # --- the diagnostics ------------------------------------------------------------------------------
+
+
+def aic_factory(
+    k: int,
+    *,
+    num_eigs: int | None = None,
+    tol: float = 1e-8,
+    krylov_dim: int | None = None,
+    max_matvecs: int | None = None,
+    trace_samples: int = 10,
+    window: bool = True,
+    threshold: float = 1e-2,
+    num_curve: int = 64,
+    laws: bool = True,
+    third_order: bool = True,
+) -> Callable[..., AICResult]:
+    """Build `measure(align_loss, task_loss, params, batches=None, *, key, ...) -> AICResult`.
+
+    The settings are static (validated here, once); `measure` is pure in its
+    array inputs (params, batches, operators, update, key), so it jits with
+    the losses static (`eqx.filter_jit`) and vmaps, e.g. over keys or params.
+
+    Args:
+        k: dimension of S, 1 <= k < d.
+        num_eigs: eigenpairs computed, k+1 <= n <= d (default min(d, 2k+1));
+            `rank` can only be detected below n.
+        tol: Lanczos relative residual tolerance.
+        krylov_dim, max_matvecs: Lanczos basis size and budget (see `eigsh`);
+            `krylov_dim >= d` gives an exact solve (small problems, repeated eigenvalues).
+        trace_samples: probes of the tail-mass estimate (0 skips it: nan).
+        window: estimate `||H_F||` (Lanczos, k=1 at both ends) for the
+            expansion window; False leaves `task_spectral_norm`, `window_end` nan.
+        threshold: tau, the loss increase defining failure (> 0).
+        num_curve: points of the predicted curve (>= 2).
+        laws: compute the Taylor coefficients, times and curve (False leaves
+            them nan: the spectrum and eps / coupling only, e.g. inside a sweep
+            that has its own exact Taylor coefficients).
+        third_order: compute c3 (needs third derivatives of both losses,
+            about doubling compile and run time of the laws); False leaves it nan.
+    """
+    s = _Settings(k=k, num_eigs=num_eigs, tol=tol, krylov_dim=krylov_dim, max_matvecs=max_matvecs,
+                  trace_samples=trace_samples, window=window, threshold=threshold, num_curve=num_curve, laws=laws,
+                  third_order=third_order)
+
+    def measure(
+        align_loss: Callable,
+        task_loss: Callable,
+        params: PyTree,
+        batches: Any = None,
+        *,
+        key: PRNGKeyArray | None,
+        align_batches: Any = None,
+        task_batches: Any = None,
+        operator: str | CurvatureOperator = "hessian",
+        fisher: CurvatureOperator | None = None,
+        update: PyTree | None = None,
+    ) -> AICResult:
+        """Measure the AIC at the aligned point `params` (see the module docstring).
+
+        Args:
+            align_loss: `L_A(params, batch)` (or `L_A(params)` when there is no data).
+            task_loss: `L_F(params, batch)` (or `L_F(params)`).
+            params: the aligned point theta0 (any pytree of float arrays).
+            batches: data for both losses (see `geomsim.curvature.batches`);
+                `align_batches` / `task_batches` override it per loss.
+            key: PRNG key of the Lanczos start and the trace probes (required).
+            operator: "hessian" (of L_A) or a `CurvatureOperator` at `params` (e.g.
+                `ggn_operator(...)`, `fisher_operator(...)`) defining S and the spectrum.
+            fisher: the F of `coupling_fisher` (default: the alignment operator).
+            update: an optional parameter update (pytree) to score against S.
+        """
+        if key is None:
+            raise ValueError("key: aic needs an explicit PRNG key, e.g. key=jax.random.key(0) (it seeds the "
+                             "Lanczos start and the trace probes)")
+        a_bs = as_batches(batches if align_batches is None else align_batches)
+        f_bs = as_batches(batches if task_batches is None else task_batches)
+        align_op = HessianOperator(params=params, batches=a_bs, loss=align_loss)
+        task_op = HessianOperator(params=params, batches=f_bs, loss=task_loss)
+        n = s.eigenpairs(align_op.dim)
+        op, op_name = _alignment_operator(operator, align_op)
+        dtype = align_op.dtype
+        nan = jnp.asarray(jnp.nan, dtype)
+
+        k_eig, k_trace, k_win = jax.random.split(key, 3)
+        eig, tail, tail_err, matvecs = _spectrum(op, n, s, k_eig, k_trace)
+        lam, basis = eig.eigenvalues, eig.eigenvectors[: s.k]
+        spectral_norm = jnp.maximum(jnp.abs(lam[0]), jnp.max(jnp.abs(eig.ritz_range)))
+        geo = _geometry(align_op, task_op, basis, lam[: s.k], fisher, update)
+        matvecs = matvecs + geo.num_matvecs
+        if s.window:
+            task_norm, window_end, window_matvecs = _window(task_op, k_win)
+            matvecs = matvecs + window_matvecs
+        else:
+            task_norm, window_end = nan, nan
+        if s.laws:
+            taylor = _taylor(align_op, task_op, geo, s.third_order)
+            t_fail, t_threshold, curve_time = _laws(taylor, geo.task_hg, spectral_norm, window_end, s)
+            matvecs = matvecs + 3
+        else:
+            taylor = jnp.full((5,), jnp.nan, dtype)
+            t_fail, t_threshold = nan, nan
+            curve_time = jnp.full((s.num_curve,), jnp.nan, dtype)
+
+        sharp, mu = lam[s.k - 1], lam[s.k]
+        coupling = geo.coupling
+        return AICResult(
+            eigenvalues=lam,
+            residuals=eig.residuals,
+            basis=basis,
+            sharpness=sharp,
+            mu=mu,
+            gap_ratio=mu / sharp,
+            spectral_norm=spectral_norm,
+            rank=gap_rank(lam),
+            tail_mass=tail,
+            tail_mass_stderr=tail_err,
+            trace=jnp.sum(lam[: s.k]) + tail,
+            grad_norm=geo.grad_norm,
+            eps=geo.eps,
+            coupling=coupling,
+            coupling_fisher=jnp.sqrt(jnp.maximum(geo.gamma_fisher_sq, 0.0)),
+            align_grad_norm=jnp.linalg.norm(geo.align_grad),
+            update_overlap=geo.update_overlap,
+            task_spectral_norm=task_norm,
+            window_end=window_end,
+            taylor=taylor,
+            c4_bound=sharp * coupling**2 / 8.0,
+            c4_bound_fisher=geo.gamma_fisher_sq / 8.0,
+            threshold=jnp.asarray(s.threshold, dtype),
+            t_fail=t_fail,
+            t_threshold=t_threshold,
+            curve_time=curve_time,
+            curve=polynomial_value(taylor, curve_time),
+            num_matvecs=jnp.asarray(matvecs),
+            converged=eig.converged,
+            k=s.k,
+            operator=op_name,
+        )
+
+    return measure
 
 
 def aic(
@@ -243,186 +590,17 @@ def aic(
 ) -> AICResult:
     """Measure the AIC of an aligned model (pure; jit it with the losses static).
 
-    Args:
-        align_loss: `L_A(params, batch)` (or `L_A(params)` when there is no data).
-        task_loss: `L_F(params, batch)` (or `L_F(params)`).
-        params: the aligned point theta0 (any pytree of float arrays).
-        batches: data for both losses (see `geomsim.curvature.batches`);
-            `align_batches` / `task_batches` override it per loss.
-        k: dimension of S, 1 <= k < d.
-        operator: "hessian" (of L_A) or a `CurvatureOperator` at `params` (e.g.
-            `ggn_operator(...)`, `fisher_operator(...)`) defining S and the spectrum.
-        fisher: the F of `coupling_fisher` (default: the alignment operator).
-        key: PRNG key of the Lanczos start and the trace probes (required).
-        num_eigs: eigenpairs computed, k+1 <= n <= d (default min(d, 2k+1));
-            `rank` can only be detected below n.
-        tol: Lanczos relative residual tolerance.
-        krylov_dim, max_matvecs: Lanczos basis size and budget (see `eigsh`);
-            `krylov_dim >= d` gives an exact solve (small problems, repeated eigenvalues).
-        trace_samples: probes of the tail-mass estimate (0 skips it: nan).
-        window: estimate `||H_F||` (Lanczos, k=1 at both ends) for the
-            expansion window; False leaves `task_spectral_norm`, `window_end` nan.
-        threshold: tau, the loss increase defining failure (> 0).
-        update: an optional parameter update (pytree) to score against S.
-        num_curve: points of the predicted curve (>= 2).
-        laws: compute the Taylor coefficients, times and curve (False leaves
-            them nan: the spectrum and eps / coupling only, e.g. inside a sweep
-            that has its own exact Taylor coefficients).
-        third_order: compute c3 (needs third derivatives of both losses,
-            about doubling compile and run time of the laws); False leaves it nan.
+    One call of `aic_factory(k, num_eigs=..., ..., third_order=...)` (the
+    settings, documented there) on `(align_loss, task_loss, params, batches,
+    key=..., align_batches=..., task_batches=..., operator=..., fisher=...,
+    update=...)` (the inputs, documented at its `measure`).  Use the factory to
+    validate the settings once and vmap the measurement, e.g. over keys.
     """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: must be an integer >= 1 (got {k!r})")
-    if not threshold > 0:
-        raise ValueError(f"threshold: must be > 0 (got {threshold})")
-    if trace_samples < 0:
-        raise ValueError(f"trace_samples: must be an integer >= 0 (got {trace_samples})")
-    if num_curve < 2:
-        raise ValueError(f"num_curve: must be an integer >= 2 (got {num_curve})")
-    if key is None:
-        raise ValueError("key: aic needs an explicit PRNG key, e.g. key=jax.random.key(0) (it seeds the Lanczos "
-                         "start and the trace probes)")
-    a_bs = as_batches(batches if align_batches is None else align_batches)
-    f_bs = as_batches(batches if task_batches is None else task_batches)
-    flat0, unravel = ravel_pytree(params)
-    d, dtype = int(flat0.shape[0]), flat0.dtype
-    if k >= d:
-        raise ValueError(f"k: must be < d = {d} (got {k})")
-    n = min(d, 2 * k + 1) if num_eigs is None else num_eigs
-    if not k + 1 <= n <= d:
-        raise ValueError(f"num_eigs: must be in [k + 1, d] = [{k + 1}, {d}] (got {n})")
-
-    if isinstance(operator, str):
-        if operator != "hessian":
-            raise ValueError(f"operator: must be 'hessian' or a CurvatureOperator (got {operator!r})")
-        op: CurvatureOperator = HessianOperator(params=params, batches=a_bs, loss=align_loss)
-        op_name = "hessian"
-    elif isinstance(operator, CurvatureOperator):
-        if operator.dim != d:
-            raise ValueError(f"operator: acts on dimension {operator.dim}, params have d = {d}")
-        op, op_name = operator, type(operator).__name__
-    else:
-        raise ValueError(f"operator: must be 'hessian' or a CurvatureOperator (got {type(operator).__name__})")
-
-    k_eig, k_trace, k_win = jax.random.split(key, 3)
-    # The plain operator: hoisting the forward pass (`op.linearize()`) costs memory
-    # and measured no faster per product on CPU (benchmarks/RESULTS.md).
-    eig = eigsh(n, tol=tol, krylov_dim=krylov_dim, max_matvecs=max_matvecs)(op, k_eig)
-    lam, basis = eig.eigenvalues, eig.eigenvectors[:k]
-    matvecs = eig.num_matvecs
-
-    def flat(tree):
-        return ravel_pytree(tree)[0]
-
-    nan = jnp.asarray(jnp.nan, dtype)
-    g = flat(_grad(task_loss, params, f_bs))
-    ga = flat(_grad(align_loss, params, a_bs))
-    hg = flat(_hvp(task_loss, params, f_bs, unravel(g)))
-    matvecs = matvecs + 1
-    if laws:
-        hhg = flat(_hvp(task_loss, params, f_bs, unravel(hg)))
-        ha_g = flat(_hvp(align_loss, params, a_bs, unravel(g)))
-        ha_hg = flat(_hvp(align_loss, params, a_bs, unravel(hg)))
-        matvecs = matvecs + 3
-        c1 = -ga @ g
-        c2 = 0.5 * g @ ha_g + 0.5 * ga @ hg
-        if third_order:
-            t_a = _third_directional(align_loss, params, a_bs, unravel(g))
-            d3f = flat(_grad_second_directional(task_loss, params, f_bs, unravel(g)))
-            c3 = -0.5 * g @ ha_hg - t_a / 6.0 - ga @ (hhg + d3f) / 6.0
-        else:
-            c3 = nan
-        c4 = 0.125 * hg @ ha_hg
-        taylor = jnp.stack([jnp.zeros((), dtype), c1, c2, c3, c4])
-    else:
-        taylor = jnp.full((5,), jnp.nan, dtype)
-        c4 = nan
-
-    gnorm = jnp.linalg.norm(g)
-    s_hg = project(basis, hg)
-    coords = basis @ hg
-    if fisher is None:
-        gamma_f2 = jnp.sum(lam[:k] * coords**2)
-    else:
-        gamma_f2 = s_hg @ fisher.mv_flat(s_hg)
-        matvecs = matvecs + 1
-    coupling = jnp.linalg.norm(coords)
-    coupling_fisher = jnp.sqrt(jnp.maximum(gamma_f2, 0.0))
-
-    if trace_samples > 0:
-        samples = min(trace_samples, d)
-
-        def deflated(v):
-            w = v - project(basis, v)
-            w = op.mv_flat(w)
-            return w - project(basis, w)
-
-        est = trace_estimator(samples, method="xnystrace" if op.psd else "xtrace",
-                              like=jnp.zeros((d,), dtype))(lambda v: deflated(v), k_trace)
-        tail, tail_err = est.value, est.stderr
-        matvecs = matvecs + est.num_matvecs
-    else:
-        tail, tail_err = nan, nan
-
-    if window:
-        task_op = HessianOperator(params=params, batches=f_bs, loss=task_loss)
-        top = eigsh(1, which="largest", tol=1e-3)(task_op, k_win)
-        bottom = eigsh(1, which="smallest", tol=1e-3)(task_op, jax.random.fold_in(k_win, 1))
-        task_norm = jnp.maximum(jnp.abs(top.eigenvalues[0]), jnp.abs(bottom.eigenvalues[0]))
-        window_end = 1.0 / task_norm
-        matvecs = matvecs + top.num_matvecs + bottom.num_matvecs
-    else:
-        task_norm, window_end = nan, nan
-
-    tau = jnp.asarray(threshold, dtype)
-    spectral_norm = jnp.maximum(jnp.abs(lam[0]), jnp.max(jnp.abs(eig.ritz_range)))
-    if laws:
-        # A c4 at the round-off level of (1/8) hg^T H_A hg (e.g. gamma = 0) never fails.
-        c4_floor = 64.0 * jnp.finfo(dtype).eps * spectral_norm * (hg @ hg) / 8.0
-        t_fail = quartic_time_to_failure(jnp.where(c4 > c4_floor, c4, 0.0), tau)
-        t_max = jnp.where(jnp.isfinite(window_end), window_end, jnp.where(jnp.isfinite(t_fail), 2.0 * t_fail, 1.0))
-        t_threshold = time_to_threshold(taylor, tau, t_max)
-        curve_time = t_max * jnp.logspace(-4, 0, num_curve, dtype=dtype)
-    else:
-        t_fail, t_threshold = nan, nan
-        curve_time = jnp.full((num_curve,), jnp.nan, dtype)
-
-    mu = lam[k]
-    sharp = lam[k - 1]
-    update_overlap = nan if update is None else overlap_score(basis, flat(update))
-    return AICResult(
-        eigenvalues=lam,
-        residuals=eig.residuals,
-        basis=basis,
-        sharpness=sharp,
-        mu=mu,
-        gap_ratio=mu / sharp,
-        spectral_norm=spectral_norm,
-        rank=gap_rank(lam),
-        tail_mass=tail,
-        tail_mass_stderr=tail_err,
-        trace=jnp.sum(lam[:k]) + tail,
-        grad_norm=gnorm,
-        eps=jnp.linalg.norm(basis @ g) / gnorm,
-        coupling=coupling,
-        coupling_fisher=coupling_fisher,
-        align_grad_norm=jnp.linalg.norm(ga),
-        update_overlap=jnp.asarray(update_overlap, dtype),
-        task_spectral_norm=task_norm,
-        window_end=window_end,
-        taylor=taylor,
-        c4_bound=sharp * coupling**2 / 8.0,
-        c4_bound_fisher=gamma_f2 / 8.0,
-        threshold=tau,
-        t_fail=t_fail,
-        t_threshold=t_threshold,
-        curve_time=curve_time,
-        curve=polynomial_value(taylor, curve_time),
-        num_matvecs=jnp.asarray(matvecs),
-        converged=eig.converged,
-        k=k,
-        operator=op_name,
-    )
+    measure = aic_factory(k, num_eigs=num_eigs, tol=tol, krylov_dim=krylov_dim, max_matvecs=max_matvecs,
+                          trace_samples=trace_samples, window=window, threshold=threshold, num_curve=num_curve,
+                          laws=laws, third_order=third_order)
+    return measure(align_loss, task_loss, params, batches, key=key, align_batches=align_batches,
+                   task_batches=task_batches, operator=operator, fisher=fisher, update=update)
 
 
 def landscape_aic(landscape: Landscape, k: int, **options: Any) -> AICResult:
