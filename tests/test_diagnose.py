@@ -34,8 +34,54 @@ def test_gd_forecast_on_equinox_and_flax_models(model, tmp_path):
                  "--out", str(tmp_path), "--quiet"]) == 0
     report = loads_strict((tmp_path / "report.json").read_text())
     assert report["forecast"]["bounded_method"] == "quadratic_gd"
-    values = np.asarray(report["forecast"]["align_increase"]["quadratic_flow"], dtype=float)
+    values = np.asarray(report["forecast"]["align_increase"]["quadratic_gd"], dtype=float)
     assert np.all(np.isfinite(values)) and report["krylov_depth"] >= 8
+
+
+@pytest.mark.parametrize(("operator", "task_model"), [("hessian", "hessian"), ("ggn", "gauss_newton"),
+                                                     ("fisher", "gauss_newton")])
+def test_aligned_model_forecasts_are_exact_on_quadratic_losses(operator, task_model, tmp_path):
+    """Linear outputs + Gaussian likelihood: Hessian = GGN = Fisher, L_F exactly quadratic,
+    so the bounded forecast must equal the exact flow's Delta L_A whatever the operators."""
+    from jax.flatten_util import ravel_pytree
+
+    from tests.diagnose_models import linear_regression
+
+    assert main(["--model", "tests.diagnose_models:linear_regression", "--rank", "2", "--operator", operator,
+                 "--task-model", task_model, "--horizon", "5", "--out", str(tmp_path), "--quiet"]) == 0
+    report = loads_strict((tmp_path / "report.json").read_text())
+    method = report["forecast"]["bounded_method"]
+    assert method == ("gauss_newton_flow" if task_model == "gauss_newton" else "quadratic_flow")
+    model = linear_regression()
+    flat0, unravel = ravel_pytree(model.params)
+
+    def task(x):
+        return model.task_loss(unravel(flat0 + x))
+
+    def align(x):
+        return model.align_loss(unravel(flat0 + x)) - model.align_loss(model.params)
+
+    zero = jax.numpy.zeros_like(flat0)
+    t = jax.numpy.asarray(report["forecast"]["t"])
+    exact = jax.vmap(align)(exact_quadratic_flow(jax.grad(task)(zero), jax.hessian(task)(zero), t))
+    np.testing.assert_allclose(report["forecast"]["align_increase"][method], exact, rtol=1e-8, atol=1e-14)
+    # The dense spectrum of the alignment Hessian (= its GGN and Fisher here).
+    top = np.linalg.eigvalsh(np.asarray(jax.hessian(align)(zero)))[::-1]
+    np.testing.assert_allclose(report["aic"]["eigenvalues"][:3], top[:3], rtol=1e-8)
+
+
+def test_ggn_and_fisher_agree_for_a_categorical_model(tmp_path):
+    reports = []
+    for operator in ("ggn", "fisher"):
+        out = tmp_path / operator
+        assert main(["--model", "geomsim.diagnose.examples:tiny_classifier", "--rank", "2", "--operator", operator,
+                     "--task-model", "gauss_newton", "--out", str(out), "--quiet"]) == 0
+        reports.append(loads_strict((out / "report.json").read_text()))
+    ggn, fisher = reports
+    for key in ("sharpness", "coupling", "eps"):
+        np.testing.assert_allclose(ggn["aic"][key], fisher["aic"][key], rtol=1e-8)
+    np.testing.assert_allclose(ggn["t_fail"]["gauss_newton_flow"], fisher["t_fail"]["gauss_newton_flow"], rtol=1e-8)
+    assert ggn["task_ritz_min"] >= -1e-10  # the Gauss-Newton task model is PSD
 
 
 @pytest.mark.parametrize(("flags", "field"), [
@@ -45,6 +91,9 @@ def test_gd_forecast_on_equinox_and_flax_models(model, tmp_path):
     (["--model", "geomsim.diagnose.examples:quadratic", "--rank", "50"], "rank"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--optimizer", "adam"], "optimizer"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--threshold", "0"], "threshold"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--operator", "ggn"], "operator"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--task-model", "gauss_newton"], "task_model"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--operator", "kfac"], "operator"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(flags, field, tmp_path, capsys):
     assert main([*flags, "--out", str(tmp_path), "--quiet"]) == 2

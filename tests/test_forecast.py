@@ -12,6 +12,7 @@ from geomsim.landscapes import quadratic_cubic
 from geomsim.theory import align_coefficients
 from geomsim.theory.forecast import (
     alignment_risk,
+    forecast_errors,
     local_models,
     paper_bound,
     quadratic_flow,
@@ -111,3 +112,24 @@ def test_bad_krylov_depth_is_one_line():
     land = quadratic()
     with pytest.raises(ValueError, match="num_matvecs: must be <= d"):
         models_of(land, DIM + 1)
+
+
+@pytest.mark.parametrize("scale", [0.25, 1.0, 7.0])
+def test_forecast_errors_against_closed_forms(scale):
+    """Measured c t^4 vs forecast scale c t^4: the error at every crossing is |log10 scale|
+    and the forecast crosses a level at scale^(-1/4) times the measured time."""
+    t_meas = jnp.geomspace(0.1, 10.0, 41)
+    t_grid = jnp.geomspace(0.01, 100.0, 401)
+    levels = jnp.asarray([1e-3, 1e-2, 1e-1, 1e6])  # the last is never reached
+    c = 1e-3
+    t_cross, error, ratio = forecast_errors(t_meas, c * t_meas**4, t_grid, scale * c * t_grid**4, levels)
+    np.testing.assert_allclose(t_cross[:3], (levels[:3] / c) ** 0.25, rtol=1e-12)
+    np.testing.assert_allclose(error[:3], abs(np.log10(scale)), atol=1e-12)
+    np.testing.assert_allclose(ratio[:3], scale ** -0.25, rtol=1e-12)
+    assert np.isinf(t_cross[3]) and np.isnan(error[3]) and np.isnan(ratio[3])
+
+
+def test_forecast_errors_of_a_forecast_that_never_rises():
+    t = jnp.geomspace(0.1, 10.0, 21)
+    _, error, ratio = forecast_errors(t, t**2, t, jnp.zeros_like(t), jnp.asarray([1.0]))
+    assert np.isinf(error[0]) and np.isinf(ratio[0])  # zero forecast: infinitely wrong, never fails

@@ -12,10 +12,12 @@ class DiagnoseConfig:
     """What to measure on the user's model and how far to forecast (units: t = steps x lr, nats)."""
 
     model: str = option("", help="pkg.module:factory, where factory() returns a geomsim Landscape "
-                        "(theta0, align_loss, task_loss)")
+                        "(theta0, align_loss, task_loss) or a geomsim.diagnose.AlignedModel")
     rank: int = option(4, help="dimension k of the alignment subspace S (>= 1)", check=at_least(1))
-    operator: str = option("hessian", help="alignment curvature: hessian (a Landscape has no data for a "
-                           "GGN or Fisher)", check=one_of("hessian"))
+    operator: str = option("hessian", help="alignment curvature: hessian | ggn | fisher (ggn and fisher need an "
+                           "AlignedModel: apply_fn, params and batches)", check=one_of("hessian", "ggn", "fisher"))
+    task_model: str = option("hessian", help="local model of the task loss: hessian | gauss_newton (PSD, bounded "
+                             "below; needs an AlignedModel)", check=one_of("hessian", "gauss_newton"))
     optimizer: str = option("flow", help="forecast for gradient flow or gradient descent: flow | gd",
                             check=one_of("flow", "gd"))
     lr: float = option(1e-2, help="gd step size; time t = steps x lr (> 0)", check=positive)

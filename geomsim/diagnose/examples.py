@@ -1,15 +1,19 @@
 """Example models for `python -m geomsim.diagnose --model geomsim.diagnose.examples:<name>`.
 
 Copy the pattern for your own model: a module-level function with no
-arguments that returns a `geomsim.Landscape`. `FunctionLandscape(theta0=params,
-align_fn=..., task_fn=...)` wraps any pytree of parameters (equinox, flax or
-plain dicts) and two scalar losses.
+arguments that returns a `geomsim.Landscape` (`FunctionLandscape(theta0=params,
+align_fn=..., task_fn=...)` wraps any pytree of parameters, equinox, flax or
+plain dicts, and two scalar losses: Hessians only) or a
+`geomsim.diagnose.AlignedModel(params, apply_fn, align_batches, task_batches)`
+(outputs and data kept apart: `--operator ggn|fisher` and `--task-model
+gauss_newton` need it).
 """
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from geomsim.diagnose.model import AlignedModel
 from geomsim.landscapes import FunctionLandscape, quadratic_cubic
 
 
@@ -52,3 +56,39 @@ def tiny_flax():
     yf = jnp.sin(xf[:, :2])
     return FunctionLandscape(theta0=params, align_fn=lambda p: jnp.mean((net.apply(p, xa) - ya) ** 2),
                              task_fn=lambda p: jnp.mean((net.apply(p, xf) - yf) ** 2))
+
+
+def _classifier_data(predict):
+    """Alignment data: inputs labelled with the model's own answers (the behaviour to
+    keep); task data: a benign new labelling rule."""
+    xa = jax.random.normal(jax.random.key(2), (32, 3))
+    xf = jax.random.normal(jax.random.key(3), (32, 3))
+    yf = (xf[:, 0] > 0).astype(jnp.int32) + 2 * (xf[:, 1] > 0).astype(jnp.int32)
+    return (xa, jnp.argmax(predict(xa), axis=-1)), (xf, yf)
+
+
+def tiny_classifier():
+    """An equinox MLP classifier (4 classes) as an AlignedModel (categorical likelihood)."""
+    model = eqx.nn.MLP(3, 4, 8, 1, key=jax.random.key(1))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def apply_fn(p, x):
+        return jax.vmap(eqx.combine(p, static))(x)
+
+    align, task = _classifier_data(lambda x: apply_fn(params, x))
+    return AlignedModel(params, apply_fn, align_batches=align, task_batches=task)
+
+
+def tiny_flax_classifier():
+    """The same in flax.linen: `net.apply` is the apply_fn, the variables dict the params."""
+    import flax.linen as nn
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(4)(jnp.tanh(nn.Dense(8)(x)))
+
+    net = MLP()
+    params = net.init(jax.random.key(1), jnp.zeros((1, 3)))
+    align, task = _classifier_data(lambda x: net.apply(params, x))
+    return AlignedModel(params, net.apply, align_batches=align, task_batches=task)

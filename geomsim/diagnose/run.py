@@ -13,20 +13,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from geomsim import config as config_layer
 from geomsim.config import ConfigError
 from geomsim.diagnose.config import DiagnoseConfig
+from geomsim.diagnose.model import AlignedModel
 from geomsim.io import atomic_open, environment_versions, write_json
-from geomsim.landscapes.base import Landscape, flatten_displacement
+from geomsim.landscapes.base import Landscape
 from geomsim.landscapes.registry import resolve_landscape
-from geomsim.theory.aic import landscape_aic
+from geomsim.theory.aic import AICResult, aic, landscape_aic
 from geomsim.theory.forecast import (
+    LocalModels,
     alignment_risk,
     landscape_local_models,
+    local_models,
     paper_bound,
     quadratic_flow,
     quadratic_gd,
@@ -34,10 +39,16 @@ from geomsim.theory.forecast import (
     time_to_failure,
 )
 
-METHODS = ("quadratic_flow", "taylor", "paper_bound", "alignment_risk")
+METHODS = ("taylor", "paper_bound", "alignment_risk")  # besides the bounded method (bounded_method)
 
 
-def load_model(spec: str) -> Landscape:
+def bounded_method(config: DiagnoseConfig) -> str:
+    """Name of the bounded forecast: quadratic / gauss_newton task model x flow / gd."""
+    task = "gauss_newton" if config.task_model == "gauss_newton" else "quadratic"
+    return f"{task}_{config.optimizer}"
+
+
+def load_model(spec: str) -> Landscape | AlignedModel:
     """Call `pkg.module:factory()`; one-line ConfigError naming `model` when it fails."""
     try:
         factory = resolve_landscape(spec)  # the sweep's import-path lookup
@@ -46,9 +57,36 @@ def load_model(spec: str) -> Landscape:
     except Exception as err:  # noqa: BLE001 (the user's module failed while importing)
         raise ConfigError(f"model: cannot import {spec.partition(':')[0]!r} ({type(err).__name__}: {err})") from None
     model = factory()
-    if not isinstance(model, Landscape):
-        raise ConfigError(f"model: {spec}() must return a geomsim Landscape (got {type(model).__name__})")
+    if not isinstance(model, (Landscape, AlignedModel)):
+        raise ConfigError(f"model: {spec}() must return a geomsim Landscape or a geomsim.diagnose.AlignedModel "
+                          f"(got {type(model).__name__})")
     return model
+
+
+def _measure(config: DiagnoseConfig, model: Landscape | AlignedModel, key, num_eigs: int, m: int
+             ) -> tuple[AICResult, LocalModels]:
+    """The AIC and the local models at theta0 (one compiled program each)."""
+    if isinstance(model, Landscape):
+        for field, value in (("operator", config.operator), ("task_model", config.task_model)):
+            if value != "hessian":
+                raise ConfigError(f"{field}: {value} needs an AlignedModel (apply_fn, params and batches); "
+                                  f"{config.model}() returned a Landscape, which has Hessians only")
+        result = jax.jit(lambda land: landscape_aic(land, config.rank, key=key, threshold=config.threshold,
+                                                    num_eigs=num_eigs))(model)
+        return result, jax.jit(lambda land: landscape_local_models(land, m))(model)
+
+    @eqx.filter_jit
+    def measure(mdl: AlignedModel):
+        operator = "hessian" if config.operator == "hessian" else mdl.operator(config.operator)
+        result = aic(mdl.batch_loss, mdl.batch_loss, mdl.params, align_batches=mdl.align_batches,
+                     task_batches=mdl.task_batches, k=config.rank, operator=operator, key=key,
+                     threshold=config.threshold, num_eigs=num_eigs)
+        task_op = mdl.operator("ggn" if config.task_model == "gauss_newton" else "hessian", "task")
+        align_op = mdl.operator(config.operator)
+        grads = [ravel_pytree(mdl.operator("hessian", data).gradient())[0] for data in ("task", "align")]
+        return result, local_models(m)(task_op.mv_flat, align_op.mv_flat, *grads)
+
+    return measure(model)
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -61,43 +99,45 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    landscape = load_model(config.model)
-    dim = int(flatten_displacement(landscape)[0].shape[0])
+    model = load_model(config.model)
+    theta0 = model.theta0 if isinstance(model, Landscape) else model.params
+    dim = int(ravel_pytree(theta0)[0].shape[0])
     if not config.rank < dim:
         raise ConfigError(f"rank: must be in [1, d - 1] = [1, {dim - 1}] for this model (got {config.rank})")
     key = jax.random.key(config.seed)
-    _say(f"[1/3] AIC at theta0 (d = {dim}, k = {config.rank}, {config.operator})", quiet)
-    aic = jax.jit(lambda land: landscape_aic(land, config.rank, key=key, threshold=config.threshold,
-                                             num_eigs=min(dim, max(2 * config.rank + 1, 8))))(landscape)
-    horizon = config.horizon or 10.0 / float(aic.task_spectral_norm)
+    m = min(config.krylov or 64, dim)
+    _say(f"[1/3] AIC at theta0 and local models (d = {dim}, k = {config.rank}, {config.operator}, "
+         f"Krylov depth {m})", quiet)
+    aic_result, models = _measure(config, model, key, min(dim, max(2 * config.rank + 1, 8)), m)
+    horizon = config.horizon or 10.0 / float(aic_result.task_spectral_norm)
     times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
-    m = config.krylov or min(dim, 64)
-    _say(f"[2/3] local models (Krylov depth {m}) and forecasts to t = {horizon:.3g}", quiet)
-    models = landscape_local_models(landscape, min(m, dim))
+    _say(f"[2/3] forecasts to t = {horizon:.3g}", quiet)
     bounded = (quadratic_gd(models, times / config.lr, config.lr) if config.optimizer == "gd"
                else quadratic_flow(models, times))
+    res = aic_result
     curves = {
-        "quadratic_flow": bounded,
-        "taylor": taylor(aic.taylor, times),
-        "paper_bound": paper_bound(aic.sharpness, aic.coupling, times),
-        "alignment_risk": alignment_risk(aic.sharpness, aic.coupling, aic.eps * aic.grad_norm, times),
+        bounded_method(config): bounded,
+        "taylor": taylor(res.taylor, times),
+        "paper_bound": paper_bound(res.sharpness, res.coupling, times),
+        "alignment_risk": alignment_risk(res.sharpness, res.coupling, res.eps * res.grad_norm, times),
     }
     t_fail = {name: float(time_to_failure(times, curve, config.threshold)) for name, curve in curves.items()}
     _say("[3/3] report", quiet)
     report = {
         "model": config.model,
-        "aic": aic.to_dict(),
+        "aic": res.to_dict(),
         "forecast": {"t": np.asarray(times).tolist(),
                      "align_increase": {name: np.asarray(c).tolist() for name, c in curves.items()},
-                     "bounded_method": "quadratic_gd" if config.optimizer == "gd" else "quadratic_flow"},
+                     "bounded_method": bounded_method(config)},
         "t_fail": t_fail,
         "threshold": config.threshold,
         "horizon": horizon,
-        "krylov_depth": int(min(m, dim)),
+        "krylov_depth": int(m),
+        "task_ritz_min": float(models.ritz_values.min()),
         "config": config_layer.to_dict(config),
         "versions": environment_versions(),
     }
-    figures = _figures(report, np.asarray(aic.eigenvalues), out_dir)
+    figures = _figures(report, np.asarray(res.eigenvalues), out_dir)
     report["figures"] = figures
     report["wall_seconds"] = round(time.perf_counter() - t_start, 2)
     write_json(out_dir / "report.json", report)
@@ -112,7 +152,7 @@ def _fmt(value: float | None) -> str:
 
 def _markdown(report: dict[str, Any]) -> str:
     aic, t_fail = report["aic"], report["t_fail"]
-    main = t_fail["quadratic_flow"]
+    main = t_fail[report["forecast"]["bounded_method"]]
     verdict = (f"alignment loss is forecast to rise by {report['threshold']:g} nats at t = {_fmt(main)}"
                if np.isfinite(main) else
                f"alignment loss is not forecast to rise by {report['threshold']:g} nats before t = "

@@ -26,8 +26,14 @@ def _shifted(apply_fn: ApplyFn, params: PyTree, batch: Batch):
 
 def answer_loss(apply_fn: ApplyFn, params: PyTree, batch: Batch) -> Float[Array, ""]:
     """Mean cross-entropy over answer tokens (nats per token)."""
-    logits, targets, mask = _shifted(apply_fn, params, batch)
-    nll = token_nll(logits, targets)
+    return answer_loss_of_logits(apply_fn(params, batch.tokens[:, :-1]), batch)
+
+
+def answer_loss_of_logits(logits: Float[Array, "B L V"], batch: Batch) -> Float[Array, ""]:
+    """`answer_loss` as a function of the logits `apply_fn(params, batch.tokens[:, :-1])`
+    (the loss-of-outputs half of a Gauss-Newton split)."""
+    nll = token_nll(logits, batch.tokens[:, 1:])
+    mask = batch.answer_mask[:, 1:]
     return jnp.sum(jnp.where(mask, nll, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 

@@ -79,7 +79,9 @@ def local_models(num_matvecs: int) -> Callable[..., LocalModels]:
         basis = result.Q_tall  # (m, d): orthonormal rows, the first g / ||g||
         tridiag = 0.5 * (result.J_small + result.J_small.T)
         theta, q = jnp.linalg.eigh(tridiag)
-        projected = jax.vmap(align_matvec)(basis) @ basis.T
+        # One product at a time: m simultaneous products (a vmap) hold m copies of the
+        # activations, gigabytes on a transformer's alignment set.
+        projected = jax.lax.map(align_matvec, basis) @ basis.T
         return LocalModels(theta, q, jnp.linalg.norm(g), basis @ align_grad, 0.5 * (projected + projected.T),
                            num_matvecs)
 
@@ -134,7 +136,10 @@ def quadratic_flow(models: LocalModels, times: Float[Array, " r"]) -> Float[Arra
 
 
 def quadratic_gd(models: LocalModels, steps: Float[Array, " r"], lr: ArrayLike) -> Float[Array, " r"]:
-    """Forecast `Delta L_A` after `steps` gradient-descent steps of size `lr` on the local models."""
+    """Forecast `Delta L_A` after `steps` gradient-descent steps of size `lr` on the local models.
+
+    `steps` are integer counts (as floats): where `lr h > 1` the factor `(1 - lr h)^n`
+    alternates in sign and is undefined (nan) between integers."""
     return _align_increase(models, gd_factor(models.ritz_values, jnp.asarray(steps, models.grad_norm.dtype), lr))
 
 
@@ -162,3 +167,37 @@ def alignment_risk(sharpness_min: ArrayLike, coupling: ArrayLike, eps: ArrayLike
 def time_to_failure(times: Float[Array, " r"], forecast: Float[Array, " r"], threshold: ArrayLike) -> Array:
     """First time the forecast reaches `threshold` (log-interpolated; inf if never)."""
     return first_crossing(times, forecast, threshold)
+
+
+def _loglog_at(times: Float[Array, " r"], values: Float[Array, " r"], t: Array) -> Array:
+    """A positive sampled curve at time t, interpolated linearly in (log t, log value);
+    0 where the curve is <= 0 at either neighbour, nan outside the sampled range."""
+    i = jnp.clip(jnp.searchsorted(times, t), 1, times.shape[0] - 1)
+    t0, t1, v0, v1 = times[i - 1], times[i], values[i - 1], values[i]
+    w = (jnp.log(t) - jnp.log(t0)) / (jnp.log(t1) - jnp.log(t0))
+    positive = (v0 > 0) & (v1 > 0)
+    logv = (1 - w) * jnp.log(jnp.where(positive, v0, 1.0)) + w * jnp.log(jnp.where(positive, v1, 1.0))
+    inside = (t >= times[0]) & (t <= times[-1])
+    return jnp.where(inside, jnp.where(positive, jnp.exp(logv), 0.0), jnp.nan)
+
+
+def forecast_errors(measured_times: Float[Array, " n"], measured: Float[Array, " n"], times: Float[Array, " r"],
+                    forecast: Float[Array, " r"], levels: Float[Array, " L"]
+                    ) -> tuple[Float[Array, " L"], Float[Array, " L"], Float[Array, " L"]]:
+    """How far a forecast is from a measured `Delta L_A` curve, level by level.
+
+    For each level (nats): `t_meas`, the first time the measured curve reaches
+    it (inf if never); `log10_error = |log10(forecast(t_meas) / level)|` (inf
+    when the forecast is <= 0 there, nan when the level is never reached); and
+    `t_ratio = t_fail(forecast) / t_meas` (inf when the forecast never reaches
+    the level on `times`, nan when the measurement never does).  Both curves
+    are sampled on increasing times (same units); pure, vmap it over runs.
+    """
+    t_meas = jax.vmap(lambda lv: first_crossing(measured_times, measured, lv))(levels)
+    t_fcst = jax.vmap(lambda lv: first_crossing(times, forecast, lv))(levels)
+    reached = jnp.isfinite(t_meas)
+    at = jax.vmap(lambda t: _loglog_at(times, forecast, t))(jnp.where(reached, t_meas, times[0]))
+    error = jnp.where(at > 0, jnp.abs(jnp.log10(jnp.where(at > 0, at, 1.0) / levels)), jnp.inf)
+    error = jnp.where(reached & ~jnp.isnan(at), error, jnp.nan)
+    ratio = jnp.where(reached, t_fcst / jnp.where(reached, t_meas, 1.0), jnp.nan)
+    return t_meas, error, ratio

@@ -1,0 +1,104 @@
+"""An aligned model with its data: what a Gauss-Newton or Fisher diagnosis needs.
+
+A `Landscape` gives only two losses of the parameters, so only their Hessians
+are defined.  `AlignedModel` keeps the model's output function and its data
+apart, `L(theta) = mean_i nll(y_i | apply_fn(theta, x_i))`, so the alignment
+curvature can also be the generalised Gauss-Newton matrix `J^T H_out J` or the
+Fisher `J^T F_out J` (equal for a categorical likelihood), and the task's local
+model can be its Gauss-Newton one (PSD: bounded below, see docs/theory.md,
+section 10).  Equinox models (`eqx.partition`), flax modules (`module.apply`
+with a variables dict) and plain functions all fit: only `apply_fn(params,
+inputs) -> outputs` and a pytree of float parameters are needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree
+
+from geomsim.curvature.batches import BatchSet, as_batches
+from geomsim.curvature.likelihoods import Likelihood, resolve_likelihood
+from geomsim.curvature.operators import (
+    CurvatureOperator,
+    fisher_operator,
+    ggn_operator,
+    hessian_operator,
+)
+from geomsim.landscapes.base import FunctionLandscape
+
+OPERATORS = ("hessian", "ggn", "fisher")
+
+
+class AlignedModel(eqx.Module):
+    """theta0, its output function and the alignment / task data.
+
+    params: the aligned parameters theta0 (any pytree of float arrays).
+    apply_fn: `apply_fn(params, inputs) -> outputs` (logits for "categorical";
+        the leading output axes index samples, e.g. `(batch, positions, vocab)`).
+    align_batches, task_batches: `(inputs, targets)` batches defining `L_A` (the
+        behaviour to keep: refusals, safe answers) and `L_F` (the benign task);
+        one batch or a list (see `geomsim.curvature.batches`).
+    likelihood: "categorical" (cross-entropy on logits, int targets) or
+        "gaussian" (squared error), or a `Likelihood`; both losses are its mean
+        negative log-likelihood in nats per sample.
+    """
+
+    params: PyTree
+    align_batches: BatchSet
+    task_batches: BatchSet
+    apply_fn: Callable[[PyTree, Any], Array] = eqx.field(static=True)
+    likelihood: Likelihood
+
+    def __init__(self, params: PyTree, apply_fn: Callable[[PyTree, Any], Array], align_batches: Any,
+                 task_batches: Any, likelihood: str | Likelihood = "categorical"):
+        self.params = params
+        self.apply_fn = apply_fn
+        self.likelihood = resolve_likelihood(likelihood)
+        for name, batches in (("align_batches", align_batches), ("task_batches", task_batches)):
+            if batches is None:
+                raise ValueError(f"{name}: AlignedModel needs (inputs, targets) batches (got None)")
+        self.align_batches = as_batches(align_batches)
+        self.task_batches = as_batches(task_batches)
+
+    @property
+    def batch_loss(self) -> Callable[[PyTree, Any], Float[Array, ""]]:
+        """`loss(params, (inputs, targets))`: mean negative log-likelihood of one batch
+        (nats per sample); a plain function of its arguments (it holds no arrays, so
+        operators can keep it as a static field)."""
+        apply_fn, likelihood = self.apply_fn, self.likelihood
+
+        def loss(params, batch):
+            inputs, targets = batch
+            return jnp.mean(likelihood.nll(apply_fn(params, inputs), targets))
+
+        return loss
+
+    def align_loss(self, params: PyTree) -> Float[Array, ""]:
+        """`L_A(params)`: the weighted mean over the alignment batches."""
+        return self.align_batches.mean(lambda b: self.batch_loss(params, b))
+
+    def task_loss(self, params: PyTree) -> Float[Array, ""]:
+        """`L_F(params)`: the weighted mean over the task batches."""
+        return self.task_batches.mean(lambda b: self.batch_loss(params, b))
+
+    def landscape(self) -> FunctionLandscape:
+        """The same model as a `Landscape` (its Hessians only)."""
+        return FunctionLandscape(theta0=self.params, align_fn=self.align_loss, task_fn=self.task_loss)
+
+    def operator(self, kind: str, data: str = "align") -> CurvatureOperator:
+        """Curvature of `L_A` (`data="align"`) or `L_F` (`"task"`) at theta0:
+        "hessian", "ggn" (Gauss-Newton of the NLL) or "fisher" (the true Fisher)."""
+        batches = {"align": self.align_batches, "task": self.task_batches}[data]
+        if kind == "hessian":
+            return hessian_operator(self.batch_loss, self.params, batches)
+        if kind == "ggn":
+            likelihood = self.likelihood
+            return ggn_operator(self.apply_fn, lambda outputs, targets: jnp.mean(likelihood.nll(outputs, targets)),
+                                self.params, batches)
+        if kind == "fisher":
+            return fisher_operator(self.apply_fn, self.params, batches, likelihood=self.likelihood)
+        raise ValueError(f"operator: must be one of {', '.join(OPERATORS)} (got {kind!r})")
