@@ -84,6 +84,16 @@ def test_ggn_and_fisher_agree_for_a_categorical_model(tmp_path):
     assert ggn["task_ritz_min"] >= -1e-10  # the Gauss-Newton task model is PSD
 
 
+def test_resamples_give_a_spread_from_the_batches(tmp_path):
+    assert main(["--model", "geomsim.diagnose.examples:tiny_flax_classifier", "--rank", "2", "--task-model",
+                 "gauss_newton", "--operator", "ggn", "--resamples", "6", "--out", str(tmp_path), "--quiet"]) == 0
+    report = loads_strict((tmp_path / "report.json").read_text())
+    spread = report["t_fail_spread"]["gauss_newton_flow"]
+    assert spread["q05"] < spread["q95"]  # four task batches drawn with replacement move the forecast
+    assert spread["q05"] <= spread["median"] <= spread["q95"]
+    assert "5% .. 95%" in (tmp_path / "report.md").read_text()
+
+
 @pytest.mark.parametrize(("flags", "field"), [
     ([], "model"),
     (["--model", "no_such_module_xyz:f"], "model"),

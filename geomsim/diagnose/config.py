@@ -27,6 +27,9 @@ class DiagnoseConfig:
     krylov: int = option(0, help="Lanczos depth m of the local models (0 = min(d, 64))", check=at_least(0))
     points: int = option(64, help="forecast times, log-spaced over 4 decades up to the horizon (8..2000)",
                          check=in_range(8, 2000))
+    resamples: int = option(0, help="repeat the measurement with this many new PRNG keys and bootstrap draws of "
+                            "the batches; the report gives t_fail quantiles per method (0..1000)",
+                            check=in_range(0, 1000))
     seed: int = option(0, help="PRNG seed of the Lanczos starts and trace probes (>= 0)", check=at_least(0))
 
     def check(self) -> None:

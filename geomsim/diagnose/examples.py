@@ -60,11 +60,12 @@ def tiny_flax():
 
 def _classifier_data(predict):
     """Alignment data: inputs labelled with the model's own answers (the behaviour to
-    keep); task data: a benign new labelling rule."""
+    keep), one batch; task data: a benign new labelling rule, four batches of 8 (so
+    `--resamples` has batches to draw)."""
     xa = jax.random.normal(jax.random.key(2), (32, 3))
     xf = jax.random.normal(jax.random.key(3), (32, 3))
     yf = (xf[:, 0] > 0).astype(jnp.int32) + 2 * (xf[:, 1] > 0).astype(jnp.int32)
-    return (xa, jnp.argmax(predict(xa), axis=-1)), (xf, yf)
+    return (xa, jnp.argmax(predict(xa), axis=-1)), [(xf[i:i + 8], yf[i:i + 8]) for i in range(0, 32, 8)]
 
 
 def tiny_classifier():

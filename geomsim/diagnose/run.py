@@ -26,7 +26,7 @@ from geomsim.diagnose.model import AlignedModel
 from geomsim.io import atomic_open, environment_versions, write_json
 from geomsim.landscapes.base import Landscape
 from geomsim.landscapes.registry import resolve_landscape
-from geomsim.theory.aic import AICResult, aic, landscape_aic
+from geomsim.theory.aic import AICResult, aic_factory, landscape_aic
 from geomsim.theory.forecast import (
     LocalModels,
     alignment_risk,
@@ -63,30 +63,72 @@ def load_model(spec: str) -> Landscape | AlignedModel:
     return model
 
 
-def _measure(config: DiagnoseConfig, model: Landscape | AlignedModel, key, num_eigs: int, m: int
-             ) -> tuple[AICResult, LocalModels]:
-    """The AIC and the local models at theta0 (one compiled program each)."""
+def _check_operators(config: DiagnoseConfig, model: Landscape | AlignedModel) -> None:
     if isinstance(model, Landscape):
         for field, value in (("operator", config.operator), ("task_model", config.task_model)):
             if value != "hessian":
                 raise ConfigError(f"{field}: {value} needs an AlignedModel (apply_fn, params and batches); "
                                   f"{config.model}() returned a Landscape, which has Hessians only")
-        result = jax.jit(lambda land: landscape_aic(land, config.rank, key=key, threshold=config.threshold,
-                                                    num_eigs=num_eigs))(model)
-        return result, jax.jit(lambda land: landscape_local_models(land, m))(model)
 
-    @eqx.filter_jit
-    def measure(mdl: AlignedModel):
-        operator = "hessian" if config.operator == "hessian" else mdl.operator(config.operator)
-        result = aic(mdl.batch_loss, mdl.batch_loss, mdl.params, align_batches=mdl.align_batches,
-                     task_batches=mdl.task_batches, k=config.rank, operator=operator, key=key,
-                     threshold=config.threshold, num_eigs=num_eigs)
-        task_op = mdl.operator("ggn" if config.task_model == "gauss_newton" else "hessian", "task")
-        align_op = mdl.operator(config.operator)
-        grads = [ravel_pytree(mdl.operator("hessian", data).gradient())[0] for data in ("task", "align")]
-        return result, local_models(m)(task_op.mv_flat, align_op.mv_flat, *grads)
 
-    return measure(model)
+@eqx.filter_jit
+def _measure(config: DiagnoseConfig, model: Landscape | AlignedModel, key, num_eigs: int, m: int
+             ) -> tuple[AICResult, LocalModels]:
+    """The AIC and the local models at theta0 (one program; the key and the model's
+    arrays are arguments, so resamples reuse it)."""
+    settings = dict(threshold=config.threshold, num_eigs=num_eigs)
+    if isinstance(model, Landscape):
+        return landscape_aic(model, config.rank, key=key, **settings), landscape_local_models(model, m)
+    operator = "hessian" if config.operator == "hessian" else model.operator(config.operator)
+    result = aic_factory(config.rank, **settings)(
+        model.batch_loss, model.batch_loss, model.params, align_batches=model.align_batches,
+        task_batches=model.task_batches, operator=operator, key=key)
+    task_op = model.operator("ggn" if config.task_model == "gauss_newton" else "hessian", "task")
+    grads = [ravel_pytree(model.operator("hessian", data).gradient())[0] for data in ("task", "align")]
+    return result, local_models(m)(task_op.mv_flat, model.operator(config.operator).mv_flat, *grads)
+
+
+def _resampled(model: Landscape | AlignedModel, key) -> Landscape | AlignedModel:
+    """The model with its batches drawn with replacement (bootstrap weights; a single
+    batch, or a Landscape, has nothing to resample)."""
+    if isinstance(model, Landscape):
+        return model
+
+    def draw(batches, k):
+        if batches.count < 2:
+            return batches
+        counts = jnp.bincount(jax.random.choice(k, batches.count, (batches.count,)), length=batches.count)
+        weights = counts * batches.weights
+        return eqx.tree_at(lambda b: b.weights, batches, weights / jnp.sum(weights))
+
+    k_align, k_task = jax.random.split(key)
+    return eqx.tree_at(lambda mdl: (mdl.align_batches, mdl.task_batches), model,
+                       (draw(model.align_batches, k_align), draw(model.task_batches, k_task)))
+
+
+def _curves(config: DiagnoseConfig, res: AICResult, models: LocalModels, times) -> dict[str, Any]:
+    bounded = (quadratic_gd(models, times / config.lr, config.lr) if config.optimizer == "gd"
+               else quadratic_flow(models, times))
+    return {
+        bounded_method(config): bounded,
+        "taylor": taylor(res.taylor, times),
+        "paper_bound": paper_bound(res.sharpness, res.coupling, times),
+        "alignment_risk": alignment_risk(res.sharpness, res.coupling, res.eps * res.grad_norm, times),
+    }
+
+
+def _spread(config: DiagnoseConfig, model, key, num_eigs: int, m: int, times) -> dict[str, Any]:
+    """t_fail per method over `config.resamples` new PRNG keys (Lanczos start, trace
+    probes) and bootstrap draws of the batches: 5%, 50%, 95% quantiles (inf: never)."""
+    samples: dict[str, list[float]] = {}
+    for k in jax.random.split(jax.random.fold_in(key, 1), config.resamples):
+        k_aic, k_data = jax.random.split(k)
+        res, models = _measure(config, _resampled(model, k_data), k_aic, num_eigs, m)
+        for name, curve in _curves(config, res, models, times).items():
+            samples.setdefault(name, []).append(float(time_to_failure(times, curve, config.threshold)))
+    return {name: {"q05": float(np.quantile(v, 0.05)), "median": float(np.median(v)),
+                   "q95": float(np.quantile(v, 0.95)), "never_fraction": float(np.mean(np.isinf(v)))}
+            for name, v in samples.items()}
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -108,19 +150,14 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     m = min(config.krylov or 64, dim)
     _say(f"[1/3] AIC at theta0 and local models (d = {dim}, k = {config.rank}, {config.operator}, "
          f"Krylov depth {m})", quiet)
-    aic_result, models = _measure(config, model, key, min(dim, max(2 * config.rank + 1, 8)), m)
-    horizon = config.horizon or 10.0 / float(aic_result.task_spectral_norm)
+    _check_operators(config, model)
+    num_eigs = min(dim, max(2 * config.rank + 1, 8))
+    res, models = _measure(config, model, key, num_eigs, m)
+    horizon = config.horizon or 10.0 / float(res.task_spectral_norm)
     times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
-    _say(f"[2/3] forecasts to t = {horizon:.3g}", quiet)
-    bounded = (quadratic_gd(models, times / config.lr, config.lr) if config.optimizer == "gd"
-               else quadratic_flow(models, times))
-    res = aic_result
-    curves = {
-        bounded_method(config): bounded,
-        "taylor": taylor(res.taylor, times),
-        "paper_bound": paper_bound(res.sharpness, res.coupling, times),
-        "alignment_risk": alignment_risk(res.sharpness, res.coupling, res.eps * res.grad_norm, times),
-    }
+    _say(f"[2/3] forecasts to t = {horizon:.3g}" + (f", {config.resamples} resamples" if config.resamples else ""),
+         quiet)
+    curves = _curves(config, res, models, times)
     t_fail = {name: float(time_to_failure(times, curve, config.threshold)) for name, curve in curves.items()}
     _say("[3/3] report", quiet)
     report = {
@@ -130,6 +167,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
                      "align_increase": {name: np.asarray(c).tolist() for name, c in curves.items()},
                      "bounded_method": bounded_method(config)},
         "t_fail": t_fail,
+        "t_fail_spread": _spread(config, model, key, num_eigs, m, times) if config.resamples else None,
         "threshold": config.threshold,
         "horizon": horizon,
         "krylov_depth": int(m),
@@ -157,7 +195,10 @@ def _markdown(report: dict[str, Any]) -> str:
                if np.isfinite(main) else
                f"alignment loss is not forecast to rise by {report['threshold']:g} nats before t = "
                f"{report['horizon']:.4g}")
-    rows = "\n".join(f"| {name} | {_fmt(value)} |" for name, value in t_fail.items())
+    spread = report.get("t_fail_spread") or {}
+    rows = "\n".join(f"| {name} | {_fmt(value)} | " + (
+        f"{_fmt(spread[name]['q05'])} .. {_fmt(spread[name]['q95'])}" if name in spread else "not resampled") + " |"
+        for name, value in t_fail.items())
     return f"""# geomsim diagnosis of `{report['model']}`
 
 **Verdict:** {verdict} ({report['forecast']['bounded_method']} on the local quadratic models; docs/theory.md,
@@ -172,8 +213,8 @@ section 10).
 | Taylor c1..c4 | {aic['taylor'][1:]} |
 | ||H_F|| | {aic['task_spectral_norm']} |
 
-| method | t_fail (t = steps x lr) |
-| --- | --- |
+| method | t_fail (t = steps x lr) | 5% .. 95% over `--resamples` |
+| --- | --- | --- |
 {rows}
 
 `taylor` is exact as t -> 0 and unbounded past its radius; `paper_bound` is the
