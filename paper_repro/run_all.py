@@ -160,6 +160,17 @@ def _copy_figures(out: Path, names: list[str], target: Path, figures_dir: Path) 
     return files
 
 
+# Experiments that report numbers without checks: kind -> (module, config class, run function,
+# summary keys that go into the manifest).
+REPORT_ONLY_KINDS = {
+    "testbed_defenses": ("geomsim.testbed.sweep.defenses", "TestbedDefenseConfig", "run_testbed_defenses",
+                         ("grid", "accuracy_target", "fixed_step", "defenses")),
+    "testbed_forecast": ("geomsim.testbed.sweep.forecast", "TestbedForecastConfig", "run_testbed_forecast",
+                         ("runs", "finite_runs", "grid", "threshold", "levels", "methods",
+                          "task_hessian_indefinite_fraction")),
+}
+
+
 def run_experiment(path: Path, runs_dir: Path, figures_dir: Path):
     from geomsim.sweep import make_config, run_sweep
 
@@ -182,17 +193,21 @@ def run_experiment(path: Path, runs_dir: Path, figures_dir: Path):
         numbers = testbed_sweep_numbers(result.summary)
         failures = check_testbed_sweep(result.summary, expect)
         wall = result.summary["wall_seconds"]
-    elif repro.get("kind") == "testbed_defenses":
+    elif repro.get("kind") in REPORT_ONLY_KINDS:
+        import importlib
+
         import jax
 
         from geomsim.config import build
-        from geomsim.testbed.sweep.defenses import TestbedDefenseConfig, run_testbed_defenses
 
+        module_name, cls_name, run_name, keys = REPORT_ONLY_KINDS[repro["kind"]]
+        module = importlib.import_module(module_name)
         jax.config.update("jax_enable_x64", True)
-        summary = run_testbed_defenses(build(TestbedDefenseConfig, None, raw), out, progress=False, plots=True)
+        summary = getattr(module, run_name)(build(getattr(module, cls_name), None, raw), out, progress=False,
+                                            plots=True)
         files = _copy_figures(out, summary["figures"], figures_dir / name, figures_dir)
-        numbers = {k: summary[k] for k in ("grid", "accuracy_target", "fixed_step", "defenses")}
-        failures = [] if expect.get("report_only") else ["testbed_defenses: only report_only is supported"]
+        numbers = {k: summary[k] for k in keys}
+        failures = [] if expect.get("report_only") else [f"{repro['kind']}: only report_only is supported"]
         wall, result = summary["wall_seconds"], summary
     elif repro.get("kind") == "testbed":
         from geomsim.testbed.config import make_testbed_config

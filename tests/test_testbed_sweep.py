@@ -12,7 +12,7 @@ from geomsim.testbed.sweep import TestbedSweepConfig
 from geomsim.testbed.sweep.cli import main
 from geomsim.testbed.sweep.run import run_testbed_sweep
 
-from tiny_configs import TESTBED_DEFENSES, TESTBED_SWEEP
+from tiny_configs import TESTBED_DEFENSES, TESTBED_FORECAST, TESTBED_SWEEP
 
 TINY = TESTBED_SWEEP
 
@@ -152,3 +152,51 @@ def test_defense_cli_bad_input_is_one_line(capsys):
         assert defense_main([*flags, "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"python -m geomsim.testbed defenses: error: {field}"), err
+
+
+@pytest.fixture(scope="module")
+def forecasts(tiny):
+    """The forecast validation on the tiny sweep's own models."""
+    from geomsim.testbed.sweep.forecast import TestbedForecastConfig, run_testbed_forecast
+
+    _, result = tiny
+    config = config_layer.build(TestbedForecastConfig, None, TESTBED_FORECAST)
+    return config, run_testbed_forecast(config, result.out_dir, progress=False, plots=True), result.out_dir
+
+
+def test_forecast_validation_scores_every_method_at_every_level(forecasts):
+    from geomsim.io import loads_strict, read_csv
+    from geomsim.testbed.sweep.forecast import METHODS
+
+    config, summary, out = forecasts
+    assert loads_strict((out / "summary.json").read_text())["runs"] == int(np.prod(config.grid_shape))
+    assert set(summary["methods"]) == set(METHODS)
+    runs = read_csv(out / "forecast_runs.csv")
+    for level in config.levels:
+        reached = np.isfinite(runs[f"steps_to_{level:g}"])
+        for name in METHODS:
+            error = runs[f"{name}_log10_error_{level:g}"]
+            assert np.all(np.isnan(error[~reached])) and not np.any(np.isnan(error[reached]))
+    # One GD step is delta = -lr g in both local models' Krylov spaces, so both forecasts equal
+    # -lr grad L_A.g + (lr^2 / 2) g^T H_A g; where the polish reached grad L_A = 0 (c1 = -grad L_A.g
+    # at round-off) that is lr^2 c2, with c2 from Taylor-mode autodiff (an independent path).
+    curves = read_csv(out / "forecast_curves.csv")
+    first = curves["step"] == 1
+    one_step = {name: curves["align_increase"][first & (curves["curve"] == name)]
+                for name in ("quadratic_gd", "gauss_newton_gd")}
+    np.testing.assert_allclose(one_step["gauss_newton_gd"], one_step["quadratic_gd"], rtol=1e-8)
+    lr, stationary = runs["lr"], np.abs(runs["lr"] * runs["c1"]) < 1e-9 * one_step["quadratic_gd"]
+    assert stationary.sum() >= len(stationary) // 2, runs["c1"]
+    np.testing.assert_allclose(one_step["quadratic_gd"][stationary], (lr**2 * runs["c2"])[stationary], rtol=1e-6)
+    for stem in ("fig_forecast_examples", "fig_forecast_ratios"):
+        assert (out / f"{stem}.png").exists() and (out / f"{stem}.pdf").exists()
+
+
+def test_forecast_cli_bad_input_is_one_line(capsys):
+    from geomsim.testbed.sweep.forecast_cli import main as forecast_main
+
+    for flags, field in ((["--threshold", "0.5"], "threshold"), (["--gd-lr-scale", "2.5"], "gd_lr_scale"),
+                         (["--arms", "polished,bogus"], "arms")):
+        assert forecast_main([*flags, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"python -m geomsim.testbed forecast: error: {field}"), err

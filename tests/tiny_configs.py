@@ -17,6 +17,9 @@ TESTBED_SWEEP = dict(
 # The defenses on the tiny sweep's models (the same programs as tests/test_testbed_sweep.py).
 TESTBED_DEFENSES = {**TESTBED_SWEEP, "defense_every": 3, "tracked_matvecs": 10}
 
+# The forecast validation on the same models.
+TESTBED_FORECAST = {**TESTBED_SWEEP, "gd_steps": 40, "gd_records": 8, "krylov": 8, "forecast_points": 32}
+
 
 def as_flags(settings: dict) -> list[str]:
     """`{"seeds": 2}` -> `["--seeds", "2"]`."""

@@ -27,10 +27,15 @@ def main(argv: list[str] | None = None) -> int:
         from geomsim.testbed.sweep.defense_cli import main as defense_main
 
         return defense_main(argv[1:])
+    if argv[:1] == ["forecast"]:
+        from geomsim.testbed.sweep.forecast_cli import main as forecast_main
+
+        return forecast_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.splitlines()[0],
         epilog="`python -m geomsim.testbed sweep --help`: the sharpness x coupling sweep (the quartic law on the "
-               "transformer); `python -m geomsim.testbed defenses --help`: every defense side by side")
+               "transformer); `python -m geomsim.testbed defenses --help`: every defense side by side; "
+               "`python -m geomsim.testbed forecast --help`: forecasts scored against measured fine-tunes")
     config_layer.add_flags(parser, TestbedConfig)
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any setting above; flags override it")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/testbed-<timestamp>); "

@@ -1,0 +1,70 @@
+"""Figures of the forecast validation on the transformer (`python -m geomsim.testbed forecast`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from geomsim.plotting.style import plt, save
+
+DAMAGE_LABEL = r"$\Delta L_A$ (nats)"
+
+
+def plot_examples(tables, summary, out_dir: Path) -> list[Path]:
+    """Measured GD curves against every forecast for four runs (the ones reaching the
+    highest level first, spread over the grid)."""
+    runs, curves = tables["forecast_runs"], tables["forecast_curves"]
+    top = f"steps_to_{summary['levels'][-1]:g}"
+    order = np.argsort(np.where(np.isfinite(runs[top]), runs[top], np.inf))
+    picks = order[np.linspace(0, len(order) - 1, min(4, len(order))).astype(int)]
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.4 * len(picks), 3.6), constrained_layout=True, squeeze=False)
+    for ax, run in zip(axes[0], picks, strict=True):
+        mask = curves["run"] == run
+        for i, name in enumerate(["measured", *summary["methods"]]):
+            sel = mask & (curves["curve"] == name)
+            values = np.asarray(curves["align_increase"][sel], dtype=float)
+            style = dict(color="k", lw=2.0, marker="o", ms=3) if name == "measured" else dict(color=f"C{i - 1}", lw=1)
+            # Values far above the axes (an unbounded forecast reaches 1e80) are drawn at its top edge.
+            shown = np.where(values > 0, np.minimum(values, 1e3), np.nan)
+            ax.loglog(curves["step"][sel], shown, label=name.replace("_", " "), **style)
+        for level in summary["levels"]:
+            ax.axhline(level, color="0.6", ls=":", lw=0.8)
+        ax.set_ylim(1e-9, 10)
+        ax.set_xlabel("GD steps (lr = scale / ||H_F||)")
+        ax.set_title(f"level {runs['level'][run]}, mix {runs['mix'][run]:g}, seed {runs['seed'][run]}", fontsize=8)
+    axes[0][0].set_ylabel(DAMAGE_LABEL)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle("Forecasts from theta0 vs the measured fine-tune (dotted: scored levels)", fontsize=10)
+    return save(fig, out_dir, "fig_forecast_examples")
+
+
+def plot_ratios(tables, summary, out_dir: Path) -> list[Path]:
+    """Forecast / measured steps to each level, every run, per method (band: within 2x)."""
+    runs = tables["forecast_runs"]
+    methods, levels = list(summary["methods"]), summary["levels"]
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 3.8), constrained_layout=True,
+                             squeeze=False)
+    for ax, level in zip(axes[0], levels, strict=True):
+        for i, name in enumerate(methods):
+            ratio = np.asarray(runs[f"{name}_t_ratio_{level:g}"], dtype=float)
+            ratio = ratio[~np.isnan(ratio)]
+            shown = np.clip(np.where(np.isinf(ratio), 1e4, ratio), 1e-3, 1e4)
+            jitter = np.random.default_rng(i).uniform(-0.25, 0.25, shown.size)
+            ax.scatter(i + jitter, shown, s=8, color=f"C{i}", alpha=0.7)
+        ax.axhspan(0.5, 2.0, color="C2", alpha=0.12, label="within 2x")
+        ax.axhline(1.0, color="0.4", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(methods)), [m.replace("_", "\n") for m in methods], fontsize=7)
+        reached = summary["methods"][methods[0]]["levels"][f"{level:g}"]["reached_runs"]
+        ax.set_title(f"level {level:g} nats ({reached} runs reach it)", fontsize=9)
+        ax.set_ylabel("forecast / measured steps to the level (never: 1e4)")
+    axes[0][0].legend(fontsize=7)
+    return save(fig, out_dir, "fig_forecast_ratios")
+
+
+def forecast_figures(tables, summary, out_dir: Path) -> list[Path]:
+    files: list[Path] = []
+    for draw in (plot_examples, plot_ratios):
+        files += draw(tables, summary, out_dir)
+    return files

@@ -1,0 +1,314 @@
+"""Forecasts against measurement on the transformer (`python -m geomsim.testbed forecast`).
+
+For every (sharpness level, mixture, seed) point of the sweep grid, from the
+polished model (or the as-trained one, `arms`), on the point's real benign
+task `L_F = (1 - a) L_base + a L_other`:
+
+* measured: full-batch gradient descent on the point's fixed fine-tuning sets,
+  float64, step `lr = gd_lr_scale / ||H_F(theta0)||` (so every run takes the same
+  step relative to its own curvature), `gd_steps` steps; `Delta L_A` and `L_F`
+  recorded at log-spaced steps; a run whose loss stops being finite is flagged;
+* forecasts, from theta0 only (no fine-tuning), on a log grid of steps up to
+  `forecast_span x gd_steps`:
+
+      quadratic_gd      GD on the local quadratic model of L_F (its Hessian) on K_m(H_F, g),
+                        into the local quadratic model of L_A (geomsim.theory.forecast)
+      gauss_newton_gd   the same with the Gauss-Newton matrix of L_F (PSD: the model of L_F
+                        is bounded below, the forecast stays bounded)
+      taylor            c1 t + ... + c4 t^4 (exact Taylor coefficients, t = steps x lr)
+      paper_bound       lambda gamma^2 t^4 / 8
+      alignment_risk    the alignment-risk package's formula (lambda_min, gamma, eps ||g||)
+
+* scores (`geomsim.theory.forecast_errors`): at each level (nats) the measured
+  curve crosses, `|log10(forecast / level)|`, and the ratio of the forecast's
+  crossing step to the measured one.
+
+Outputs (`<out>`): `forecast_runs.csv` (per run: AIC quantities, lr, the most
+negative Ritz value of H_F, scores per method and level), `forecast_curves.csv`
+(tidy: measured and forecast curves), `summary.json` (figures/manifest.json entry
+`forecast`: per method and level the medians and the within-2x fraction),
+figures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+
+from geomsim import config as config_layer
+from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
+from geomsim.curvature import eigsh, ggn_operator, hessian_operator
+from geomsim.dynamics import log_record_steps
+from geomsim.io import Table
+from geomsim.sweep.progress import Progress
+from geomsim.tasks import Batch, answer_loss_of_logits
+from geomsim.testbed.sweep import law, stages
+from geomsim.testbed.sweep.config import POLISH_FIELDS, TestbedSweepConfig
+from geomsim.testbed.sweep.run import _run_chunks, _select, begin_run, prepare_models, write_report
+from geomsim.theory.forecast import alignment_risk, forecast_errors, local_models, paper_bound, quadratic_gd, taylor
+
+METHODS = ("quadratic_gd", "gauss_newton_gd", "taylor", "paper_bound", "alignment_risk")
+FORECAST_ARMS = ("polished", "as_trained")
+FORECAST_STREAM = 108
+
+
+@dataclass(frozen=True)
+class TestbedForecastConfig(TestbedSweepConfig):
+    """The sweep's settings (its grid and models) plus the validation's own."""
+
+    arms: tuple[str, ...] = option(("polished",), check=each(one_of(*FORECAST_ARMS)),
+                                   help="starting models, a comma list of polished, as_trained", shown="polished")
+    gd_lr_scale: float = option(1.0, help="GD step size in units of 1/||H_F(theta0)||, in (0, 2)",
+                                check=in_range(0, 2, open_lo=True, open_hi=True))
+    gd_steps: int = option(2000, help="full-batch GD steps of each measured fine-tune (>= 2)", check=at_least(2))
+    gd_records: int = option(30, help="recorded GD steps, log-spaced (2..gd_steps)", check=at_least(2))
+    krylov: int = option(64, help="Lanczos depth m of the local quadratic models (>= 1)", check=at_least(1))
+    levels: tuple[float, ...] = option((1e-3, 1e-2, 1e-1), help="alignment-loss increases scored, nats, each > 0",
+                                       check=each(positive))
+    threshold: float = option(1e-2, help="the failure threshold of the headline numbers, nats (one of levels)",
+                              check=positive)
+    forecast_span: float = option(4.0, help="forecasts run to this multiple of gd_steps (>= 1), so a late "
+                                  "forecast still crosses", check=at_least(1))
+    forecast_points: int = option(160, help="log-spaced forecast steps (16..5000)", check=in_range(16, 5000))
+
+    def check(self) -> None:
+        super().check()
+        if not self.gd_records <= self.gd_steps:
+            raise ConfigError(f"gd_records: must be in [2, gd_steps={self.gd_steps}] (got {self.gd_records})")
+        if self.threshold not in self.levels:
+            raise ConfigError(f"threshold: must be one of levels={list(self.levels)} (got {self.threshold:g})")
+        if list(self.levels) != sorted(set(self.levels)):
+            raise ConfigError(f"levels: must be increasing and distinct (got {list(self.levels)})")
+
+
+FORECAST_FIELDS = (*POLISH_FIELDS, "task_base", "task_other", "mix", "task_size", "rank", "num_eigs", "arms",
+                   "gd_lr_scale", "gd_steps", "gd_records", "krylov", "levels", "forecast_span", "forecast_points",
+                   "chunk")
+
+
+def _mixture_ggn(data: stages.SweepData, theta0: PyTree, base: Batch, other: Batch, mix: Array):
+    """Gauss-Newton matrix of the mixture task: logits of both component sets, then the
+    two answer cross-entropies (PSD: cross-entropy is convex in the logits)."""
+
+    def logits(p, sets):
+        return tuple(data.apply_fn(p, b.tokens[:, :-1]) for b in sets)
+
+    def loss(outputs, sets):
+        weights = (1.0 - sets[2], sets[2])
+        return sum(w * answer_loss_of_logits(o, b) for w, o, b in zip(weights, outputs, sets[:2], strict=True))
+
+    return ggn_operator(logits, loss, theta0, ((base, other), (base, other, mix)))
+
+
+def forecast_steps(cfg: TestbedForecastConfig) -> np.ndarray:
+    """The forecasts' GD step counts: integers, log-spaced from 1 to `forecast_span x gd_steps`
+    (GD's `(1 - lr h)^n` has no meaning between integers once `lr h > 1`)."""
+    grid = np.geomspace(1.0, cfg.forecast_span * cfg.gd_steps, cfg.forecast_points)
+    return np.unique(np.round(grid))
+
+
+def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Float[Array, " k"],
+                 target: Array, base: Batch, other: Batch, mix: Array, key: PRNGKeyArray) -> dict[str, Array]:
+    """Measure one GD fine-tune and build every forecast but Taylor's (pure; vmap it)."""
+    cfg: TestbedForecastConfig = data.config  # type: ignore[assignment]
+    task = law.mixture_task(data, base, other, mix)
+
+    def align(p):
+        return data.align_loss(p, target)
+
+    flat0, unravel = ravel_pytree(theta0)
+    zero = jnp.zeros_like(flat0)
+
+    def flat_grad(loss):
+        return lambda x: ravel_pytree(jax.grad(loss)(jax.tree.map(jnp.add, theta0, unravel(x))))[0]
+
+    task_grad, align_grad = flat_grad(task), flat_grad(align)
+    g, ga = task_grad(zero), align_grad(zero)
+
+    def task_hvp(v):
+        return jax.jvp(task_grad, (zero,), (v,))[1]
+
+    def align_hvp(v):
+        return jax.jvp(align_grad, (zero,), (v,))[1]
+
+    top = eigsh(1, tol=1e-2, krylov_dim=12, max_matvecs=12)(hessian_operator(task, theta0), key)
+    task_sharpness = top.eigenvalues[0]
+    lr = cfg.gd_lr_scale / task_sharpness
+    m = min(cfg.krylov, flat0.shape[0])
+    hessian_models = local_models(m)(task_hvp, align_hvp, g, ga)
+    gauss_newton_models = local_models(m)(_mixture_ggn(data, theta0, base, other, mix).mv_flat, align_hvp, g, ga)
+
+    a0 = align(theta0)
+
+    def step(_, p):
+        return jax.tree.map(lambda x, y: x - lr * y, p, jax.grad(task)(p))
+
+    def segment(p, count):
+        p = jax.lax.fori_loop(0, count, step, p)
+        return p, (align(p) - a0, task(p))
+
+    record = log_record_steps(cfg.gd_steps, cfg.gd_records)
+    _, (align_increase, task_loss) = jax.lax.scan(segment, theta0, jnp.asarray(np.diff(record, prepend=0)))
+
+    steps = jnp.asarray(forecast_steps(cfg), flat0.dtype)
+    coords_g, coords_hg = basis.T @ g, basis.T @ task_hvp(g)
+    sharp, coupling, eps_abs = lam[-1], jnp.linalg.norm(coords_hg), jnp.linalg.norm(coords_g)
+    return dict(
+        task_sharpness=task_sharpness,
+        lr=lr,
+        task_ritz_min=hessian_models.ritz_values.min(),
+        gauss_newton_ritz_min=gauss_newton_models.ritz_values.min(),
+        grad_norm=jnp.linalg.norm(g),
+        eps=eps_abs / jnp.linalg.norm(g),
+        sharpness=sharp,
+        coupling=coupling,
+        task_loss_start=task(theta0),
+        task_loss_end=task_loss[-1],
+        finite=jnp.all(jnp.isfinite(align_increase)) & jnp.all(jnp.isfinite(task_loss)),
+        record_steps=jnp.asarray(record, flat0.dtype),
+        align_increase=align_increase,
+        task_loss=task_loss,
+        forecast_steps=steps,
+        quadratic_gd=quadratic_gd(hessian_models, steps, lr),
+        gauss_newton_gd=quadratic_gd(gauss_newton_models, steps, lr),
+        paper_bound=paper_bound(sharp, coupling, steps * lr),
+        alignment_risk=alignment_risk(sharp, coupling, eps_abs, steps * lr),
+    )
+
+
+def forecast_chunk(data: stages.SweepData, runs: dict[str, Any]) -> dict[str, Array]:
+    """`forecast_run` vmapped over a chunk, the exact Taylor coefficients one run at a
+    time (as the sweep's law runs), then every method scored against the measurement."""
+    cfg: TestbedForecastConfig = data.config  # type: ignore[assignment]
+    out = jax.vmap(lambda kw: forecast_run(data, **kw))(runs)
+    taylor_inputs = {k: runs[k] for k in ("theta0", "basis", "target", "base", "other", "mix")}
+    coeffs = jax.lax.map(lambda kw: law.law_taylor(data, keep=jnp.ones(()), **kw), taylor_inputs)
+    out["taylor"] = jax.vmap(lambda c, s, lr: taylor(c, s * lr))(coeffs, out["forecast_steps"], out["lr"])
+    out.update({f"c{j}": coeffs[:, j] for j in range(1, 5)})
+    levels = jnp.asarray(cfg.levels, coeffs.dtype)
+    for name in METHODS:
+        t_meas, error, ratio = jax.vmap(lambda s, a, fs, f: forecast_errors(s, a, fs, f, levels))(
+            out["record_steps"], out["align_increase"], out["forecast_steps"], out[name])
+        out[f"{name}_log10_error"], out[f"{name}_t_ratio"] = error, ratio
+    out["steps_to_level"] = t_meas
+    return out
+
+
+def run_index(cfg: TestbedForecastConfig) -> list[tuple[str, int, int, int]]:
+    """Every validation run as (arm, level, mix index, seed), arms outermost."""
+    levels, mixes, seeds = cfg.grid_shape
+    return list(itertools.product(cfg.arms, range(levels), range(mixes), range(seeds)))
+
+
+def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, progress: bool = True,
+                         plots: bool = True) -> dict[str, Any]:
+    """Validate every forecast on every run; returns the summary (also `<out>/summary.json`)."""
+    t_start, out_dir = begin_run(out_dir, "the forecast validation")
+    cfg = config
+    runs = run_index(cfg)
+    bar = Progress(4 + -(-len(runs) // cfg.chunk) + 1, "testbed forecast", enabled=progress)
+    timings: dict[str, float] = {}
+    reused: list[str] = []
+    models = prepare_models(cfg, out_dir, bar, timings, reused)
+    data, spec = models.data, models.spec
+    arm_i = np.array([cfg.arms.index(r[0]) for r in runs])
+    lev_i, mix_i, seed_i = (np.array([r[k] for r in runs]) for k in (1, 2, 3))
+    polished = np.array([r[0] == "polished" for r in runs])
+    state = np.where(polished, "polished", "as_trained")
+    basis = np.stack([spec[f"{s}_basis"][lv, sd] for s, lv, sd in zip(state, lev_i, seed_i, strict=True)])
+    lam = np.stack([spec[f"{s}_eigenvalues"][lv, sd, : cfg.rank] for s, lv, sd in zip(state, lev_i, seed_i,
+                                                                                        strict=True)])
+    theta = jax.tree.map(lambda p, a: jnp.where(polished.reshape(-1, *([1] * (p.ndim - 2))), p[lev_i, seed_i],
+                                                a[lev_i, seed_i]), models.polished, models.aligned)
+    inputs = dict(
+        theta0=theta, basis=jnp.asarray(np.swapaxes(basis, 1, 2)), lam=jnp.asarray(lam),
+        target=jnp.asarray(stages.targets(cfg)[lev_i]),
+        base=_select(data.task_train["base"], seed_i), other=_select(data.task_train["other"], seed_i),
+        mix=jnp.asarray(np.asarray(cfg.mix)[mix_i]),
+        key=jax.vmap(lambda i: data.key(FORECAST_STREAM, i))(jnp.arange(len(runs))),
+    )
+    t0 = time.perf_counter()
+    out = _run_chunks("forecast", lambda chunk: forecast_chunk(data, chunk), inputs, len(runs), cfg,
+                      config_layer.digest(cfg, FORECAST_FIELDS), out_dir, bar, reused)
+    timings["forecast_runs"] = round(time.perf_counter() - t0, 2)
+    tables = _tables(cfg, runs, arm_i, out)
+    summary = summarise_forecasts(cfg, tables["forecast_runs"])
+    from geomsim.plotting.testbed_forecast_figures import forecast_figures
+
+    return write_report(out_dir, cfg, tables, summary, forecast_figures if plots else None, timings=timings,
+                        reused=reused, parameters=int(basis.shape[1]), t_start=t_start, bar=bar)
+
+
+def _tables(cfg: TestbedForecastConfig, runs, arm_i, out: dict[str, np.ndarray]) -> dict[str, Table]:
+    n = len(runs)
+    sigma, mix = np.asarray(cfg.refusal_sigma), np.asarray(cfg.mix)
+    table: Table = {"run": np.arange(n), "arm": np.array([r[0] for r in runs], dtype=object),
+                    "level": np.array([r[1] for r in runs]), "sigma": sigma[[r[1] for r in runs]],
+                    "mix": mix[[r[2] for r in runs]], "seed": np.array([r[3] for r in runs])}
+    for key in ("task_sharpness", "lr", "task_ritz_min", "gauss_newton_ritz_min", "grad_norm", "eps", "sharpness",
+                "coupling", "c1", "c2", "c3", "c4", "task_loss_start", "task_loss_end", "finite"):
+        table[key] = out[key]
+    for j, level in enumerate(cfg.levels):
+        table[f"steps_to_{level:g}"] = out["steps_to_level"][:, j]
+        for name in METHODS:
+            table[f"{name}_log10_error_{level:g}"] = out[f"{name}_log10_error"][:, j]
+            table[f"{name}_t_ratio_{level:g}"] = out[f"{name}_t_ratio"][:, j]
+    del arm_i  # the arm is in the table already
+
+    blocks = []
+    r = out["record_steps"].shape[1]
+    blocks.append({"run": np.repeat(np.arange(n), r), "curve": np.full(n * r, "measured", dtype=object),
+                   "step": out["record_steps"].ravel(), "align_increase": out["align_increase"].ravel(),
+                   "task_loss": out["task_loss"].ravel()})
+    q = out["forecast_steps"].shape[1]
+    for name in METHODS:
+        blocks.append({"run": np.repeat(np.arange(n), q), "curve": np.full(n * q, name, dtype=object),
+                       "step": out["forecast_steps"].ravel(), "align_increase": out[name].ravel(),
+                       "task_loss": np.full(n * q, np.nan)})
+    curves = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+    return {"forecast_runs": table, "forecast_curves": curves}
+
+
+def _median(values) -> float | None:
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    return float(np.median(values)) if values.size else None
+
+
+def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table) -> dict[str, Any]:
+    """Per method and level: how many runs reached the level, the median |log10| error at
+    the measured crossing, the median forecast/measured crossing-step ratio, and the
+    fraction of reaching runs forecast within 2x; plus the headline at `threshold`."""
+    finite = np.asarray(runs["finite"], dtype=bool)
+    out: dict[str, Any] = {"runs": int(len(finite)), "finite_runs": int(finite.sum()),
+                           "grid": {"sharpness_levels": len(cfg.refusal_sigma), "coupling_levels": len(cfg.mix),
+                                    "seeds": cfg.seeds, "arms": list(cfg.arms)},
+                           "threshold": cfg.threshold, "levels": list(cfg.levels), "methods": {},
+                           "task_hessian_indefinite_fraction": float(np.mean(np.asarray(runs["task_ritz_min"]) < 0))}
+    for name in METHODS:
+        per_level = {}
+        for level in cfg.levels:
+            steps = np.asarray(runs[f"steps_to_{level:g}"], dtype=float)
+            reached = finite & np.isfinite(steps)
+            ratio = np.asarray(runs[f"{name}_t_ratio_{level:g}"], dtype=float)[reached]
+            per_level[f"{level:g}"] = {
+                "reached_runs": int(reached.sum()),
+                "log10_error_median": _median(np.asarray(runs[f"{name}_log10_error_{level:g}"])[reached]),
+                "t_fail_ratio_median": _median(ratio),
+                "within_2x_fraction": float(np.mean((ratio >= 0.5) & (ratio <= 2.0))) if ratio.size else None,
+            }
+        head = per_level[f"{cfg.threshold:g}"]
+        out["methods"][name] = {"t_fail_ratio_median": head["t_fail_ratio_median"],
+                                "within_2x_fraction": head["within_2x_fraction"],
+                                "log10_error_median": {lv: d["log10_error_median"] for lv, d in per_level.items()},
+                                "levels": per_level}
+    return out
