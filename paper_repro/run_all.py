@@ -171,6 +171,25 @@ REPORT_ONLY_KINDS = {
 }
 
 
+PACKAGE_FORECAST = ROOT / "benchmarks" / "results" / "alignment_risk_testbed.json"
+
+
+def package_forecast_numbers() -> dict:
+    """`alignment-risk` itself on the same runs (benchmarks/alignment_risk_testbed.py needs
+    torch, so it is not rerun here: its committed results are merged into the entry)."""
+    if not PACKAGE_FORECAST.exists():
+        return {}
+    import json
+
+    data = json.loads(PACKAGE_FORECAST.read_text())
+    return {"alignment_risk_package": {
+        "source": f"{PACKAGE_FORECAST.relative_to(ROOT)} ({data['package']}, {data['date'][:10]})",
+        "headline_safety_loss": data["summary"]["headline"]["safety_loss"],
+        "by_safety_loss": data["summary"]["alignment_risk_package"],
+        "seconds_per_run_median": data["wall_seconds_per_run_median"],
+    }}
+
+
 def run_experiment(path: Path, runs_dir: Path, figures_dir: Path):
     from geomsim.sweep import make_config, run_sweep
 
@@ -207,6 +226,8 @@ def run_experiment(path: Path, runs_dir: Path, figures_dir: Path):
                                             plots=True)
         files = _copy_figures(out, summary["figures"], figures_dir / name, figures_dir)
         numbers = {k: summary[k] for k in keys}
+        if repro["kind"] == "testbed_forecast":
+            numbers.update(package_forecast_numbers())
         failures = [] if expect.get("report_only") else [f"{repro['kind']}: only report_only is supported"]
         wall, result = summary["wall_seconds"], summary
     elif repro.get("kind") == "testbed":

@@ -38,8 +38,8 @@ def test_gd_forecast_on_equinox_and_flax_models(model, tmp_path):
     assert np.all(np.isfinite(values)) and report["krylov_depth"] >= 8
 
 
-@pytest.mark.parametrize(("operator", "task_model"), [("hessian", "hessian"), ("ggn", "gauss_newton"),
-                                                     ("fisher", "gauss_newton")])
+# (ggn, gauss_newton) is the fisher case's twin: test_ggn_and_fisher_agree_for_a_categorical_model.
+@pytest.mark.parametrize(("operator", "task_model"), [("hessian", "hessian"), ("fisher", "gauss_newton")])
 def test_aligned_model_forecasts_are_exact_on_quadratic_losses(operator, task_model, tmp_path):
     """Linear outputs + Gaussian likelihood: Hessian = GGN = Fisher, L_F exactly quadratic,
     so the bounded forecast must equal the exact flow's Delta L_A whatever the operators."""
@@ -70,28 +70,24 @@ def test_aligned_model_forecasts_are_exact_on_quadratic_losses(operator, task_mo
     np.testing.assert_allclose(report["aic"]["eigenvalues"][:3], top[:3], rtol=1e-8)
 
 
-def test_ggn_and_fisher_agree_for_a_categorical_model(tmp_path):
+def test_ggn_and_fisher_agree_for_a_categorical_model_and_resamples_spread(tmp_path):
     reports = []
-    for operator in ("ggn", "fisher"):
+    for operator, resamples in (("ggn", "0"), ("fisher", "6")):
         out = tmp_path / operator
-        assert main(["--model", "geomsim.diagnose.examples:tiny_classifier", "--rank", "2", "--operator", operator,
-                     "--task-model", "gauss_newton", "--out", str(out), "--quiet"]) == 0
+        assert main(["--model", "geomsim.diagnose.examples:tiny_flax_classifier", "--rank", "2", "--operator",
+                     operator, "--task-model", "gauss_newton", "--resamples", resamples, "--out", str(out),
+                     "--quiet"]) == 0
         reports.append(loads_strict((out / "report.json").read_text()))
     ggn, fisher = reports
     for key in ("sharpness", "coupling", "eps"):
         np.testing.assert_allclose(ggn["aic"][key], fisher["aic"][key], rtol=1e-8)
     np.testing.assert_allclose(ggn["t_fail"]["gauss_newton_flow"], fisher["t_fail"]["gauss_newton_flow"], rtol=1e-8)
     assert ggn["task_ritz_min"] >= -1e-10  # the Gauss-Newton task model is PSD
-
-
-def test_resamples_give_a_spread_from_the_batches(tmp_path):
-    assert main(["--model", "geomsim.diagnose.examples:tiny_flax_classifier", "--rank", "2", "--task-model",
-                 "gauss_newton", "--operator", "ggn", "--resamples", "6", "--out", str(tmp_path), "--quiet"]) == 0
-    report = loads_strict((tmp_path / "report.json").read_text())
-    spread = report["t_fail_spread"]["gauss_newton_flow"]
+    spread = fisher["t_fail_spread"]["gauss_newton_flow"]
     assert spread["q05"] < spread["q95"]  # four task batches drawn with replacement move the forecast
     assert spread["q05"] <= spread["median"] <= spread["q95"]
-    assert "5% .. 95%" in (tmp_path / "report.md").read_text()
+    assert ggn["t_fail_spread"] is None
+    assert "5% .. 95%" in (tmp_path / "fisher" / "report.md").read_text()
 
 
 @pytest.mark.parametrize(("flags", "field"), [

@@ -23,7 +23,7 @@ import pytest
 
 from geomsim.io import loads_strict
 
-from tiny_configs import TESTBED, TESTBED_DEFENSES, TESTBED_FORECAST, TESTBED_SWEEP, as_flags
+from tiny_configs import TESTBED, TESTBED_DEFENSES, TESTBED_SWEEP, as_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -34,9 +34,10 @@ TINY_SWEEP = ["--sharpness", "2,20", "--coupling", "0.1,1", "--steps", "400", "-
 OVERRIDES = {
     ("python", "-m", "geomsim.sweep"): TINY_SWEEP,
     ("python", "-m", "geomsim.testbed"): as_flags(TESTBED),
+    # The flags example: parsed and run through alignment (the full pipeline is the command above it).
+    ("python", "-m", "geomsim.testbed", "--seeds"): [*as_flags(TESTBED), "--stop-after", "align"],
     ("python", "-m", "geomsim.testbed", "sweep"): as_flags(TESTBED_SWEEP),
     ("python", "-m", "geomsim.testbed", "defenses"): as_flags(TESTBED_DEFENSES),
-    ("python", "-m", "geomsim.testbed", "forecast"): as_flags(TESTBED_FORECAST),
     ("python", "-m", "paper_repro"): ["--only", "controls_mu"],
 }
 NOT_RUN = {

@@ -24,7 +24,9 @@ class DiagnoseConfig:
     horizon: float = option(0.0, help="last forecast time t (> 0; 0 = 10 / ||H_F||)", check=at_least(0))
     threshold: float = option(1e-2, help="alignment-loss increase that counts as failure, nats (> 0)",
                               check=positive)
-    krylov: int = option(0, help="Lanczos depth m of the local models (0 = min(d, 64))", check=at_least(0))
+    krylov: int = option(0, help="Lanczos depth m of the local models (0 = min(d, 32))", check=at_least(0))
+    trace_samples: int = option(0, help="probes of the alignment spectrum's tail-mass estimate (0 skips it; no "
+                                "forecast uses it) (0..1000)", check=in_range(0, 1000))
     points: int = option(64, help="forecast times, log-spaced over 4 decades up to the horizon (8..2000)",
                          check=in_range(8, 2000))
     resamples: int = option(0, help="repeat the measurement with this many new PRNG keys and bootstrap draws of "

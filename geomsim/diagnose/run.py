@@ -76,7 +76,9 @@ def _measure(config: DiagnoseConfig, model: Landscape | AlignedModel, key, num_e
              ) -> tuple[AICResult, LocalModels]:
     """The AIC and the local models at theta0 (one program; the key and the model's
     arrays are arguments, so resamples reuse it)."""
-    settings = dict(threshold=config.threshold, num_eigs=num_eigs)
+    # ||H_F|| comes from the local models' Ritz values (Lanczos on H_F from g: the same
+    # extremes as a separate window solve, measured at no extra cost), so no window here.
+    settings = dict(threshold=config.threshold, num_eigs=num_eigs, window=False, trace_samples=config.trace_samples)
     if isinstance(model, Landscape):
         return landscape_aic(model, config.rank, key=key, **settings), landscape_local_models(model, m)
     operator = "hessian" if config.operator == "hessian" else model.operator(config.operator)
@@ -147,13 +149,14 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     if not config.rank < dim:
         raise ConfigError(f"rank: must be in [1, d - 1] = [1, {dim - 1}] for this model (got {config.rank})")
     key = jax.random.key(config.seed)
-    m = min(config.krylov or 64, dim)
+    m = min(config.krylov or 32, dim)
     _say(f"[1/3] AIC at theta0 and local models (d = {dim}, k = {config.rank}, {config.operator}, "
          f"Krylov depth {m})", quiet)
     _check_operators(config, model)
     num_eigs = min(dim, max(2 * config.rank + 1, 8))
     res, models = _measure(config, model, key, num_eigs, m)
-    horizon = config.horizon or 10.0 / float(res.task_spectral_norm)
+    task_norm = float(jnp.max(jnp.abs(models.ritz_values)))
+    horizon = config.horizon or 10.0 / task_norm
     times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
     _say(f"[2/3] forecasts to t = {horizon:.3g}" + (f", {config.resamples} resamples" if config.resamples else ""),
          quiet)
@@ -171,6 +174,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
         "threshold": config.threshold,
         "horizon": horizon,
         "krylov_depth": int(m),
+        "task_spectral_norm": task_norm,
         "task_ritz_min": float(models.ritz_values.min()),
         "config": config_layer.to_dict(config),
         "versions": environment_versions(),
@@ -211,7 +215,7 @@ section 10).
 | eps (first-order overlap) | {aic['eps']} |
 | gamma (curvature coupling) | {aic['coupling']} |
 | Taylor c1..c4 | {aic['taylor'][1:]} |
-| ||H_F|| | {aic['task_spectral_norm']} |
+| ||H_F|| (largest Ritz value on the Krylov space) | {report['task_spectral_norm']} |
 
 | method | t_fail (t = steps x lr) | 5% .. 95% over `--resamples` |
 | --- | --- | --- |
