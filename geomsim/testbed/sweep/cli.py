@@ -52,6 +52,22 @@ def parse(parser: argparse.ArgumentParser, cls, argv: list[str] | None):
     return config, out, plots, quiet
 
 
+def run_command(prog: str, cls, doc: str, name: str, argv: list[str] | None, run, describe, headline) -> int:
+    """Parse, run and print a testbed subcommand: `run()` returns the run function (imported
+    late, after the flags are checked), `describe(config)` the progress line's text and
+    `headline(summary)` the dict printed as JSON; output under `runs/<name>-<timestamp>` by default."""
+    parsed = parse(build_parser(prog, cls, doc, f"runs/{name}-<timestamp>"), cls, argv)
+    if parsed is None:
+        return 2
+    config, out, plots, quiet = parsed
+    out_dir = Path(out) if out else Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
+    print(f"geomsim {name.replace('-', ' ')}: {describe(config)} -> {out_dir}", file=sys.stderr)
+    summary = run()(config, out_dir, progress=not quiet, plots=plots)
+    print(json.dumps(headline(summary), indent=1))
+    print(f"wrote {out_dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parsed = parse(build_parser(), TestbedSweepConfig, argv)
     if parsed is None:
