@@ -220,7 +220,6 @@ def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, 
     reused: list[str] = []
     models = prepare_models(cfg, out_dir, bar, timings, reused)
     data, spec = models.data, models.spec
-    arm_i = np.array([cfg.arms.index(r[0]) for r in runs])
     lev_i, mix_i, seed_i = (np.array([r[k] for r in runs]) for k in (1, 2, 3))
     polished = np.array([r[0] == "polished" for r in runs])
     state = np.where(polished, "polished", "as_trained")
@@ -240,7 +239,7 @@ def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, 
     out = _run_chunks("forecast", lambda chunk: forecast_chunk(data, chunk), inputs, len(runs), cfg,
                       config_layer.digest(cfg, FORECAST_FIELDS), out_dir, bar, reused)
     timings["forecast_runs"] = round(time.perf_counter() - t0, 2)
-    tables = _tables(cfg, runs, arm_i, out)
+    tables = _tables(cfg, runs, out)
     summary = summarise_forecasts(cfg, tables["forecast_runs"])
     from geomsim.plotting.testbed_forecast_figures import forecast_figures
 
@@ -248,7 +247,7 @@ def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, 
                         reused=reused, parameters=int(basis.shape[1]), t_start=t_start, bar=bar)
 
 
-def _tables(cfg: TestbedForecastConfig, runs, arm_i, out: dict[str, np.ndarray]) -> dict[str, Table]:
+def _tables(cfg: TestbedForecastConfig, runs, out: dict[str, np.ndarray]) -> dict[str, Table]:
     n = len(runs)
     sigma, mix = np.asarray(cfg.refusal_sigma), np.asarray(cfg.mix)
     table: Table = {"run": np.arange(n), "arm": np.array([r[0] for r in runs], dtype=object),
@@ -262,7 +261,6 @@ def _tables(cfg: TestbedForecastConfig, runs, arm_i, out: dict[str, np.ndarray])
         for name in METHODS:
             table[f"{name}_log10_error_{level:g}"] = out[f"{name}_log10_error"][:, j]
             table[f"{name}_t_ratio_{level:g}"] = out[f"{name}_t_ratio"][:, j]
-    del arm_i  # the arm is in the table already
 
     blocks = []
     r = out["record_steps"].shape[1]
