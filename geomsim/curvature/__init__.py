@@ -12,6 +12,8 @@ Algorithms (factories of pure `(matvec, key, *params) -> result` functions):
     trace_estimator / hutchinson / xtrace / xnystrace, diagonal_estimator,
     track_eigenspace (warm-started re-solves along a path).
 Subspaces: project, overlap_score, subspace_overlap, gap_rank.
+Devices: device_mesh, shard_operator (batch split over "data", parameters
+    FSDP-style over "model"; every algorithm above runs unchanged on the result).
 
 Example:
     >>> op = hessian_operator(loss, params, batches)
@@ -45,6 +47,7 @@ from geomsim.curvature.operators import (
     operator_matvec,
 )
 from geomsim.curvature.power import power_iteration
+from geomsim.curvature.sharding import batch_sharding, device_mesh, param_sharding, shard_batches, shard_operator
 from geomsim.curvature.slq import SpectralDensity, spectral_density
 from geomsim.curvature.subspace import gap_rank, overlap_score, project, subspace_overlap
 from geomsim.curvature.trace import (
@@ -59,6 +62,11 @@ from geomsim.curvature.trace import (
 from geomsim.curvature.tracking import EigenTrack, track_eigenspace
 
 __all__ = [
+    "batch_sharding",
+    "device_mesh",
+    "param_sharding",
+    "shard_batches",
+    "shard_operator",
     "BatchSet",
     "Categorical",
     "CurvatureOperator",
