@@ -25,11 +25,3 @@ if os.environ.get("GEOMSIM_TEST_OPTIMIZED") != "1":
 def key():
     return jax.random.key(0)
 
-
-def pytest_collection_modifyitems(config, items):  # noqa: ARG001  (pytest's hook signature)
-    """Keep each test file on one worker (its module fixtures are built once), except the
-    README's commands: each is its own process and together they are the longest file, so
-    they are spread over the workers (`--dist loadgroup`)."""
-    for item in items:
-        if not item.nodeid.startswith("tests/test_readme.py::test_readme_command_runs"):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

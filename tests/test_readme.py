@@ -1,5 +1,9 @@
 """The README is executable truth: every command and Python block in it runs.
 
+Half of the commands run here, the other half and the Python blocks in
+tests/test_readme_more.py (two files: the workers take one file each, and the
+README's commands are the suite's longest file).
+
 Each shell command of README.md's ```bash blocks runs as written, in a fresh
 process, from a folder outside the repository (as a user of the installed
 package would), with small overrides where it is long (a tiny grid, a tiny
@@ -92,8 +96,13 @@ def test_the_readme_has_the_two_setup_commands_first():
 COMMANDS = shell_commands()
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS[::2])  # the odd ones: tests/test_readme_more.py
 def test_readme_command_runs(command, tmp_path):
+    check_command(command, tmp_path)
+
+
+def check_command(command: str, tmp_path: Path) -> None:
+    """Run one README command as the module docstring says (skips the NOT_RUN ones)."""
     tokens = shlex.split(command)
     skip = _matching(NOT_RUN, tokens)
     if skip:
@@ -123,11 +132,6 @@ def assert_strict_json(folder: Path) -> None:
                 loads_strict(path.read_text())
             except ValueError as err:
                 raise AssertionError(f"{path.relative_to(folder)} is not strict JSON: {err}") from None
-
-
-@pytest.mark.parametrize("index", range(len(blocks("python"))))
-def test_readme_python_block_runs(index, tmp_path):
-    _run([sys.executable, "-c", blocks("python")[index]], cwd=tmp_path)
 
 
 def test_committed_manifest_is_strict_json():
