@@ -24,4 +24,3 @@ if os.environ.get("GEOMSIM_TEST_OPTIMIZED") != "1":
 @pytest.fixture
 def key():
     return jax.random.key(0)
-
