@@ -200,32 +200,17 @@ def draw_package_comparison(out: Path, summary: dict, target: Path, figures_dir:
     import numpy as np
 
     from geomsim.io import read_csv
-    from geomsim.plotting.style import plt, save
+    from geomsim.plotting.testbed_forecast_figures import plot_ratios
 
-    runs = read_csv(out / "forecast_runs.csv")
     package = json.loads(PACKAGE_FORECAST.read_text())
-    losses = list(package["summary"]["alignment_risk_package"])
-    levels = summary["levels"]
-    fig, axes = plt.subplots(1, len(levels), figsize=(4.6 * len(levels), 4.0), constrained_layout=True, squeeze=False)
-    for ax, level in zip(axes[0], levels, strict=True):
-        columns = {name: np.asarray(runs[f"{name}_t_ratio_{level:g}"], dtype=float) for name in summary["methods"]}
-        for loss in losses:
-            ratios = [r["package"][loss]["t_ratio_interpolated"][f"{level:g}"] for r in package["per_run"]
-                      if r["measured_steps_to"][f"{level:g}"] is not None]
-            columns[f"package ({loss})"] = np.array([np.inf if v is None else v for v in ratios], dtype=float)
-        for i, ratio in enumerate(columns.values()):
-            ratio = ratio[~np.isnan(ratio)]
-            shown = np.clip(np.where(np.isinf(ratio), 1e4, ratio), 1e-3, 1e4)
-            jitter = np.random.default_rng(i).uniform(-0.25, 0.25, shown.size)
-            ax.scatter(i + jitter, shown, s=7, color=f"C{i}", alpha=0.7)
-        ax.axhspan(0.5, 2.0, color="C2", alpha=0.12, label="within 2x")
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(columns)), [c.replace("_", "\n").replace(" (", "\n(") for c in columns], fontsize=6)
-        ax.set_ylabel("forecast / measured steps to the level (never: 1e4)")
-        ax.set_title(f"level {level:g} nats", fontsize=9)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("geomsim's forecasts and alignment-risk itself on the same 64 GD fine-tunes", fontsize=10)
-    return [str(p.relative_to(figures_dir.parent)) for p in save(fig, target, "fig_forecast_vs_package")]
+    extra = {level: {f"package ({loss})": np.array(
+        [np.inf if (v := r["package"][loss]["t_ratio_interpolated"][f"{level:g}"]) is None else v
+         for r in package["per_run"] if r["measured_steps_to"][f"{level:g}"] is not None], dtype=float)
+        for loss in package["summary"]["alignment_risk_package"]} for level in summary["levels"]}
+    files = plot_ratios({"forecast_runs": read_csv(out / "forecast_runs.csv")}, summary, target, extra=extra,
+                        stem="fig_forecast_vs_package",
+                        title="geomsim's forecasts and alignment-risk itself on the same 64 GD fine-tunes")
+    return [str(p.relative_to(figures_dir.parent)) for p in files]
 
 
 def run_experiment(path: Path, runs_dir: Path, figures_dir: Path):

@@ -69,13 +69,20 @@ class AlignedModel(eqx.Module):
         """`loss(params, (inputs, targets))`: mean negative log-likelihood of one batch
         (nats per sample); a plain function of its arguments (it holds no arrays, so
         operators can keep it as a static field)."""
-        apply_fn, likelihood = self.apply_fn, self.likelihood
+        apply_fn, output_loss = self.apply_fn, self.output_loss
 
         def loss(params, batch):
             inputs, targets = batch
-            return jnp.mean(likelihood.nll(apply_fn(params, inputs), targets))
+            return output_loss(apply_fn(params, inputs), targets)
 
         return loss
+
+    @property
+    def output_loss(self) -> Callable[[Array, Any], Float[Array, ""]]:
+        """`loss(outputs, targets)`: the mean negative log-likelihood (the loss-of-outputs
+        half of the Gauss-Newton split)."""
+        likelihood = self.likelihood
+        return lambda outputs, targets: jnp.mean(likelihood.nll(outputs, targets))
 
     def align_loss(self, params: PyTree) -> Float[Array, ""]:
         """`L_A(params)`: the weighted mean over the alignment batches."""
@@ -96,9 +103,7 @@ class AlignedModel(eqx.Module):
         if kind == "hessian":
             return hessian_operator(self.batch_loss, self.params, batches)
         if kind == "ggn":
-            likelihood = self.likelihood
-            return ggn_operator(self.apply_fn, lambda outputs, targets: jnp.mean(likelihood.nll(outputs, targets)),
-                                self.params, batches)
+            return ggn_operator(self.apply_fn, self.output_loss, self.params, batches)
         if kind == "fisher":
             return fisher_operator(self.apply_fn, self.params, batches, likelihood=self.likelihood)
         raise ValueError(f"operator: must be one of {', '.join(OPERATORS)} (got {kind!r})")

@@ -123,6 +123,8 @@ def _spread(config: DiagnoseConfig, model, key, num_eigs: int, m: int, times) ->
     """t_fail per method over `config.resamples` new PRNG keys (Lanczos start, trace
     probes) and bootstrap draws of the batches: 5%, 50%, 95% quantiles (inf: never)."""
     samples: dict[str, list[float]] = {}
+    # One compiled `_measure` called per resample rather than vmapped over them: a vmap
+    # would hold R models' activations at once (R x the memory of one diagnosis).
     for k in jax.random.split(jax.random.fold_in(key, 1), config.resamples):
         k_aic, k_data = jax.random.split(k)
         res, models = _measure(config, _resampled(model, k_data), k_aic, num_eigs, m)

@@ -39,15 +39,20 @@ def plot_examples(tables, summary, out_dir: Path) -> list[Path]:
     return save(fig, out_dir, "fig_forecast_examples")
 
 
-def plot_ratios(tables, summary, out_dir: Path) -> list[Path]:
-    """Forecast / measured steps to each level, every run, per method (band: within 2x)."""
+def plot_ratios(tables, summary, out_dir: Path, *, extra=None, stem: str = "fig_forecast_ratios",
+                title: str | None = None) -> list[Path]:
+    """Forecast / measured steps to each level, every run, per method (band: within 2x).
+
+    `extra`: `{level: {label: ratios}}` drawn after geomsim's methods (e.g. a peer's
+    forecasts on the same runs; inf = never crosses, nan = the run never reaches the level)."""
     runs = tables["forecast_runs"]
-    methods, levels = list(summary["methods"]), summary["levels"]
-    fig, axes = plt.subplots(1, len(levels), figsize=(4.2 * len(levels), 3.8), constrained_layout=True,
+    levels = summary["levels"]
+    fig, axes = plt.subplots(1, len(levels), figsize=(4.4 * len(levels), 3.9), constrained_layout=True,
                              squeeze=False)
     for ax, level in zip(axes[0], levels, strict=True):
-        for i, name in enumerate(methods):
-            ratio = np.asarray(runs[f"{name}_t_ratio_{level:g}"], dtype=float)
+        columns = {name: np.asarray(runs[f"{name}_t_ratio_{level:g}"], dtype=float) for name in summary["methods"]}
+        columns.update((extra or {}).get(level, {}))
+        for i, ratio in enumerate(columns.values()):
             ratio = ratio[~np.isnan(ratio)]
             shown = np.clip(np.where(np.isinf(ratio), 1e4, ratio), 1e-3, 1e4)
             jitter = np.random.default_rng(i).uniform(-0.25, 0.25, shown.size)
@@ -55,12 +60,15 @@ def plot_ratios(tables, summary, out_dir: Path) -> list[Path]:
         ax.axhspan(0.5, 2.0, color="C2", alpha=0.12, label="within 2x")
         ax.axhline(1.0, color="0.4", lw=0.8)
         ax.set_yscale("log")
-        ax.set_xticks(range(len(methods)), [m.replace("_", "\n") for m in methods], fontsize=7)
-        reached = summary["methods"][methods[0]]["levels"][f"{level:g}"]["reached_runs"]
+        ax.set_xticks(range(len(columns)), [c.replace("_", "\n").replace(" (", "\n(") for c in columns],
+                      fontsize=7 if len(columns) <= 5 else 6)
+        reached = summary["methods"][next(iter(summary["methods"]))]["levels"][f"{level:g}"]["reached_runs"]
         ax.set_title(f"level {level:g} nats ({reached} runs reach it)", fontsize=9)
         ax.set_ylabel("forecast / measured steps to the level (never: 1e4)")
     axes[0][0].legend(fontsize=7)
-    return save(fig, out_dir, "fig_forecast_ratios")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save(fig, out_dir, stem)
 
 
 def forecast_figures(tables, summary, out_dir: Path) -> list[Path]:

@@ -125,27 +125,16 @@ def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d 
     def align(p):
         return data.align_loss(p, target)
 
-    flat0, unravel = ravel_pytree(theta0)
-    zero = jnp.zeros_like(flat0)
-
-    def flat_grad(loss):
-        return lambda x: ravel_pytree(jax.grad(loss)(jax.tree.map(jnp.add, theta0, unravel(x))))[0]
-
-    task_grad, align_grad = flat_grad(task), flat_grad(align)
-    g, ga = task_grad(zero), align_grad(zero)
-
-    def task_hvp(v):
-        return jax.jvp(task_grad, (zero,), (v,))[1]
-
-    def align_hvp(v):
-        return jax.jvp(align_grad, (zero,), (v,))[1]
-
-    top = eigsh(1, tol=1e-2, krylov_dim=12, max_matvecs=12)(hessian_operator(task, theta0), key)
+    flat0 = ravel_pytree(theta0)[0]
+    task_op, align_op = hessian_operator(task, theta0), hessian_operator(align, theta0)
+    g, ga = (ravel_pytree(op.gradient())[0] for op in (task_op, align_op))
+    top = eigsh(1, tol=1e-2, krylov_dim=12, max_matvecs=12)(task_op, key)
     task_sharpness = top.eigenvalues[0]
     lr = cfg.gd_lr_scale / task_sharpness
     m = min(cfg.krylov, flat0.shape[0])
-    hessian_models = local_models(m)(task_hvp, align_hvp, g, ga)
-    gauss_newton_models = local_models(m)(_mixture_ggn(data, theta0, base, other, mix).mv_flat, align_hvp, g, ga)
+    hessian_models = local_models(m)(task_op.mv_flat, align_op.mv_flat, g, ga)
+    gauss_newton_models = local_models(m)(_mixture_ggn(data, theta0, base, other, mix).mv_flat, align_op.mv_flat,
+                                          g, ga)
 
     a0 = align(theta0)
 
@@ -160,7 +149,7 @@ def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d 
     _, (align_increase, task_loss) = jax.lax.scan(segment, theta0, jnp.asarray(np.diff(record, prepend=0)))
 
     steps = jnp.asarray(forecast_steps(cfg), flat0.dtype)
-    coords_g, coords_hg = basis.T @ g, basis.T @ task_hvp(g)
+    coords_g, coords_hg = basis.T @ g, basis.T @ task_op.mv_flat(g)
     sharp, coupling, eps_abs = lam[-1], jnp.linalg.norm(coords_hg), jnp.linalg.norm(coords_g)
     return dict(
         task_sharpness=task_sharpness,
