@@ -1,7 +1,9 @@
 """`python -m geomsim.sweep`: the quartic law across a sharpness x coupling grid.
 
 With no arguments it runs the built-in default (16 x 16 grid, quadratic-cubic
-landscape, gradient descent, float64) into `runs/<timestamp>/`.
+landscape, gradient descent, float64) into `runs/<timestamp>/`.  Several processes
+(one or many hosts) share one sweep through `--coordinator/--num-processes/--process-id`
+or `--distributed` (`geomsim.sweep.processes`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from geomsim import config as config_layer
 from geomsim._runtime import enable_compilation_cache
 from geomsim.sweep.config import ConfigError, SweepConfig, make_config
+from geomsim.sweep.processes import ProcessLost, add_process_flags, current_group, report_error, start_processes
 from geomsim.sweep.statistics import sweep_statistics
 
 PROG = "python -m geomsim.sweep"
@@ -38,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out, redoing no finished chunk")
     parser.add_argument("--no-plots", action="store_true", help="skip the figures (tables and metadata only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_process_flags(parser)
     return parser
 
 
@@ -97,20 +101,28 @@ def main(argv: list[str] | None = None) -> int:
     resume = args.pop("resume", False)
     plots = not args.pop("no_plots", False)
     quiet = args.pop("quiet", False)
+    several = False
     try:
+        several = start_processes(args)
         config = make_config(file, args)
         if resume and out is None:
             raise ConfigError("resume: needs --out DIR naming the sweep to continue")
+        if several and out is None:
+            raise ConfigError("out: several processes need --out DIR, one folder every process sees")
         out_dir = Path(out) if out is not None else default_out_dir()
         from geomsim.sweep.run import run_sweep
 
-        print(f"geomsim sweep: {config.n_points} runs ({len(config.sharpness)} sharpness x "
-              f"{len(config.coupling)} coupling x {config.seeds} seeds), optimizer {config.optimizer}, "
-              f"{config.steps} steps of lr {config.lr:g} -> {out_dir}", file=sys.stderr)
+        group = current_group()
+        print(group.label(f"geomsim sweep: {config.n_points} runs ({len(config.sharpness)} sharpness x "
+                          f"{len(config.coupling)} coupling x {config.seeds} seeds), optimizer {config.optimizer}, "
+                          f"{config.steps} steps of lr {config.lr:g} -> {out_dir}"), file=sys.stderr)
         result = run_sweep(config, out_dir, resume=resume, progress=not quiet, plots=plots)
     except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+        return report_error(PROG, err, 2, several)
+    except ProcessLost as err:
+        return report_error(PROG, err, 1, several)
+    if result is None:  # another process merges and reports
+        return 0
     print(summary(result.results, result.meta))
     print(f"wrote {out_dir}/results.csv, curves.csv, meta.json" + (", figures" if plots else "")
           + f" in {result.meta['wall_seconds']:.1f} s")

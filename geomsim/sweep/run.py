@@ -6,6 +6,9 @@ Output folder layout:
     curves.csv     tidy per-run curves (run, t, Delta L_A, L_F, ||P_S delta||, ...)
     chunks/        per-chunk .npz results; `--resume` skips the ones present
     fig_*.png/pdf  figures (see geomsim.plotting.sweep_figures)
+
+Started as several processes (`geomsim.sweep.processes`), each runs its share of
+the chunks and process 0 merges them into the same files.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from geomsim.fitting import FIT_REASONS
 from geomsim.io import Table, atomic_open, environment_versions, write_csv, write_json
 from geomsim.sweep.config import ConfigError, SweepConfig
 from geomsim.sweep.point import CURVE_FIELDS, STATUS_NAMES, TAYLOR_ORDER, make_point_function
+from geomsim.sweep.processes import current_group
 from geomsim.sweep.progress import Progress
 
 RESULT_COLUMNS = (
@@ -72,8 +76,8 @@ def grid_axes(config: SweepConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def grid_sharding() -> tuple[jax.sharding.NamedSharding | None, int]:
-    """Shard the grid axis of each chunk over all local devices (None for one device)."""
-    devices = jax.devices()
+    """Shard the grid axis of each chunk over this process's devices (None for one device)."""
+    devices = jax.local_devices()
     if len(devices) == 1:
         return None, 1
     mesh = jax.sharding.Mesh(np.array(devices), ("grid",))
@@ -91,7 +95,7 @@ def _save_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
         handle.write(buffer.getvalue())
 
 
-def _check_resume(out_dir: Path, config: SweepConfig, resume: bool) -> None:
+def _check_resume(out_dir: Path, config: SweepConfig, resume: bool, chunk: int) -> None:
     meta_path = out_dir / "meta.json"
     has_chunks = (out_dir / "chunks").is_dir() and any((out_dir / "chunks").iterdir())
     if not resume:
@@ -108,6 +112,11 @@ def _check_resume(out_dir: Path, config: SweepConfig, resume: bool) -> None:
         raise ConfigError(
             f"resume: {out_dir} holds a run of a different config "
             f"(digest {previous.get('config_digest')} != {config.digest()})"
+        )
+    if previous.get("chunk_rows", chunk) != chunk:
+        raise ConfigError(
+            f"resume: {out_dir} was cut into chunks of {previous['chunk_rows']} rows, this process would use {chunk} "
+            "(chunks are rounded to a multiple of the devices per process): resume with as many devices per process"
         )
 
 
@@ -160,35 +169,46 @@ def run_sweep(
     resume: bool = False,
     progress: bool = True,
     plots: bool = True,
-) -> SweepResult:
-    """Run (or resume) the sweep described by a validated `config` into `out_dir`."""
+) -> SweepResult | None:
+    """Run (or resume) the sweep described by a validated `config` into `out_dir`.
+
+    In a group of processes every process calls it with the same arguments; each
+    computes its share of the missing chunks, and process 0 merges and returns the
+    result (the others return None).  `ProcessLost` if a process stops midway.
+    """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    _check_resume(out_dir, config, resume)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    group = current_group()
+    s, c, k = grid_axes(config)
+    n = len(s)
+    sharding, n_devices = grid_sharding()
+    chunk = -(-min(config.chunk, n) // n_devices) * n_devices  # a multiple of the device count
+    n_chunks = -(-n // chunk)
+    _check_resume(out_dir, config, resume, chunk)
+    group.check_same("config", config.digest())  # also: nobody writes before everyone has checked
+    group.check_same("local device count", str(n_devices))
+    missing = np.array([not (resume and _chunk_path(out_dir, i).exists()) for i in range(n_chunks)])
+    missing = group.agree("sweep chunks", missing)  # process 0's listing: the shares cannot overlap
+    mine = group.share(np.flatnonzero(missing).tolist())
     meta: dict[str, Any] = {
         "config": config.to_dict(),
         "config_digest": config.digest(),
         "seed": config.seed,
         "versions": environment_versions(),
         "state": "running",
+        "chunk_rows": chunk,
     }
-    write_json(out_dir / "meta.json", meta)
+    if group.leader:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / "meta.json", meta)
 
-    s, c, k = grid_axes(config)
-    n = len(s)
-    sharding, n_devices = grid_sharding()
-    chunk = -(-min(config.chunk, n) // n_devices) * n_devices  # a multiple of the device count
-    n_chunks = -(-n // chunk)
-    bar = Progress(n_chunks, "sweep", enabled=progress)
-    computed, t_compute = 0, 0.0
+    resumed = n_chunks - int(missing.sum())
+    label = "sweep" + (f" ({resumed} of {n_chunks} chunks resumed)" if resumed else "")
+    bar = Progress(len(mine), group.label(label), enabled=progress)
+    t_compute = 0.0
     with precision(config.float64):
         batched = jax.jit(jax.vmap(make_point_function(config)))
-        for index in range(n_chunks):
-            path = _chunk_path(out_dir, index)
-            if resume and path.exists():
-                bar.advance(1, "(resumed)")
-                continue
+        for index in mine:
             rows = np.minimum(np.arange(index * chunk, (index + 1) * chunk), n - 1)  # pad with the last row
             t0 = time.perf_counter()
             args = [s[rows], c[rows], k[rows]]
@@ -197,10 +217,16 @@ def run_sweep(
             out = batched(*args)
             out = jax.tree.map(np.asarray, out)
             t_compute += time.perf_counter() - t0
-            computed += 1
-            _save_chunk(path, out)
-            bar.advance(1, f"chunk {index + 1}")
+            _save_chunk(_chunk_path(out_dir, index), out)
+            bar.advance(1, f"chunk {index + 1}/{n_chunks}")
+    group.barrier("sweep chunks written")
+    if not group.leader:
+        return None
 
+    absent = [i for i in range(n_chunks) if not _chunk_path(out_dir, i).exists()]
+    if absent:
+        raise ConfigError(f"out: {len(absent)} chunk files the other processes wrote are not in {out_dir} "
+                          f"(e.g. {_chunk_path(out_dir, absent[0]).name}); --out must be one folder every process sees")
     raw_chunks = []
     for index in range(n_chunks):
         with np.load(_chunk_path(out_dir, index)) as data:
@@ -217,10 +243,11 @@ def run_sweep(
         state="complete",
         n_runs=n,
         status_counts=counts,
-        devices=n_devices,
-        chunks_computed=computed,
-        chunks_resumed=n_chunks - computed,
-        compute_seconds=round(t_compute, 3),
+        processes=group.count,
+        devices=n_devices * group.count,
+        chunks_computed=n_chunks - resumed,
+        chunks_resumed=resumed,
+        compute_seconds=round(t_compute, 3),  # process 0's
     )
     figures: list[str] = []
     if plots:
