@@ -1,73 +1,33 @@
-"""Several processes on 127.0.0.1 (jax.distributed, CPU collectives) write the same sweep
-as one process, byte for byte, and finish with --resume after one of them was killed."""
+"""Several processes on 127.0.0.1 (jax.distributed, CPU collectives): a sweep writes the
+same bytes as one process and finishes with --resume after one process was killed; a
+diagnosis over a mesh of both processes' devices equals the one-device diagnosis."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from geomsim.sweep.cli import main
-from geomsim.sweep.processes import ProcessGroup
+import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from geomsim.diagnose import DiagnoseConfig, diagnose
+from geomsim.diagnose.cli import main as diagnose_main
+from geomsim.processes import ProcessGroup
+from geomsim.sweep.cli import main
+
+from process_group import free_port, launch, slurm
+
 SWEEP = ["--dim", "8", "--rank", "2", "--sharpness", "1:10:3", "--coupling", "0.1,1", "--seeds", "2",
          "--steps", "200", "--records", "20", "--chunk", "3", "--no-plots", "--quiet"]  # 12 runs, 4 chunks
-# Process 1 as if killed (SIGKILL: no cleanup, no exit handlers) right after writing its first chunk.
-DIES_AFTER_ONE_CHUNK = textwrap.dedent("""
-    import os, sys
-    import geomsim.sweep.run as run
-    save = run._save_chunk
-    def save_then_die(path, arrays):
-        save(path, arrays)
-        os._exit(9)
-    run._save_chunk = save_then_die
-    from geomsim.sweep.cli import main
-    sys.exit(main(sys.argv[1:]))
-""")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def environment() -> dict[str, str]:
-    env = dict(os.environ)
-    env["GEOMSIM_JAX_CACHE"] = str(ROOT / ".pytest_cache" / "jax")
-    return env
-
-
-def launch(module_args: list[str], out: Path, processes: int, *, kill_second: bool = False, timeout: float = 240):
-    """Run `python -m geomsim.sweep` as `processes` processes; returns [(returncode, stderr)]."""
-    group = [] if processes == 1 else ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes",
-                                       str(processes)]
-    procs = []
-    for index in range(processes):
-        args = [*module_args, "--out", str(out), *group, *(["--process-id", str(index)] if group else [])]
-        head = ["-c", DIES_AFTER_ONE_CHUNK] if kill_second and index == 1 else ["-m", "geomsim.sweep"]
-        procs.append(subprocess.Popen([sys.executable, *head, *args], cwd=ROOT, env=environment(),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    try:
-        for proc in procs:
-            _, err = proc.communicate(timeout=timeout)
-            results.append((proc.returncode, err))
-    finally:
-        for proc in procs:
-            proc.kill()
-    return results
+def sweep(out: Path, processes: int, *flags: str, **kw):
+    return launch("geomsim.sweep", [*SWEEP, *flags, "--out", str(out)], processes, **kw)
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("one") / "sweep"
-    [(code, err)] = launch(SWEEP, out, 1)
+    [(code, err)] = sweep(out, 1)
     assert code == 0, err
     return out
 
@@ -78,7 +38,7 @@ def assert_same_tables(a: Path, b: Path) -> None:
 
 
 def test_two_processes_write_the_one_process_tables(single, tmp_path):
-    results = launch(SWEEP, tmp_path / "two", 2)
+    results = sweep(tmp_path / "two", 2)
     assert [code for code, _ in results] == [0, 0], results
     assert_same_tables(single, tmp_path / "two")
     meta = json.loads((tmp_path / "two" / "meta.json").read_text())
@@ -88,7 +48,7 @@ def test_two_processes_write_the_one_process_tables(single, tmp_path):
 
 def test_resume_after_one_process_was_killed(single, tmp_path):
     out = tmp_path / "killed"
-    (code0, err0), (code1, _) = launch(SWEEP, out, 2, kill_second=True)
+    (code0, err0), (code1, _) = sweep(out, 2, dies=(1, "geomsim.sweep.run", "_save_chunk"))
     assert code1 == 9
     assert code0 == 1 and "rerun every process with --resume" in err0, err0
     assert err0.count("Traceback") == 0, err0
@@ -96,7 +56,7 @@ def test_resume_after_one_process_was_killed(single, tmp_path):
     assert sorted(p.name for p in (out / "chunks").glob("*.npz")) == [
         "chunk_00000.npz", "chunk_00001.npz", "chunk_00002.npz"]
     assert json.loads((out / "meta.json").read_text())["state"] == "running"
-    results = launch([*SWEEP, "--resume"], out, 2)
+    results = sweep(out, 2, "--resume", launcher=slurm(free_port()))  # as under `srun --ntasks 2`
     assert [code for code, _ in results] == [0, 0], results
     meta = json.loads((out / "meta.json").read_text())
     assert (meta["chunks_computed"], meta["chunks_resumed"]) == (1, 3)
@@ -120,3 +80,32 @@ def test_one_process_group_shares_everything():
     group = ProcessGroup()
     assert group.leader and group.share([3, 1, 2]) == [3, 1, 2] and group.label("x") == "x"
     assert ProcessGroup(1, 3).share(list(range(8))) == [1, 4, 7]
+
+
+CLASSIFIER = "geomsim.diagnose.examples:tiny_classifier"
+
+
+def test_diagnosis_over_two_processes_devices_equals_one_device(tmp_path):
+    """Two processes with two CPU devices each: a 2 x 2 (data x model) mesh spanning both,
+    so the products' sums over examples cross processes (gloo)."""
+    one = diagnose(DiagnoseConfig(model=CLASSIFIER), tmp_path / "one", quiet=True)
+    out = tmp_path / "mesh"
+    results = launch("geomsim.diagnose", ["--model", CLASSIFIER, "--mesh", "2x2", "--out", str(out), "--quiet"], 2,
+                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert [code for code, _ in results] == [0, 0], results
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["mesh"] == "2x2"
+    for name, value in one["t_fail"].items():
+        np.testing.assert_allclose(report["t_fail"][name], value, rtol=1e-8, err_msg=name)
+    for field in ("sharpness", "eps", "coupling", "taylor", "eigenvalues"):
+        np.testing.assert_allclose(report["aic"][field], one["aic"][field], rtol=1e-8, atol=1e-12, err_msg=field)
+
+
+@pytest.mark.parametrize("mesh, message", [
+    ("3", "mesh: expected DATAxMODEL"), ("0x2", "mesh: expected DATAxMODEL"),
+    ("2x2", "mesh: 2x2 uses 4 devices, but there are 1"),
+])
+def test_bad_meshes_get_one_line_errors(mesh, message, tmp_path, capsys):
+    assert diagnose_main(["--model", CLASSIFIER, "--mesh", mesh, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err

@@ -1,6 +1,7 @@
 """The transformer sharpness x coupling sweep on a tiny config: knobs, tilt, polish, controls, resume, CLI."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -12,7 +13,8 @@ from geomsim.testbed.sweep import TestbedSweepConfig
 from geomsim.testbed.sweep.cli import main
 from geomsim.testbed.sweep.run import run_testbed_sweep
 
-from tiny_configs import TESTBED_DEFENSES, TESTBED_FORECAST, TESTBED_SWEEP
+from process_group import launch
+from tiny_configs import TESTBED_DEFENSES, TESTBED_FORECAST, TESTBED_SWEEP, as_flags
 
 TINY = TESTBED_SWEEP
 
@@ -87,6 +89,27 @@ def test_rerun_resumes_from_the_saved_stages(tiny):
     again = run_testbed_sweep(config, result.out_dir, progress=False, plots=False)
     assert set(again.summary["reused"]) >= {"pretrain", "sweep_align", "sweep_polish", "spectrum", "law", "adam"}
     np.testing.assert_array_equal(again.tables["runs"]["s_exponent"], result.tables["runs"]["s_exponent"])
+
+
+def test_two_processes_write_the_one_process_tables(tiny, tmp_path):
+    """The models come from the fixture's checkpoints; the law and Adam chunks are redone
+    by two processes (3 + 1 chunks, round robin) and process 0 writes the same bytes."""
+    _, result = tiny
+    out = tmp_path / "two"
+    shutil.copytree(result.out_dir / "checkpoints", out / "checkpoints")
+    (out / "cache").mkdir()
+    for name in ("spectrum.npz", "spectrum.json"):
+        shutil.copy(result.out_dir / "cache" / name, out / "cache" / name)
+    # Compiled as in this process (tests/conftest.py), so the chunks' programs are the same.
+    env = {"JAX_DISABLE_MOST_OPTIMIZATIONS": str(jax.config.values["jax_disable_most_optimizations"])}
+    results = launch("geomsim.testbed", ["sweep", *as_flags(TINY), "--out", str(out), "--no-plots", "--quiet"], 2,
+                     env=env)
+    assert [code for code, _ in results] == [0, 0], results
+    for name in ("models", "runs", "curves", "adam", "points"):
+        assert (out / f"{name}.csv").read_bytes() == (result.out_dir / f"{name}.csv").read_bytes(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["reused"]) == {"pretrain", "sweep_align", "sweep_polish", "spectrum"}
+    assert sorted(p.name for p in (out / "cache").glob("law_*.npz")) == ["law_000.npz", "law_001.npz", "law_002.npz"]
 
 
 def test_bad_settings_get_one_line_errors(capsys):

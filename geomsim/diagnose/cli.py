@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from geomsim import config as config_layer
 from geomsim._runtime import enable_compilation_cache
 from geomsim.config import ConfigError
 from geomsim.diagnose.config import DiagnoseConfig
+from geomsim.processes import ProcessLost, add_process_flags, current_group, report_error, start_processes
 
 PROG = "python -m geomsim.diagnose"
 
@@ -23,9 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any setting above; flags override it")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/diagnose-<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_process_flags(parser)
     args = vars(parser.parse_args(argv))
     file, out, quiet = args.pop("config", None), args.pop("out", None), args.pop("quiet")
+    several = False
     try:
+        several = start_processes(args)
         config = config_layer.build(DiagnoseConfig, file, args)
         import jax
 
@@ -36,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = Path(out) if out else Path("runs") / time.strftime("diagnose-%Y%m%d-%H%M%S")
         report = diagnose(config, out_dir, quiet=quiet)
     except ConfigError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+        return report_error(PROG, err, 2, several)
+    except ProcessLost as err:
+        return report_error(PROG, err, 1, several)
+    if not current_group().leader:
+        return 0
     print(json.dumps({"t_fail": report["t_fail"], "threshold": report["threshold"],
                       "wall_seconds": report["wall_seconds"]}, indent=1))
     print(f"wrote {out_dir}")

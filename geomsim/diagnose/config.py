@@ -33,7 +33,20 @@ class DiagnoseConfig:
                             "the batches; the report gives t_fail quantiles per method (0..1000)",
                             check=in_range(0, 1000))
     seed: int = option(0, help="PRNG seed of the Lanczos starts and trace probes (>= 0)", check=at_least(0))
+    mesh: str = option("", help="DATAxMODEL device mesh over every device (all processes'): examples split over "
+                       "DATA devices, each parameter over MODEL (FSDP); '' = one device (needs an AlignedModel)")
 
     def check(self) -> None:
         if ":" not in self.model:
             raise ConfigError(f"model: must be pkg.module:factory (got {self.model!r})")
+        if self.mesh:
+            self.mesh_shape()
+
+    def mesh_shape(self) -> tuple[int, int] | None:
+        """`(data, model)` from `mesh` (None: one device)."""
+        if not self.mesh:
+            return None
+        data, _, model = self.mesh.partition("x")
+        if not (data.isdigit() and model.isdigit() and int(data) >= 1 and int(model) >= 1):
+            raise ConfigError(f"mesh: expected DATAxMODEL with positive integers, e.g. 2x4 (got {self.mesh!r})")
+        return int(data), int(model)

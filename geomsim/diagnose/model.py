@@ -17,7 +17,9 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 from jaxtyping import Array, Float, PyTree
 
 from geomsim.curvature.batches import BatchSet, as_batches
@@ -28,6 +30,7 @@ from geomsim.curvature.operators import (
     ggn_operator,
     hessian_operator,
 )
+from geomsim.curvature.sharding import param_sharding, shard_batches
 from geomsim.landscapes.base import FunctionLandscape
 
 OPERATORS = ("hessian", "ggn", "fisher")
@@ -95,6 +98,14 @@ class AlignedModel(eqx.Module):
     def landscape(self) -> FunctionLandscape:
         """The same model as a `Landscape` (its Hessians only)."""
         return FunctionLandscape(theta0=self.params, align_fn=self.align_loss, task_fn=self.task_loss)
+
+    def on_mesh(self, mesh: Mesh) -> AlignedModel:
+        """The same model with its parameters split over the mesh's "model" axis (FSDP)
+        and its examples over "data" (`geomsim.curvature.sharding`); every operator and
+        diagnosis of it then runs sharded, equal to the one-device one up to round-off."""
+        params = jax.device_put(self.params, param_sharding(mesh, self.params))
+        return eqx.tree_at(lambda m: (m.params, m.align_batches, m.task_batches), self,
+                           (params, shard_batches(self.align_batches, mesh), shard_batches(self.task_batches, mesh)))
 
     def operator(self, kind: str, data: str = "align") -> CurvatureOperator:
         """Curvature of `L_A` (`data="align"`) or `L_F` (`"task"`) at theta0:

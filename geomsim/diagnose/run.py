@@ -21,11 +21,13 @@ from jax.flatten_util import ravel_pytree
 
 from geomsim import config as config_layer
 from geomsim.config import ConfigError
+from geomsim.curvature.sharding import device_mesh
 from geomsim.diagnose.config import DiagnoseConfig
 from geomsim.diagnose.model import AlignedModel
 from geomsim.io import atomic_open, environment_versions, write_json
 from geomsim.landscapes.base import Landscape
 from geomsim.landscapes.registry import resolve_landscape
+from geomsim.processes import current_group, host_values
 from geomsim.theory.aic import AICResult, aic_factory, landscape_aic
 from geomsim.theory.forecast import (
     LocalModels,
@@ -127,7 +129,7 @@ def _spread(config: DiagnoseConfig, model, key, num_eigs: int, m: int, times) ->
     # would hold R models' activations at once (R x the memory of one diagnosis).
     for k in jax.random.split(jax.random.fold_in(key, 1), config.resamples):
         k_aic, k_data = jax.random.split(k)
-        res, models = _measure(config, _resampled(model, k_data), k_aic, num_eigs, m)
+        res, models = host_values(_measure(config, _resampled(model, k_data), k_aic, num_eigs, m))
         for name, curve in _curves(config, res, models, times).items():
             samples.setdefault(name, []).append(float(time_to_failure(times, curve, config.threshold)))
     return {name: {"q05": float(np.quantile(v, 0.05)), "median": float(np.median(v)),
@@ -136,16 +138,37 @@ def _spread(config: DiagnoseConfig, model, key, num_eigs: int, m: int, times) ->
 
 
 def _say(message: str, quiet: bool) -> None:
-    if not quiet:
+    if not quiet and current_group().leader:
         print(f"geomsim diagnose: {message}", file=sys.stderr, flush=True)
 
 
+def _place(config: DiagnoseConfig, model: Landscape | AlignedModel) -> Landscape | AlignedModel:
+    """The model on `config.mesh` (every device of every process), or as it is."""
+    shape = config.mesh_shape()
+    if shape is None:
+        return model
+    if isinstance(model, Landscape):
+        raise ConfigError(f"mesh: needs an AlignedModel (apply_fn, params and batches); {config.model}() returned "
+                          "a Landscape")
+    devices = len(jax.devices())
+    if shape[0] * shape[1] != devices:
+        raise ConfigError(f"mesh: {config.mesh} uses {shape[0] * shape[1]} devices, but there are {devices} "
+                          f"(jax.devices(), over {jax.process_count()} process(es)); DATA x MODEL must equal it")
+    return model.on_mesh(device_mesh(*shape))
+
+
 def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False) -> dict[str, Any]:
-    """Measure, forecast and write the report for `config`; returns the report dict."""
+    """Measure, forecast and write the report for `config`; returns the report dict.
+
+    Started as several processes with a `mesh` over all their devices, every process
+    runs the same sharded program and gets the report; process 0 writes it.
+    """
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model = load_model(config.model)
+    leader = current_group().leader
+    if leader:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    model = _place(config, load_model(config.model))
     theta0 = model.theta0 if isinstance(model, Landscape) else model.params
     dim = int(ravel_pytree(theta0)[0].shape[0])
     if not config.rank < dim:
@@ -156,7 +179,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
          f"Krylov depth {m})", quiet)
     _check_operators(config, model)
     num_eigs = min(dim, max(2 * config.rank + 1, 8))
-    res, models = _measure(config, model, key, num_eigs, m)
+    res, models = host_values(_measure(config, model, key, num_eigs, m))
     task_norm = float(jnp.max(jnp.abs(models.ritz_values)))
     horizon = config.horizon or 10.0 / task_norm
     times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
@@ -181,12 +204,12 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
         "config": config_layer.to_dict(config),
         "versions": environment_versions(),
     }
-    figures = _figures(report, np.asarray(res.eigenvalues), out_dir)
-    report["figures"] = figures
+    report["figures"] = _figures(report, np.asarray(res.eigenvalues), out_dir) if leader else []
     report["wall_seconds"] = round(time.perf_counter() - t_start, 2)
-    write_json(out_dir / "report.json", report)
-    with atomic_open(out_dir / "report.md") as handle:
-        handle.write(_markdown(report))
+    if leader:
+        write_json(out_dir / "report.json", report)
+        with atomic_open(out_dir / "report.md") as handle:
+            handle.write(_markdown(report))
     return report
 
 

@@ -3,7 +3,7 @@
 With no arguments it runs the built-in default (16 x 16 grid, quadratic-cubic
 landscape, gradient descent, float64) into `runs/<timestamp>/`.  Several processes
 (one or many hosts) share one sweep through `--coordinator/--num-processes/--process-id`
-or `--distributed` (`geomsim.sweep.processes`).
+or `--distributed` (`geomsim.processes`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 
 from geomsim import config as config_layer
 from geomsim._runtime import enable_compilation_cache
+from geomsim.processes import ProcessLost, add_process_flags, current_group, report_error, start_processes
 from geomsim.sweep.config import ConfigError, SweepConfig, make_config
-from geomsim.sweep.processes import ProcessLost, add_process_flags, current_group, report_error, start_processes
 from geomsim.sweep.statistics import sweep_statistics
 
 PROG = "python -m geomsim.sweep"

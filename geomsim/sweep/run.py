@@ -7,7 +7,7 @@ Output folder layout:
     chunks/        per-chunk .npz results; `--resume` skips the ones present
     fig_*.png/pdf  figures (see geomsim.plotting.sweep_figures)
 
-Started as several processes (`geomsim.sweep.processes`), each runs its share of
+Started as several processes (`geomsim.processes`), each runs its share of
 the chunks and process 0 merges them into the same files.
 """
 
@@ -27,9 +27,9 @@ import numpy as np
 
 from geomsim.fitting import FIT_REASONS
 from geomsim.io import Table, atomic_open, environment_versions, write_csv, write_json
+from geomsim.processes import current_group
 from geomsim.sweep.config import ConfigError, SweepConfig
 from geomsim.sweep.point import CURVE_FIELDS, STATUS_NAMES, TAYLOR_ORDER, make_point_function
-from geomsim.sweep.processes import current_group
 from geomsim.sweep.progress import Progress
 
 RESULT_COLUMNS = (

@@ -16,6 +16,13 @@ import numpy as np
 from geomsim.io import atomic_open, write_json
 
 
+def is_cached(out_dir: Path, name: str, digest: str) -> bool:
+    """Whether `<out>/cache/<name>.npz` holds arrays made with this digest."""
+    folder = out_dir / "cache"
+    data_path, meta_path = folder / f"{name}.npz", folder / f"{name}.json"
+    return data_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("digest") == digest
+
+
 def cached_arrays(out_dir: Path, name: str, digest: str, compute: Callable[[], dict[str, np.ndarray]]
                   ) -> tuple[dict[str, np.ndarray], bool]:
     """`compute()` unless `<out>/cache/<name>.npz` was written with this digest.
@@ -24,7 +31,7 @@ def cached_arrays(out_dir: Path, name: str, digest: str, compute: Callable[[], d
     """
     folder = out_dir / "cache"
     data_path, meta_path = folder / f"{name}.npz", folder / f"{name}.json"
-    if data_path.exists() and meta_path.exists() and json.loads(meta_path.read_text()).get("digest") == digest:
+    if is_cached(out_dir, name, digest):
         with np.load(data_path) as saved:
             return {k: saved[k] for k in saved.files}, True
     arrays = {k: np.asarray(v) for k, v in compute().items()}

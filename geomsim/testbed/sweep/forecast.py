@@ -49,11 +49,12 @@ from geomsim.config import ConfigError, at_least, each, in_range, one_of, option
 from geomsim.curvature import eigsh, ggn_operator, hessian_operator
 from geomsim.dynamics import log_record_steps
 from geomsim.io import Table
+from geomsim.processes import current_group
 from geomsim.sweep.progress import Progress
 from geomsim.tasks import Batch, answer_loss_of_logits
 from geomsim.testbed.sweep import law, stages
 from geomsim.testbed.sweep.config import POLISH_FIELDS, TestbedSweepConfig
-from geomsim.testbed.sweep.run import _run_chunks, _select, begin_run, prepare_models, write_report
+from geomsim.testbed.sweep.run import _run_chunks, _select, begin_run, prepare_models_once, write_report
 from geomsim.theory.forecast import alignment_risk, forecast_errors, local_models, paper_bound, quadratic_gd, taylor
 
 METHODS = ("quadratic_gd", "gauss_newton_gd", "taylor", "paper_bound", "alignment_risk")
@@ -199,15 +200,20 @@ def run_index(cfg: TestbedForecastConfig) -> list[tuple[str, int, int, int]]:
 
 
 def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, progress: bool = True,
-                         plots: bool = True) -> dict[str, Any]:
-    """Validate every forecast on every run; returns the summary (also `<out>/summary.json`)."""
+                         plots: bool = True) -> dict[str, Any] | None:
+    """Validate every forecast on every run; returns the summary (also `<out>/summary.json`).
+
+    In a group of processes every process calls it; process 0 returns the summary, the others None.
+    """
     t_start, out_dir = begin_run(out_dir, "the forecast validation")
     cfg = config
+    group = current_group()
+    group.check_same("config", config_layer.digest(cfg))
     runs = run_index(cfg)
-    bar = Progress(4 + -(-len(runs) // cfg.chunk) + 1, "testbed forecast", enabled=progress)
+    bar = Progress(4 + -(-len(runs) // cfg.chunk) + 1, group.label("testbed forecast"), enabled=progress)
     timings: dict[str, float] = {}
     reused: list[str] = []
-    models = prepare_models(cfg, out_dir, bar, timings, reused)
+    models = prepare_models_once(cfg, out_dir, bar, timings, reused, group)
     data, spec = models.data, models.spec
     lev_i, mix_i, seed_i = (np.array([r[k] for r in runs]) for k in (1, 2, 3))
     polished = np.array([r[0] == "polished" for r in runs])
@@ -226,8 +232,10 @@ def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, 
     )
     t0 = time.perf_counter()
     out = _run_chunks("forecast", lambda chunk: forecast_chunk(data, chunk), inputs, len(runs), cfg,
-                      config_layer.digest(cfg, FORECAST_FIELDS), out_dir, bar, reused)
+                      config_layer.digest(cfg, FORECAST_FIELDS), out_dir, bar, reused, group)
     timings["forecast_runs"] = round(time.perf_counter() - t0, 2)
+    if out is None:  # not process 0: it writes the report
+        return None
     tables = _tables(cfg, runs, out)
     summary = summarise_forecasts(cfg, tables["forecast_runs"])
     from geomsim.plotting.testbed_forecast_figures import forecast_figures

@@ -22,4 +22,4 @@ def main(argv: list[str] | None = None) -> int:
         PROG, TestbedForecastConfig, __doc__, "testbed-forecast", argv, _run,
         lambda c: (f"{c.grid_shape[0]} x {c.grid_shape[1]} x {c.grid_shape[2]} points x {len(c.arms)} arm(s), "
                    f"{c.gd_steps} GD steps each"),
-        lambda s: {name: {k: d[k] for k in HEADLINE} for name, d in s["methods"].items()})
+        lambda s: {name: {k: d[k] for k in HEADLINE} for name, d in s["methods"].items()}, processes=True)

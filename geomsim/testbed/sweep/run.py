@@ -17,6 +17,10 @@ Output folder:
     points.csv        per point (level, mix, seed): the Adam run at the accuracy target and at the fixed step
     summary.json      the numbers (figures/manifest.json entry `testbed_sweep`), config, versions, timings
     fig_*.png / .pdf  the figures
+
+Started as several processes (`geomsim.processes`), process 0 makes the models
+while the others wait and then load them, every process runs its share of the
+missing chunks, and process 0 writes the outputs (the same bytes as one process).
 """
 
 from __future__ import annotations
@@ -32,13 +36,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from geomsim import config as config_layer
+from geomsim.config import ConfigError
 from geomsim.io import Table, environment_versions, write_csv, write_json
+from geomsim.processes import ProcessGroup, current_group
 from geomsim.sweep.progress import Progress
 from geomsim.testbed import stages as testbed_stages
 from geomsim.testbed.checkpoints import load_checkpoint, save_checkpoint
 from geomsim.testbed.config import PRETRAIN_FIELDS as TESTBED_PRETRAIN_FIELDS
 from geomsim.testbed.sweep import law, stages
-from geomsim.testbed.sweep.cache import cached_arrays
+from geomsim.testbed.sweep.cache import cached_arrays, is_cached
 from geomsim.testbed.sweep.config import ALIGN_FIELDS, ARMS, POLISH_FIELDS, TestbedSweepConfig
 from geomsim.testbed.sweep.summary import adam_points, fit_runs, summarise
 
@@ -103,25 +109,38 @@ def _select(tree, *index):
 
 
 def _run_chunks(name: str, chunk_fn, inputs: dict[str, Any], n: int, config: TestbedSweepConfig, digest: str,
-                out_dir: Path, bar: Progress, reused: list[str]) -> dict[str, np.ndarray]:
+                out_dir: Path, bar: Progress, reused: list[str], group: ProcessGroup | None = None
+                ) -> dict[str, np.ndarray] | None:
     """`chunk_fn(inputs[chunk])` over chunks of the n runs (every input has a leading
     run axis); finished chunks come from the cache (`name` goes into `reused` when every
-    chunk did)."""
-    parts, hits = [], 0
+    chunk did).  In a group each process computes its share of the missing chunks and
+    process 0 returns them all (the others return None); None: this process alone."""
+    group = group or ProcessGroup()
+    chunks = _chunks(n, config.chunk)
+    keys = [(f"{name}_{i:03d}", f"{digest}-{i}") for i in range(len(chunks))]
+    missing = group.agree(name, np.array([not is_cached(out_dir, *key) for key in keys]))
+    mine = group.share(np.flatnonzero(missing).tolist())
     compiled = jax.jit(chunk_fn)
-    for i, idx in enumerate(_chunks(n, config.chunk)):
-        real = len(np.unique(idx))
 
-        def compute(idx=idx):
-            batch = {k: jax.tree.map(lambda x, idx=idx: x[idx], v) for k, v in inputs.items()}
-            return jax.tree.map(np.asarray, compiled(batch))
+    def compute(idx):
+        batch = {k: jax.tree.map(lambda x, idx=idx: x[idx], v) for k, v in inputs.items()}
+        return jax.tree.map(np.asarray, compiled(batch))
 
-        arrays, hit = cached_arrays(out_dir, f"{name}_{i:03d}", f"{digest}-{i}", compute)
-        parts.append({k: v[:real] for k, v in arrays.items()})
-        hits += hit
-        bar.advance(1, f"{name} chunk {i + 1}" + (" (cache)" if hit else ""))
-    if hits == len(parts):
+    fresh = {}
+    for i in mine:
+        fresh[i], _ = cached_arrays(out_dir, *keys[i], lambda i=i: compute(chunks[i]))
+        bar.advance(1, f"{name} chunk {i + 1}")
+    group.barrier(f"{name} chunks written")
+    if not group.leader:
+        return None
+    if not missing.any():
         reused.append(name)
+    parts = []
+    for i, idx in enumerate(chunks):
+        if i not in fresh:
+            fresh[i], _ = cached_arrays(out_dir, *keys[i], lambda idx=idx: compute(idx))
+            bar.advance(1, f"{name} chunk {i + 1} (" + ("another process" if missing[i] else "cache") + ")")
+        parts.append({k: v[: len(np.unique(idx))] for k, v in fresh[i].items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -181,6 +200,20 @@ def prepare_models(cfg: TestbedSweepConfig, out_dir: Path, bar: Progress, timing
     return Models(data, aligned, polished, spec)
 
 
+def prepare_models_once(cfg: TestbedSweepConfig, out_dir: Path, bar: Progress, timings: dict, reused: list[str],
+                        group: ProcessGroup) -> Models:
+    """`prepare_models` on process 0; the other processes wait for it, then load its
+    checkpoints (so every process starts the runs from the same bytes)."""
+    models = prepare_models(cfg, out_dir, bar, timings, reused) if group.leader else None
+    group.barrier("testbed models ready")
+    if models is None:
+        if not (out_dir / "cache" / "spectrum.json").exists():
+            raise ConfigError(f"out: process {group.index} cannot see the models process 0 saved in {out_dir}; "
+                              "--out must be one folder every process sees")
+        models = prepare_models(cfg, out_dir, bar, timings, reused)
+    return models
+
+
 def adam_inputs(cfg: TestbedSweepConfig, models: Models, points: list[tuple[int, int, int]]) -> dict[str, Any]:
     """`law.adam_run` keyword arguments with a leading point axis: the polished model,
     its S0 basis `(d, k)` and eigenvalues, the calibrated target, the seed's task sets,
@@ -209,19 +242,24 @@ def begin_run(out_dir: str | Path, what: str) -> tuple[float, Path]:
 
 
 def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progress: bool = True,
-                      plots: bool = True) -> SweepResult:
-    """Run the sweep for `config` into `out_dir` (see the module docstring); resumes from `out_dir`."""
+                      plots: bool = True) -> SweepResult | None:
+    """Run the sweep for `config` into `out_dir` (see the module docstring); resumes from `out_dir`.
+
+    In a group of processes every process calls it; process 0 returns the result, the others None.
+    """
     t_start, out_dir = begin_run(out_dir, "the testbed sweep")
     cfg = config
+    group = current_group()
+    group.check_same("config", config_layer.digest(cfg))
     levels, mixes, seeds = cfg.grid_shape
     runs, points = run_index(cfg), point_index(cfg)
     n_law_chunks = -(-len(runs) // cfg.chunk)
     n_adam_chunks = -(-len(points) // cfg.chunk)
-    bar = Progress(4 + n_law_chunks + n_adam_chunks + 1, "testbed sweep", enabled=progress)
+    bar = Progress(4 + n_law_chunks + n_adam_chunks + 1, group.label("testbed sweep"), enabled=progress)
     timings: dict[str, float] = {}
     reused: list[str] = []
 
-    models = prepare_models(cfg, out_dir, bar, timings, reused)
+    models = prepare_models_once(cfg, out_dir, bar, timings, reused, group)
     data, aligned, polished, spec = models.data, models.aligned, models.polished, models.spec
 
     # --- law runs ---------------------------------------------------------------------------
@@ -246,15 +284,17 @@ def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progre
         key=jax.vmap(lambda i: data.key(stages.LAW_STREAM, i))(jnp.arange(len(runs))),
     )
     law_out = _run_chunks("law", lambda runs: law.law_chunk(data, runs), law_inputs, len(runs), cfg,
-                          config_layer.digest(cfg, LAW_FIELDS), out_dir, bar, reused)
+                          config_layer.digest(cfg, LAW_FIELDS), out_dir, bar, reused, group)
     timings["law_runs"] = round(time.perf_counter() - t0, 2)
 
     # --- Adam: the realistic fine-tune, polished models, real task ------------------------
     t0 = time.perf_counter()
     adam_out = _run_chunks("adam", jax.vmap(lambda kw: law.adam_run(data, **kw)), adam_inputs(cfg, models, points),
                            len(points), cfg,
-                           config_layer.digest(cfg, ADAM_FIELDS), out_dir, bar, reused)
+                           config_layer.digest(cfg, ADAM_FIELDS), out_dir, bar, reused, group)
     timings["adam_runs"] = round(time.perf_counter() - t0, 2)
+    if law_out is None or adam_out is None:  # not process 0: it writes the report
+        return None
 
     # --- tables, statistics, figures ------------------------------------------------------
     fits = fit_runs(law_out, cfg)

@@ -1,6 +1,9 @@
-"""One sweep, several processes: JAX's multi-controller runtime (`jax.distributed`).
+"""Several processes, one job: JAX's multi-controller runtime (`jax.distributed`).
 
-Grid points are independent, so nothing inside a chunk's program talks to another
+A diagnosis is one SPMD program over a mesh of every process's devices
+(`geomsim.diagnose --mesh`); its results are gathered to every process
+(`host_values`) and process 0 writes the report.  In a sweep, grid points are
+independent, so nothing inside a chunk's program talks to another
 process: each process runs whole chunks on its own devices (the grid axis sharded
 over `jax.local_devices()`) and writes them atomically; the processes only meet to
 agree on which chunks are left, to wait for each other, and to let process 0 merge.
@@ -10,8 +13,8 @@ local devices, so the merged tables are byte-identical to it.
 Start every process with the same flags plus either
 `--coordinator HOST:PORT --num-processes N --process-id I` or `--distributed` (a
 cluster launcher's environment: SLURM, Open MPI, Kubernetes, Cloud TPU, or
-`JAX_COORDINATOR_ADDRESS`, as `jax.distributed.initialize()` reads them).  `--out`
-must be one folder every process sees (a shared filesystem across hosts).
+`JAX_COORDINATOR_ADDRESS`, as `jax.distributed.initialize()` reads them).  A sweep's
+`--out` must be one folder every process sees (a shared filesystem across hosts).
 """
 
 from __future__ import annotations
@@ -95,6 +98,21 @@ def current_group() -> ProcessGroup:
     import jax
 
     return ProcessGroup(jax.process_index(), jax.process_count())
+
+
+def host_values(tree: Any) -> Any:
+    """`tree` with every array spread over other processes' devices gathered into a
+    NumPy array on every process (a collective: every process calls it)."""
+    import jax
+
+    def one(leaf):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return leaf
+
+    return jax.tree.map(one, tree)
 
 
 def add_process_flags(parser: argparse.ArgumentParser) -> None:
