@@ -5,9 +5,8 @@ diagnosis over a mesh of both processes' devices equals the one-device diagnosis
 import json
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 
 from geomsim.diagnose import DiagnoseConfig, diagnose
 from geomsim.diagnose.cli import main as diagnose_main
