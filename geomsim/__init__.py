@@ -5,7 +5,7 @@ Subpackages mirror the architecture: `landscapes` (aligned point + losses),
 spectra), `theory` (Taylor coefficients, laws, AIC, forecasts), `fitting`
 (onset power laws), `defenses` (optax transformations), `sweep` (grids and the
 CLI), `diagnose` (the forecast CLI), `testbed` (the transformer), `plotting`,
-`io`.
+`io`, `processes` (several processes, one job: `jax.distributed`).
 """
 
 from geomsim._runtime import configure_runtime

@@ -29,8 +29,6 @@ import numpy as np
 
 from geomsim.config import ConfigError
 
-PROCESS_FLAGS = ("coordinator", "num_processes", "process_id", "distributed")
-
 
 class ProcessLost(RuntimeError):
     """Another process of the group stopped (killed, crashed) before a meeting point."""
@@ -90,7 +88,7 @@ class ProcessGroup:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ProcessLost(
                 f"process {self.index} of {self.count}: another process stopped before '{name}' ({first}); "
-                "rerun every process with --resume to finish the remaining chunks") from None
+                "rerun every process (a sweep: with --resume, to keep its finished chunks)") from None
 
 
 def current_group() -> ProcessGroup:
@@ -109,7 +107,9 @@ def host_values(tree: Any) -> Any:
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
             from jax.experimental import multihost_utils
 
-            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+            group = current_group()
+            return np.asarray(group._collective("gathering results",
+                                                lambda: multihost_utils.process_allgather(leaf, tiled=True)))
         return leaf
 
     return jax.tree.map(one, tree)

@@ -36,6 +36,23 @@ def slurm(port: int):
                                  "SLURM_LOCALID": str(index), "JAX_COORDINATOR_PORT": str(port)}
 
 
+def run_together(argvs: list[list[str]], envs: list[dict[str, str]], cwd: Path = ROOT, timeout: float = 300
+                 ) -> list[tuple[int, str]]:
+    """Start every `argvs[i]` with environment `envs[i]` at once and wait for all;
+    `[(exit status, stderr)]` per process (all killed after `timeout` seconds)."""
+    procs = [subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for argv, env in zip(argvs, envs, strict=True)]
+    results = []
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=timeout)
+            results.append((proc.returncode, err))
+    finally:
+        for proc in procs:
+            proc.kill()
+    return results
+
+
 def launch(cli: str, args: list[str], processes: int, *, env: dict[str, str] | None = None,
            dies: tuple[int, str, str] | None = None, launcher=None, timeout: float = 300) -> list[tuple[int, str]]:
     """Run `python -m <cli> args` as `processes` processes on this machine and wait;
@@ -46,26 +63,17 @@ def launch(cli: str, args: list[str], processes: int, *, env: dict[str, str] | N
     group = [] if processes == 1 else ["--coordinator", f"127.0.0.1:{free_port()}", "--num-processes",
                                        str(processes)]
     environment = {**os.environ, "GEOMSIM_JAX_CACHE": str(ROOT / ".pytest_cache" / "jax"), **(env or {})}
-    procs = []
+    argvs, envs = [], []
     for index in range(processes):
-        own = environment
         if launcher is not None:
-            own = {**environment, **launcher(index, processes)}
+            envs.append({**environment, **launcher(index, processes)})
             full = [*args, "--distributed"]
         else:
+            envs.append(environment)
             full = [*args, *group, *(["--process-id", str(index)] if group else [])]
         if dies is not None and dies[0] == index:
             head = ["-c", DIES_AFTER_FIRST_WRITE.format(target=dies[1], function=dies[2], cli=cli)]
         else:
             head = ["-m", cli]
-        procs.append(subprocess.Popen([sys.executable, *head, *full], cwd=ROOT,
-                                      env=own, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    try:
-        for proc in procs:
-            _, err = proc.communicate(timeout=timeout)
-            results.append((proc.returncode, err))
-    finally:
-        for proc in procs:
-            proc.kill()
-    return results
+        argvs.append([sys.executable, *head, *full])
+    return run_together(argvs, envs, timeout=timeout)

@@ -49,7 +49,7 @@ def test_resume_after_one_process_was_killed(single, tmp_path):
     out = tmp_path / "killed"
     (code0, err0), (code1, _) = sweep(out, 2, dies=(1, "geomsim.sweep.run", "_save_chunk"))
     assert code1 == 9
-    assert code0 == 1 and "rerun every process with --resume" in err0, err0
+    assert code0 == 1 and "rerun every process (a sweep: with --resume" in err0, err0
     assert err0.count("Traceback") == 0, err0
     # Round robin: process 0 wrote chunks 0 and 2, process 1 chunk 1 before it died.
     assert sorted(p.name for p in (out / "chunks").glob("*.npz")) == [

@@ -12,6 +12,12 @@ here: `pip install` (the test environment is the installed package; CI's
 `.ci/run` runs the README's install command from a fresh clone) and
 `python -m pytest` (this suite).  `paper_repro` is a script of the repository,
 so its commands run from the repository root, into temporary folders.
+
+Process groups run together: consecutive lines ending in `&` and the line after
+them, with `--coordinator` moved to a free port of 127.0.0.1; `srun --ntasks N
+cmd` runs N copies of `cmd` with the environment SLURM gives its tasks.  A
+command with `--mesh DATAxMODEL` gets DATA x MODEL / processes forced CPU devices
+per process (XLA's `--xla_force_host_platform_device_count`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import pytest
 
 from geomsim.io import loads_strict
 
+from process_group import free_port, run_together, slurm
 from tiny_configs import TESTBED, TESTBED_DEFENSES, TESTBED_SWEEP, as_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,17 +61,44 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
-def shell_commands() -> list[str]:
-    """Every command of the README's bash blocks (comments dropped, `a && b` split)."""
-    out = []
+def _shell_lines() -> list[list[str]]:
+    """The tokens of every command line of the README's bash blocks (comments dropped)."""
+    lines = []
     for block in blocks("bash"):
         for line in block.splitlines():
             tokens = shlex.split(line, comments=True)
-            if not tokens:
-                continue
+            if tokens:
+                lines.append(tokens)
+    return lines
+
+
+def _split_lines() -> tuple[list[str], list[list[list[str]]]]:
+    """(single commands with `a && b` split, process groups as lists of argvs)."""
+    singles, groups, pending = [], [], []
+    for tokens in _shell_lines():
+        if tokens[0] == "srun":
+            groups.append([tokens])
+        elif tokens[-1] == "&":
+            pending.append(tokens[:-1])
+        elif pending:
+            groups.append([*pending, tokens])
+            pending = []
+        else:
             words = " ".join(shlex.quote(t) for t in tokens)
-            out.extend(part.strip() for part in words.split(" '&&' "))
-    return out
+            singles.extend(part.strip() for part in words.split(" '&&' "))
+    assert not pending, "a README line ends in & with no command after it"
+    return singles, groups
+
+
+def shell_commands() -> list[str]:
+    """Every command of the README's bash blocks (comments dropped, `a && b` split),
+    except the process groups (`process_groups`)."""
+    return _split_lines()[0]
+
+
+def process_groups() -> list[list[list[str]]]:
+    """The README's process groups: lines ending in `&` with the line after them, and `srun` lines."""
+    return _split_lines()[1]
 
 
 def _matching(table, tokens):
@@ -82,8 +116,18 @@ def _environment():
     return env
 
 
+def _mesh_devices(tokens: list[str], processes: int = 1) -> dict[str, str]:
+    """Forced CPU devices for a `--mesh DATAxMODEL` command (none without one)."""
+    if "--mesh" not in tokens:
+        return {}
+    data, model = (int(v) for v in tokens[tokens.index("--mesh") + 1].split("x"))
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={data * model // processes}"
+    return {"XLA_FLAGS": flags.strip()}
+
+
 def _run(argv, cwd, timeout=900):
-    proc = subprocess.run(argv, cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=timeout)
+    env = {**_environment(), **_mesh_devices(argv)}
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return proc
 
@@ -99,6 +143,29 @@ COMMANDS = shell_commands()
 @pytest.mark.parametrize("command", COMMANDS[::2])  # the odd ones: tests/test_readme_more.py
 def test_readme_command_runs(command, tmp_path):
     check_command(command, tmp_path)
+
+
+@pytest.mark.parametrize("group", process_groups(), ids=lambda g: " & ".join(" ".join(c[:4]) for c in g))
+def test_readme_process_group_runs(group, tmp_path):
+    """The group's processes start together on 127.0.0.1 and all exit 0."""
+    port = free_port()
+    if group[0][0] == "srun":
+        count = int(group[0][group[0].index("--ntasks") + 1])
+        argvs = [group[0][group[0].index("python"):]] * count
+        envs = [slurm(port)(i, count) for i in range(count)]
+    else:
+        argvs = [[f"127.0.0.1:{port}" if prev == "--coordinator" else t for prev, t in zip(["", *c], c, strict=True)]
+                 for c in group]
+        envs = [{} for _ in group]
+    full = []
+    for argv in argvs:
+        assert argv[0] == "python", f"unexpected command in a README process group: {argv}"
+        full.append([sys.executable, *argv[1:], *OVERRIDES.get(_matching(OVERRIDES, argv), [])])
+    envs = [{**_environment(), **env, **_mesh_devices(argv, len(argvs))} for env, argv in zip(envs, argvs,
+                                                                                                strict=True)]
+    results = run_together(full, envs, cwd=tmp_path, timeout=600)
+    assert [code for code, _ in results] == [0] * len(full), [err[-2000:] for _, err in results]
+    assert_strict_json(tmp_path)
 
 
 def check_command(command: str, tmp_path: Path) -> None:
