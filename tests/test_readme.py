@@ -154,7 +154,7 @@ def test_readme_process_group_runs(group, tmp_path):
         argvs = [group[0][group[0].index("python"):]] * count
         envs = [slurm(port)(i, count) for i in range(count)]
     else:
-        argvs = [[f"127.0.0.1:{port}" if prev == "--coordinator" else t for prev, t in zip(["", *c], c, strict=True)]
+        argvs = [[f"127.0.0.1:{port}" if prev == "--coordinator" else t for prev, t in zip(["", *c[:-1]], c, strict=True)]
                  for c in group]
         envs = [{} for _ in group]
     full = []
