@@ -45,6 +45,9 @@ TINY_SWEEP = ["--sharpness", "2,20", "--coupling", "0.1,1", "--steps", "400", "-
 OVERRIDES = {
     ("python", "-m", "geomsim.sweep"): TINY_SWEEP,
     ("python", "-m", "geomsim.testbed"): as_flags(TESTBED),
+    # The full pipeline on these settings is tests/test_testbed.py's fixture; here the CLI
+    # runs through alignment (a fresh process compiles the diagnostics for minutes).
+    ("python", "-m", "geomsim.testbed", "--out"): [*as_flags(TESTBED), "--stop-after", "align"],
     # The flags example: parsed and run through alignment (the full pipeline is the command above it).
     ("python", "-m", "geomsim.testbed", "--seeds"): [*as_flags(TESTBED), "--stop-after", "align"],
     ("python", "-m", "geomsim.testbed", "sweep"): as_flags(TESTBED_SWEEP),

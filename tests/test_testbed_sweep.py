@@ -92,24 +92,25 @@ def test_rerun_resumes_from_the_saved_stages(tiny):
 
 
 def test_two_processes_write_the_one_process_tables(tiny, tmp_path):
-    """The models come from the fixture's checkpoints; the law and Adam chunks are redone
-    by two processes (3 + 1 chunks, round robin) and process 0 writes the same bytes."""
+    """The models and the Adam chunk come from the fixture's folder; law chunks 2 and 3
+    are redone, one by each process (round robin), and process 0 writes the same bytes."""
     _, result = tiny
     out = tmp_path / "two"
     shutil.copytree(result.out_dir / "checkpoints", out / "checkpoints")
-    (out / "cache").mkdir()
-    for name in ("spectrum.npz", "spectrum.json"):
-        shutil.copy(result.out_dir / "cache" / name, out / "cache" / name)
+    shutil.copytree(result.out_dir / "cache", out / "cache")
+    for stem in ("law_001", "law_002"):
+        for suffix in (".npz", ".json"):
+            (out / "cache" / (stem + suffix)).unlink()
     # Compiled as in this process (tests/conftest.py), so the chunks' programs are the same.
     env = {"JAX_DISABLE_MOST_OPTIMIZATIONS": str(jax.config.values["jax_disable_most_optimizations"])}
-    results = launch("geomsim.testbed", ["sweep", *as_flags(TINY), "--out", str(out), "--no-plots", "--quiet"], 2,
+    results = launch("geomsim.testbed", ["sweep", *as_flags(TINY), "--out", str(out), "--no-plots"], 2,
                      env=env)
     assert [code for code, _ in results] == [0, 0], results
     for name in ("models", "runs", "curves", "adam", "points"):
         assert (out / f"{name}.csv").read_bytes() == (result.out_dir / f"{name}.csv").read_bytes(), name
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["reused"]) == {"pretrain", "sweep_align", "sweep_polish", "spectrum"}
-    assert sorted(p.name for p in (out / "cache").glob("law_*.npz")) == ["law_000.npz", "law_001.npz", "law_002.npz"]
+    assert set(summary["reused"]) == {"pretrain", "sweep_align", "sweep_polish", "spectrum", "adam"}
+    assert "law chunk 2" in results[0][1] and "law chunk 3" in results[1][1]  # who computed what
 
 
 def test_bad_settings_get_one_line_errors(capsys):

@@ -46,13 +46,14 @@ def parse(parser: argparse.ArgumentParser, cls, argv: list[str] | None):
     args = vars(parser.parse_args(argv))
     file, out = args.pop("config", None), args.pop("out", None)
     plots, quiet = not args.pop("no_plots"), args.pop("quiet")
+    several = False
     try:
         several = start_processes(args)
         if several and out is None:
             raise ConfigError("out: several processes need --out DIR, one folder every process sees")
         config = config_layer.build(cls, file, args)
     except ConfigError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        report_error(parser.prog, err, 2, several)
         return None
     import jax
 
