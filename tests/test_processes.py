@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_readme import process_groups, run_group
 
 from geomsim.diagnose import DiagnoseConfig, diagnose
 from geomsim.diagnose.cli import main as diagnose_main
@@ -85,14 +86,16 @@ CLASSIFIER = "geomsim.diagnose.examples:tiny_classifier"
 
 
 def test_diagnosis_over_two_processes_devices_equals_one_device(tmp_path):
-    """Two processes with two CPU devices each: a 2 x 2 (data x model) mesh spanning both,
-    so the products' sums over examples cross processes (gloo)."""
-    one = diagnose(DiagnoseConfig(model=CLASSIFIER), tmp_path / "one", quiet=True)
-    out = tmp_path / "mesh"
-    results = launch("geomsim.diagnose", ["--model", CLASSIFIER, "--mesh", "2x2", "--out", str(out), "--quiet"], 2,
-                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-    assert [code for code, _ in results] == [0, 0], results
-    report = json.loads((out / "report.json").read_text())
+    """The README's `srun --ntasks 2 ... --mesh 2x2` diagnosis: two processes with two CPU
+    devices each, a 2 x 2 (data x model) mesh spanning both, so the products' sums over
+    examples cross processes (gloo).  Its report equals the one-device one."""
+    [group] = [g for g in process_groups() if "geomsim.diagnose" in g[0]]
+    argv = group[0]
+    assert argv[argv.index("--mesh") + 1] == "2x2" and argv[argv.index("--ntasks") + 1] == "2"
+    run_group(group, tmp_path)
+    model = argv[argv.index("--model") + 1]
+    one = diagnose(DiagnoseConfig(model=model), tmp_path / "one", quiet=True)
+    report = json.loads((tmp_path / argv[argv.index("--out") + 1] / "report.json").read_text())
     assert report["config"]["mesh"] == "2x2"
     for name, value in one["t_fail"].items():
         np.testing.assert_allclose(report["t_fail"][name], value, rtol=1e-8, err_msg=name)

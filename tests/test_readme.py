@@ -1,8 +1,10 @@
 """The README is executable truth: every command and Python block in it runs.
 
-Half of the commands run here, the other half and the Python blocks in
-tests/test_readme_more.py (two files: the workers take one file each, and the
-README's commands are the suite's longest file).
+The transformer testbed's commands run here, one after another on one worker,
+so each reuses the programs the one before it compiled (the persistent cache);
+the other commands and the Python blocks run in tests/test_readme_more.py (two
+files: the workers take one file each, and the README's commands are the
+suite's longest file).
 
 Each shell command of README.md's ```bash blocks runs as written, in a fresh
 process, from a folder outside the repository (as a user of the installed
@@ -141,16 +143,30 @@ def test_the_readme_has_the_two_setup_commands_first():
 
 
 COMMANDS = shell_commands()
+TESTBED_COMMANDS = [c for c in COMMANDS if c.startswith("python -m geomsim.testbed")]
+OTHER_COMMANDS = [c for c in COMMANDS if c not in TESTBED_COMMANDS]
 
 
-@pytest.mark.parametrize("command", COMMANDS[::2])  # the odd ones: tests/test_readme_more.py
+@pytest.mark.parametrize("command", TESTBED_COMMANDS)  # the others: tests/test_readme_more.py
 def test_readme_command_runs(command, tmp_path):
     check_command(command, tmp_path)
+
+
+# Run (and checked against a one-device diagnosis) by tests/test_processes.py.
+CHECKED_ELSEWHERE = ("geomsim.diagnose",)
 
 
 @pytest.mark.parametrize("group", process_groups(), ids=lambda g: " & ".join(" ".join(c[:4]) for c in g))
 def test_readme_process_group_runs(group, tmp_path):
     """The group's processes start together on 127.0.0.1 and all exit 0."""
+    if any(name in group[0] for name in CHECKED_ELSEWHERE):
+        pytest.skip("run and checked against one device by tests/test_processes.py")
+    run_group(group, tmp_path)
+
+
+def run_group(group: list[list[str]], cwd: Path) -> None:
+    """Start a README process group in `cwd` as the module docstring says; asserts every
+    process exits 0 and every JSON written is strict."""
     port = free_port()
     if group[0][0] == "srun":
         count = int(group[0][group[0].index("--ntasks") + 1])
@@ -166,9 +182,9 @@ def test_readme_process_group_runs(group, tmp_path):
         full.append([sys.executable, *argv[1:], *OVERRIDES.get(_matching(OVERRIDES, argv), [])])
     envs = [{**_environment(), **env, **_mesh_devices(argv, len(argvs))} for env, argv in zip(envs, argvs,
                                                                                                 strict=True)]
-    results = run_together(full, envs, cwd=tmp_path, timeout=600)
+    results = run_together(full, envs, cwd=cwd, timeout=600)
     assert [code for code, _ in results] == [0] * len(full), [err[-2000:] for _, err in results]
-    assert_strict_json(tmp_path)
+    assert_strict_json(cwd)
 
 
 def check_command(command: str, tmp_path: Path) -> None:
