@@ -9,12 +9,13 @@ import pytest
 
 from geomsim import config as config_layer
 from geomsim.config import ConfigError
+from geomsim.processes import ProcessGroup
 from geomsim.testbed.sweep import TestbedSweepConfig
+from geomsim.testbed.sweep import run as sweep_run
 from geomsim.testbed.sweep.cli import main
 from geomsim.testbed.sweep.run import run_testbed_sweep
 
-from process_group import launch
-from tiny_configs import TESTBED_DEFENSES, TESTBED_FORECAST, TESTBED_SWEEP, as_flags
+from tiny_configs import TESTBED_DEFENSES, TESTBED_FORECAST, TESTBED_SWEEP
 
 TINY = TESTBED_SWEEP
 
@@ -91,26 +92,50 @@ def test_rerun_resumes_from_the_saved_stages(tiny):
     np.testing.assert_array_equal(again.tables["runs"]["s_exponent"], result.tables["runs"]["s_exponent"])
 
 
-def test_two_processes_write_the_one_process_tables(tiny, tmp_path):
-    """The models and the Adam chunk come from the fixture's folder; law chunks 2 and 3
-    are redone, one by each process (round robin), and process 0 writes the same bytes."""
-    _, result = tiny
-    out = tmp_path / "two"
+class Simulated(ProcessGroup):
+    """A member of a process group played in this process: its meetings are no-ops, so
+    the members run one after another (jax.distributed itself is exercised by
+    tests/test_processes.py and the README's process groups)."""
+
+    def barrier(self, name):
+        pass
+
+    def agree(self, _name, values):
+        return np.asarray(values)
+
+    def check_same(self, field, text):
+        pass
+
+
+def test_a_process_group_writes_the_one_process_tables(tiny, tmp_path, monkeypatch):
+    """From the fixture's models and Adam chunk, law chunks 2 and 3 are redone: process 1
+    takes chunk 3 (round robin) and returns None, then process 0 computes chunk 2,
+    merges, and writes the fixture's bytes."""
+    config, result = tiny
+    out = tmp_path / "group"
     shutil.copytree(result.out_dir / "checkpoints", out / "checkpoints")
     shutil.copytree(result.out_dir / "cache", out / "cache")
     for stem in ("law_001", "law_002"):
         for suffix in (".npz", ".json"):
             (out / "cache" / (stem + suffix)).unlink()
-    # Compiled as in this process (tests/conftest.py), so the chunks' programs are the same.
-    env = {"JAX_DISABLE_MOST_OPTIMIZATIONS": str(jax.config.values["jax_disable_most_optimizations"])}
-    results = launch("geomsim.testbed", ["sweep", *as_flags(TINY), "--out", str(out), "--no-plots"], 2,
-                     env=env)
-    assert [code for code, _ in results] == [0, 0], results
+    written = []
+    real_cached_arrays = sweep_run.cached_arrays
+
+    def recording(out_dir, name, digest, compute):
+        arrays, hit = real_cached_arrays(out_dir, name, digest, compute)
+        written.extend([] if hit else [name])
+        return arrays, hit
+
+    monkeypatch.setattr(sweep_run, "cached_arrays", recording)
+    monkeypatch.setattr(sweep_run, "current_group", lambda: Simulated(1, 2))
+    assert run_testbed_sweep(config, out, progress=False, plots=False) is None
+    assert written == ["law_002"]
+    monkeypatch.setattr(sweep_run, "current_group", lambda: Simulated(0, 2))
+    again = run_testbed_sweep(config, out, progress=False, plots=False)
+    assert written == ["law_002", "law_001"]
     for name in ("models", "runs", "curves", "adam", "points"):
         assert (out / f"{name}.csv").read_bytes() == (result.out_dir / f"{name}.csv").read_bytes(), name
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["reused"]) == {"pretrain", "sweep_align", "sweep_polish", "spectrum", "adam"}
-    assert "law chunk 2" in results[0][1] and "law chunk 3" in results[1][1]  # who computed what
+    assert set(again.summary["reused"]) == {"pretrain", "sweep_align", "sweep_polish", "spectrum", "adam"}
 
 
 def test_bad_settings_get_one_line_errors(capsys):
