@@ -30,6 +30,12 @@ import numpy as np
 from geomsim.config import ConfigError
 
 
+def _first_line(err: Exception) -> str:
+    """The first line of an error from JAX's runtime (they run to pages)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class ProcessLost(RuntimeError):
     """Another process of the group stopped (killed, crashed) before a meeting point."""
 
@@ -85,9 +91,8 @@ class ProcessGroup:
         try:
             return call()
         except Exception as err:  # gloo/NCCL report a vanished peer as assorted runtime errors
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ProcessLost(
-                f"process {self.index} of {self.count}: another process stopped before '{name}' ({first}); "
+                f"process {self.index} of {self.count}: another process stopped before '{name}' ({_first_line(err)}); "
                 "rerun every process (a sweep: with --resume, to keep its finished chunks)") from None
 
 
@@ -162,8 +167,7 @@ def start_processes(args: dict[str, Any]) -> bool:
     try:
         jax.distributed.initialize(coordinator, count, index)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"coordinator: could not join the process group ({first})") from None
+        raise ConfigError(f"coordinator: could not join the process group ({_first_line(err)})") from None
     return True
 
 
