@@ -34,6 +34,7 @@ class TransformerConfig:
     mlp_ratio: hidden width of the MLP as a multiple of `width` (>= 1).
     tie_embeddings: reuse the token embedding as the unembedding.
     layer_norm_eps: the LayerNorm epsilon.
+    activation: the MLP's GELU, "gelu" (exact erf) or "gelu_tanh" (GPT-2's `gelu_new`).
     """
 
     vocab_size: int = 64
@@ -44,6 +45,7 @@ class TransformerConfig:
     mlp_ratio: int = 4
     tie_embeddings: bool = False
     layer_norm_eps: float = 1e-5
+    activation: str = "gelu"
 
     def __post_init__(self):
         checks = [
@@ -56,6 +58,8 @@ class TransformerConfig:
              f"num_heads: must divide width={self.width} (got {self.num_heads})"),
             (self.mlp_ratio >= 1, f"mlp_ratio: must be an integer >= 1 (got {self.mlp_ratio})"),
             (self.layer_norm_eps > 0, f"layer_norm_eps: must be > 0 (got {self.layer_norm_eps})"),
+            (self.activation in ("gelu", "gelu_tanh"),
+             f"activation: must be gelu or gelu_tanh (got {self.activation!r})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -110,6 +114,7 @@ class Block(eqx.Module):
     ln2: LayerNorm
     fc: Linear
     out: Linear
+    approximate: bool = eqx.field(static=True)
 
     def __init__(self, config: TransformerConfig, *, key: PRNGKeyArray, dtype=None):
         k1, k2, k3 = jax.random.split(key, 3)
@@ -120,10 +125,11 @@ class Block(eqx.Module):
         self.ln2 = LayerNorm(config.width, eps=config.layer_norm_eps, dtype=dtype)
         self.fc = Linear(config.width, hidden, key=k2, std=0.02, dtype=dtype)
         self.out = Linear(hidden, config.width, key=k3, std=out_std, dtype=dtype)
+        self.approximate = config.activation == "gelu_tanh"
 
     def __call__(self, x: Float[Array, "... T W"]) -> Float[Array, "... T W"]:
         x = x + self.attn(self.ln1(x))
-        return x + self.out(jax.nn.gelu(self.fc(self.ln2(x)), approximate=False))
+        return x + self.out(jax.nn.gelu(self.fc(self.ln2(x)), approximate=self.approximate))
 
 
 class Transformer(eqx.Module):
