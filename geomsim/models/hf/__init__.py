@@ -8,7 +8,14 @@ product) is tested per architecture on tiny checkpoints with every parameter
 perturbed (tests/test_hf_models.py).
 """
 
-from geomsim.models.hf.checkpoint import CheckpointError, from_pretrained, hf_config, save_pretrained
+from geomsim.models.hf.checkpoint import (
+    CheckpointError,
+    from_pretrained,
+    hf_config,
+    hf_tensors,
+    save_pretrained,
+    with_tensors,
+)
 from geomsim.models.hf.config import ARCHITECTURES, DecoderConfig, UnsupportedConfig, parse_config
 from geomsim.models.hf.decoder import DecoderLM
 
@@ -20,6 +27,8 @@ __all__ = [
     "UnsupportedConfig",
     "from_pretrained",
     "hf_config",
+    "hf_tensors",
     "parse_config",
     "save_pretrained",
+    "with_tensors",
 ]

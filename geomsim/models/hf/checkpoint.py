@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geomsim.models.hf.config import ARCHITECTURES, DecoderConfig, UnsupportedConfig, parse_config, thaw
+from geomsim.models.hf.config import DecoderConfig, parse_config, thaw
 from geomsim.models.hf.decoder import DecoderLM
 from geomsim.models.transformer import Transformer, TransformerConfig
 
@@ -149,7 +149,7 @@ class _Reader:
     """Tensors by name over one or several files, each file opened once."""
 
     def __init__(self, files: dict[str, Path]):
-        self.files, self.handles, self.used = files, {}, set()
+        self.files, self.handles = files, {}
 
     def __call__(self, name: str) -> np.ndarray:
         if name not in self.files:
@@ -157,17 +157,17 @@ class _Reader:
         file = self.files[name]
         if file not in self.handles:
             self.handles[file] = _open(file)
-        self.used.add(name)
         try:
             return self.handles[file].get_tensor(name)
         except Exception as err:
             raise CheckpointError(f"{file}: cannot read tensor {name}; truncated? ({err})") from None
 
 
-def _skeleton(config: DecoderConfig | TransformerConfig, dtype):
+def _skeleton(config: DecoderConfig | TransformerConfig, dtype, remat: bool = False):
     """The model's structure with `ShapeDtypeStruct` leaves (nothing allocated)."""
-    cls = DecoderLM if isinstance(config, DecoderConfig) else Transformer
-    return eqx.filter_eval_shape(lambda: cls(config, key=jax.random.key(0), dtype=dtype))
+    if isinstance(config, DecoderConfig):
+        return eqx.filter_eval_shape(lambda: DecoderLM(config, key=jax.random.key(0), dtype=dtype, remat=remat))
+    return eqx.filter_eval_shape(lambda: Transformer(config, key=jax.random.key(0), dtype=dtype))
 
 
 _DTYPES = {"F64": jnp.float64, "F32": jnp.float32, "BF16": jnp.bfloat16, "F16": jnp.float16}
@@ -182,6 +182,53 @@ def _checkpoint_dtype(files: dict[str, Path], read: _Reader):
     if code not in _DTYPES:
         raise CheckpointError(f"{name}: dtype {code} is not a float dtype geomsim loads ({', '.join(_DTYPES)})")
     return jnp.dtype(_DTYPES[code])
+
+
+def with_tensors(model, tensors, dtype=None, *, unread_from=None):
+    """`model` with every parameter taken from HF-named tensors (the inverse of
+    `hf_tensors`): `tensors` is a dict or a function of the name.  Shapes are checked
+    against the model's, naming the tensor; with `unread_from` (every name present),
+    a tensor the layout does not know is an error."""
+    read = tensors if callable(tensors) else _DictReader(tensors)
+    rows = _layout(model)
+    n = _num_layers(model)
+    arrays = []
+    for ours, theirs, transpose in rows:
+        expected = _get(model, ours)
+        want = tuple(expected.shape[1:] if "{i}" in theirs else expected.shape)
+        parts = []
+        for name in _names(theirs, n):
+            array = read(name)
+            array = array.T if transpose else array
+            if tuple(array.shape) != want:
+                raise CheckpointError(f"{name}: shape {tuple(array.shape)} disagrees with config.json, which "
+                                      f"implies {want}")
+            parts.append(array)
+        stacked = np.stack(parts) if "{i}" in theirs else parts[0]
+        arrays.append(jnp.asarray(stacked, dtype=dtype or expected.dtype))
+    if unread_from is not None:
+        known = {name for _, theirs, _ in rows for name in _names(theirs, n)}
+        unread = sorted(k for k in unread_from if k not in known and not k.endswith(_BUFFERS)
+                        and k != "lm_head.weight")  # a tied head some writers store anyway
+        if unread:
+            raise CheckpointError(f"{unread[0]}: tensor geomsim does not know for {model.config.__class__.__name__} "
+                                  f"({len(unread)} such); the checkpoint is not the architecture its config names")
+    getters = [(lambda m, p=ours: _get(m, p)) for ours, _, _ in rows]
+    return eqx.tree_at(lambda m: [g(m) for g in getters], model, arrays)
+
+
+class _DictReader:
+    def __init__(self, tensors: dict):
+        self.tensors = tensors
+
+    def __call__(self, name: str) -> np.ndarray:
+        if name not in self.tensors:
+            raise CheckpointError(f"{name}: tensor missing")
+        return np.asarray(self.tensors[name])
+
+
+def _num_layers(model) -> int:
+    return model.config.num_layers if isinstance(model, DecoderLM) else model.config.depth
 
 
 def from_pretrained(path: str | os.PathLike, dtype=None, *, remat: bool = False) -> DecoderLM | Transformer:
@@ -203,33 +250,7 @@ def from_pretrained(path: str | os.PathLike, dtype=None, *, remat: bool = False)
     files = _tensor_files(folder)
     read = _Reader(files)
     dtype = jnp.dtype(dtype) if dtype is not None else _checkpoint_dtype(files, read)
-    skeleton = _skeleton(config, dtype)
-    rows = _layout(skeleton)
-    n = config.num_layers if isinstance(config, DecoderConfig) else config.depth
-    arrays = []
-    for ours, theirs, transpose in rows:
-        expected = _get(skeleton, ours)
-        parts = []
-        for name in _names(theirs, n):
-            array = read(name)
-            array = array.T if transpose else array
-            want = expected.shape[1:] if "{i}" in theirs else expected.shape
-            if array.shape != tuple(want):
-                raise CheckpointError(f"{name}: shape {tuple(array.shape)} disagrees with config.json, which "
-                                      f"implies {tuple(want)}")
-            parts.append(array)
-        stacked = np.stack(parts) if "{i}" in theirs else parts[0]
-        arrays.append(jnp.asarray(stacked, dtype=dtype))
-    unread = sorted(k for k in files if k not in read.used and not k.endswith(_BUFFERS)
-                    and not (k == "lm_head.weight" and "lm_head.weight" not in {r[1] for r in rows}))
-    if unread:
-        raise CheckpointError(f"{unread[0]}: tensor geomsim does not know for {config.__class__.__name__} "
-                              f"({len(unread)} such tensors); the checkpoint is not the architecture its config names")
-    getters = [(lambda m, p=ours: _get(m, p)) for ours, _, _ in rows]
-    model = eqx.tree_at(lambda m: [g(m) for g in getters], skeleton, arrays)
-    if isinstance(model, DecoderLM) and remat:
-        model = eqx.tree_at(lambda m: m.remat, model, True)
-    return model
+    return with_tensors(_skeleton(config, dtype, remat), read, dtype, unread_from=files)
 
 
 # --- writing ----------------------------------------------------------------------------------
@@ -264,6 +285,19 @@ def _atomic_write(file: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def hf_tensors(model) -> dict[str, np.ndarray]:
+    """Every parameter of `model` (or of a pytree shaped like it, e.g. its gradient)
+    as numpy arrays under transformers' tensor names and layouts."""
+    n = _num_layers(model)
+    tensors = {}
+    for ours, theirs, transpose in _layout(model):
+        array = np.asarray(_get(model, ours))
+        for i, name in enumerate(_names(theirs, n)):
+            part = array[i] if "{i}" in theirs else array
+            tensors[name] = np.ascontiguousarray(part.T if transpose else part)
+    return tensors
+
+
 def save_pretrained(model: DecoderLM | Transformer, path: str | os.PathLike) -> Path:
     """Write `config.json` and `model.safetensors` that transformers'
     `AutoModelForCausalLM.from_pretrained(path)` loads back (each file atomically)."""
@@ -271,18 +305,12 @@ def save_pretrained(model: DecoderLM | Transformer, path: str | os.PathLike) -> 
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    n = model.config.num_layers if isinstance(model, DecoderLM) else model.config.depth
-    tensors, dtype = {}, None
-    for ours, theirs, transpose in _layout(model):
-        array = np.asarray(_get(model, ours))
-        dtype = dtype or array.dtype
-        for i, name in enumerate(_names(theirs, n)):
-            part = array[i] if "{i}" in theirs else array
-            tensors[name] = np.ascontiguousarray(part.T if transpose else part)
+    tensors = hf_tensors(model)
+    dtype = next(iter(tensors.values())).dtype
     config = hf_config(model, dtype)
     _atomic_write(folder / SINGLE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     _atomic_write(folder / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
     return folder
 
 
-__all__ = ["ARCHITECTURES", "CheckpointError", "UnsupportedConfig", "from_pretrained", "save_pretrained"]
+__all__ = ["CheckpointError", "from_pretrained", "hf_config", "hf_tensors", "save_pretrained", "with_tensors"]
