@@ -12,7 +12,18 @@ class DiagnoseConfig:
     """What to measure on the user's model and how far to forecast (units: t = steps x lr, nats)."""
 
     model: str = option("", help="pkg.module:factory, where factory() returns a geomsim Landscape "
-                        "(theta0, align_loss, task_loss) or a geomsim.diagnose.AlignedModel")
+                        "(theta0, align_loss, task_loss) or a geomsim.diagnose.AlignedModel (or use --hf)")
+    hf: str = option("", help="a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json: "
+                     "Llama, Qwen2/3, Gemma 1/2/3, GPT-2); needs --align and --task")
+    align: str = option("", help="with --hf: JSONL of the behaviour to keep ({prompt, response} or {messages}); "
+                        "L_A is the mean NLL of its response tokens")
+    task: str = option("", help="with --hf: JSONL of the benign fine-tuning data (same format); L_F")
+    dtype: str = option("float32", help="with --hf: the weights' dtype during the diagnosis: float32 | float64 | "
+                        "bfloat16 | checkpoint (as stored)", check=one_of("float32", "float64", "bfloat16",
+                                                                            "checkpoint"))
+    max_length: int = option(0, help="with --hf: truncate each example to this many tokens (0 = no limit)",
+                             check=at_least(0))
+    batch_size: int = option(0, help="with --hf: examples per batch (0 = one batch per set)", check=at_least(0))
     rank: int = option(4, help="dimension k of the alignment subspace S (>= 1)", check=at_least(1))
     operator: str = option("hessian", help="alignment curvature: hessian | ggn | fisher (ggn and fisher need an "
                            "AlignedModel: apply_fn, params and batches)", check=one_of("hessian", "ggn", "fisher"))
@@ -37,8 +48,16 @@ class DiagnoseConfig:
                        "DATA devices, each parameter over MODEL (FSDP); '' = one device (needs an AlignedModel)")
 
     def check(self) -> None:
-        if ":" not in self.model:
-            raise ConfigError(f"model: must be pkg.module:factory (got {self.model!r})")
+        if self.hf:
+            if self.model:
+                raise ConfigError("hf: give either --model or --hf, not both")
+            for name in ("align", "task"):
+                if not getattr(self, name):
+                    raise ConfigError(f"{name}: --hf needs --{name} FILE.jsonl")
+        elif ":" not in self.model:
+            raise ConfigError(f"model: must be pkg.module:factory, or give --hf DIR (got {self.model!r})")
+        elif self.align or self.task:
+            raise ConfigError("align: --align and --task go with --hf (a --model factory brings its own data)")
         if self.mesh:
             self.mesh_shape()
 

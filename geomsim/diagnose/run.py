@@ -50,7 +50,25 @@ def bounded_method(config: DiagnoseConfig) -> str:
     return f"{task}_{config.optimizer}"
 
 
-def load_model(spec: str) -> Landscape | AlignedModel:
+def load_model(config: DiagnoseConfig) -> Landscape | AlignedModel:
+    """The model to diagnose: an HF folder with its JSONL sets (`--hf`), or the
+    `--model` factory's result; one-line ConfigError naming the field when it fails."""
+    if config.hf:
+        from geomsim.diagnose.hf import hf_aligned_model
+        from geomsim.models.hf import CheckpointError, UnsupportedConfig
+        from geomsim.models.hf.data import DataError
+
+        try:
+            return hf_aligned_model(config.hf, config.align, config.task, dtype=config.dtype,
+                                    max_length=config.max_length, batch_size=config.batch_size)
+        except (CheckpointError, UnsupportedConfig) as err:
+            raise ConfigError(f"hf: {err}") from None
+        except DataError as err:
+            raise ConfigError(f"align/task: {err}") from None
+    return _factory_model(config.model)
+
+
+def _factory_model(spec: str) -> Landscape | AlignedModel:
     """Call `pkg.module:factory()`; one-line ConfigError naming `model` when it fails."""
     try:
         factory = resolve_landscape(spec)  # the sweep's import-path lookup
@@ -168,7 +186,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     leader = current_group().leader
     if leader:
         out_dir.mkdir(parents=True, exist_ok=True)
-    model = _place(config, load_model(config.model))
+    model = _place(config, load_model(config))
     theta0 = model.theta0 if isinstance(model, Landscape) else model.params
     dim = int(ravel_pytree(theta0)[0].shape[0])
     if not config.rank < dim:
@@ -189,7 +207,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     t_fail = {name: float(time_to_failure(times, curve, config.threshold)) for name, curve in curves.items()}
     _say("[3/3] report", quiet)
     report = {
-        "model": config.model,
+        "model": config.model or config.hf,
         "aic": res.to_dict(),
         "forecast": {"t": np.asarray(times).tolist(),
                      "align_increase": {name: np.asarray(c).tolist() for name, c in curves.items()},

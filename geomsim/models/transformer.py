@@ -159,17 +159,24 @@ class Transformer(eqx.Module):
             config.width, config.vocab_size, key=keys[2], std=0.02, dtype=dtype
         )
 
-    def __call__(self, tokens: Int[Array, "... T"]) -> Float[Array, "... T V"]:
+    def hidden(self, tokens: Int[Array, "... T"]) -> Float[Array, "... T W"]:
+        """The final normalised hidden states (before the unembedding)."""
         t = tokens.shape[-1]
         if t > self.config.seq_len:
             raise ValueError(f"tokens: sequence length must be <= seq_len={self.config.seq_len} (got {t})")
         x = self.tok_emb(tokens) + self.pos_emb.weight[:t]
         for block in self.blocks:
             x = block(x)
-        x = self.ln_f(x)
+        return self.ln_f(x)
+
+    def unembed(self, h: Float[Array, "... W"]) -> Float[Array, "... V"]:
+        """Next-token logits of hidden states."""
         if self.head is None:
-            return x @ self.tok_emb.weight.T
-        return self.head(x)
+            return h @ self.tok_emb.weight.T
+        return self.head(h)
+
+    def __call__(self, tokens: Int[Array, "... T"]) -> Float[Array, "... T V"]:
+        return self.unembed(self.hidden(tokens))
 
 
 def num_parameters(model) -> int:

@@ -1,0 +1,127 @@
+"""Data a safety team has: the folder's tokenizer and chat template, JSONL sets,
+the loss on response tokens only, padding that changes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from geomsim.diagnose.hf import hf_aligned_model, response_logits
+from geomsim.models import token_nll
+from geomsim.models.hf import from_pretrained
+from geomsim.models.hf.data import DataError, read_examples, read_jsonl, tokenize
+from geomsim.models.hf.tiny import tiny_checkpoint
+from geomsim.models.hf.tokenizer import load_tokenizer
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "hf"
+ALIGN, TASK = EXAMPLES / "align.jsonl", EXAMPLES / "task.jsonl"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"), texts=[ALIGN, TASK], seed=3)
+
+
+def test_response_tokens_are_the_assistant_turns(folder):
+    """With the chat template, the targets are exactly the response's tokens and the
+    end-of-turn token; the prompt and the template's markup are never scored."""
+    tok = load_tokenizer(folder)
+    record = {"prompt": "What is 2 plus 2?", "response": "2 plus 2 is 4."}
+    example = tokenize(tok, record)
+    scored = [i for i, t in zip(example.ids, example.target, strict=True) if t]
+    assert tok.tokenizer.decode(scored, skip_special_tokens=False) == "2 plus 2 is 4.<|end|>"
+    assert tok.tokenizer.decode(list(example.ids), skip_special_tokens=False) == (
+        "<|bos|><|user|>What is 2 plus 2?<|end|><|assistant|>2 plus 2 is 4.<|end|>")
+    chat = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                         {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}
+    example = tokenize(tok, chat)
+    scored = [i for i, t in zip(example.ids, example.target, strict=True) if t]
+    assert tok.tokenizer.decode(scored, skip_special_tokens=False) == "b<|end|>d<|end|>"
+
+
+def test_without_a_chat_template_prompt_then_response_then_eos(folder, tmp_path):
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("tokenizer.json", "config.json", "model.safetensors"):
+        (plain / name).write_bytes((folder / name).read_bytes())
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_tokenizer(plain)
+    example = tokenize(tok, {"prompt": "Hi", "response": " there"})
+    assert list(example.ids) == tok.encode("Hi", special=True) + tok.encode(" there") + [tok.eos_id]
+    n_prompt = len(tok.encode("Hi", special=True))
+    assert example.target == (False,) * n_prompt + (True,) * (len(example.ids) - n_prompt)
+    with pytest.raises(DataError, match="chat messages need the tokenizer's chat template"):
+        tokenize(tok, {"messages": [{"role": "assistant", "content": "x"}]}, "f.jsonl:1")
+
+
+def test_padded_batches_give_exactly_the_unpadded_loss(folder):
+    """L_A from right-padded batches (one batch, or batches of 2) equals the mean NLL
+    over every response token computed one example at a time without padding."""
+    model = from_pretrained(folder, dtype=jnp.float64)
+    tok = load_tokenizer(folder)
+    examples = read_examples(tok, ALIGN)
+    assert len({len(e.ids) for e in examples}) > 1  # the examples do need padding
+    total, count = 0.0, 0
+    for e in examples:
+        ids = jnp.asarray(e.ids)[None]
+        nll = token_nll(model(ids)[0, :-1], ids[0, 1:])
+        mask = np.asarray(e.target[1:])
+        total, count = total + float(jnp.sum(nll[mask])), count + int(mask.sum())
+    expected = total / count
+    for batch_size in (0, 2):
+        aligned = hf_aligned_model(folder, ALIGN, TASK, dtype="float64", batch_size=batch_size)
+        assert aligned.align_batches.count == (1 if batch_size == 0 else 3)
+        assert abs(float(aligned.align_loss(aligned.params)) - expected) < 1e-12 * expected
+    # The logits the operators see: only the response positions, (N, vocab).
+    (inputs, targets), = aligned.task_batches.data[:1]
+    out = response_logits(model, inputs)
+    assert out.shape == (targets.shape[0], model.config.vocab_size)
+
+
+def test_jsonl_errors_name_the_file_and_line(folder, tmp_path):
+    tok = load_tokenizer(folder)
+    bad = tmp_path / "bad.jsonl"
+    cases = [('{"prompt": "a", "response": "b"}\n{"prompt": oops}\n', "bad.jsonl:2: not valid JSON"),
+             ('{"prompt": "a"}\n', "bad.jsonl:1: expected {\"prompt\", \"response\"} or {\"messages\"}"),
+             ('{"messages": [{"role": "user", "content": "a"}]}\n', "bad.jsonl:1: no assistant turn"),
+             ("\n\n", "bad.jsonl: no records")]
+    for text, message in cases:
+        bad.write_text(text)
+        with pytest.raises(DataError) as err:
+            read_examples(tok, bad)
+        assert message in str(err.value) and "\n" not in str(err.value)
+    bad.write_text('{"prompt": "a long prompt here", "response": "b"}\n')
+    with pytest.raises(DataError, match="no response token left to score within max_length=3"):
+        read_examples(tok, bad, max_length=3)
+    with pytest.raises(DataError, match="missing"):
+        read_jsonl(tmp_path / "none.jsonl")
+
+
+def test_live_transformers_reads_the_tiny_folder(folder):
+    """transformers loads the folder (weights and tokenizer), its chat template gives
+    our token ids, its logits are ours, and it generates."""
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
+    messages = [{"role": "user", "content": "Name a primary colour."}, {"role": "assistant", "content": "Blue."}]
+    theirs = hf_tok.apply_chat_template(messages, tokenize=True)
+    theirs = theirs["input_ids"] if isinstance(theirs, dict) or hasattr(theirs, "keys") else theirs
+    assert list(tokenize(load_tokenizer(folder), {"messages": messages}).ids) == list(theirs)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = torch.as_tensor([list(theirs)])
+    with torch.no_grad():
+        logits = model(ids).logits.numpy()
+    ours = np.asarray(from_pretrained(folder)(jnp.asarray(ids.numpy())))
+    assert np.linalg.norm(ours - logits) < 1e-5 * np.linalg.norm(logits)
+    out = model.generate(ids[:, :-2], max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, ids.shape[1] - 2 + 4)
+    jax.clear_caches()
