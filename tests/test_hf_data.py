@@ -125,3 +125,28 @@ def test_live_transformers_reads_the_tiny_folder(folder):
     out = model.generate(ids[:, :-2], max_new_tokens=4, do_sample=False)
     assert out.shape == (1, ids.shape[1] - 2 + 4)
     jax.clear_caches()
+
+
+def test_chunked_cross_entropy_and_remat_change_no_derivative(folder):
+    """The fused loss (chunked cross-entropy, chunks that do not divide N) and remat
+    give the plain loss's value, gradient and Hessian-vector product."""
+    from jax.flatten_util import ravel_pytree
+
+    plain = hf_aligned_model(folder, ALIGN, TASK, dtype="float64")
+    fused = hf_aligned_model(folder, ALIGN, TASK, dtype="float64", loss_chunk=8, remat=True)
+    batch = plain.align_batches.data[0]
+    assert batch[1].shape[0] % 8  # the last chunk is partial
+
+    def unfused(p, b):
+        return plain.output_loss(plain.apply_fn(p, b[0]), b[1])
+
+    def derivatives(loss, params):
+        flat, unravel = ravel_pytree(params)
+        v = jax.random.normal(jax.random.key(1), flat.shape, flat.dtype)
+        f = lambda x: loss(unravel(x), batch)  # noqa: E731
+        return f(flat), jax.grad(f)(flat), jax.jvp(jax.grad(f), (flat,), (v,))[1]
+
+    pairs = zip(derivatives(fused.batch_loss, fused.params), derivatives(unfused, plain.params), strict=True)
+    for ours, ref in pairs:
+        assert jnp.linalg.norm(ours - ref) <= 1e-12 * jnp.linalg.norm(ref)
+    assert fused.params.remat and not plain.params.remat

@@ -24,6 +24,10 @@ class DiagnoseConfig:
     max_length: int = option(0, help="with --hf: truncate each example to this many tokens (0 = no limit)",
                              check=at_least(0))
     batch_size: int = option(0, help="with --hf: examples per batch (0 = one batch per set)", check=at_least(0))
+    loss_chunk: int = option(1024, help="with --hf: response positions per chunk of the cross-entropy (its "
+                             "derivatives hold one chunk's logits at a time) (>= 1)", check=at_least(1))
+    remat: bool = option(False, help="with --hf: recompute each block's activations in the backward pass "
+                         "(less memory, more compute)")
     rank: int = option(4, help="dimension k of the alignment subspace S (>= 1)", check=at_least(1))
     operator: str = option("hessian", help="alignment curvature: hessian | ggn | fisher (ggn and fisher need an "
                            "AlignedModel: apply_fn, params and batches)", check=one_of("hessian", "ggn", "fisher"))

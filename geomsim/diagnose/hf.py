@@ -4,7 +4,9 @@
 alignment and task sets (`geomsim.models.hf.data`).  The model is read only at
 the positions that predict a response token, so the outputs the Gauss-Newton and
 Fisher operators see are `(response tokens, vocab)`, never `(batch, seq, vocab)`:
-prompts and padding carry no second-order buffer.
+prompts and padding carry no second-order buffer; the losses and their
+Hessian-vector products go through a chunked cross-entropy, which holds one
+chunk of positions' logits at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 from geomsim.curvature.batches import as_batches
 from geomsim.diagnose.model import AlignedModel
 from geomsim.models.hf.checkpoint import from_pretrained
+from geomsim.models.losses import chunked_cross_entropy
 from geomsim.models.hf.data import read_examples, token_batches
 from geomsim.models.hf.tokenizer import load_tokenizer
 
@@ -28,7 +31,7 @@ def response_logits(model, inputs):
 
 
 def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length: int = 0, batch_size: int = 0,
-                     model=None) -> AlignedModel:
+                     loss_chunk: int = 1024, remat: bool = False, model=None) -> AlignedModel:
     """The aligned model of an HF checkpoint folder, with its alignment and task sets.
 
     Args:
@@ -37,9 +40,13 @@ def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length:
         dtype: the weights' dtype for the diagnosis (one of `DTYPES`; "checkpoint" keeps it).
         max_length: truncate every example to this many tokens (0: no truncation).
         batch_size: examples per batch (0: one batch per set).
+        loss_chunk: response positions per chunk of the cross-entropy in the losses and
+            their derivatives (`chunked_cross_entropy`); the Gauss-Newton and Fisher
+            products hold a batch's `(response tokens, vocab)` outputs.
+        remat: recompute each block's activations in the backward pass.
         model: use these weights instead of the folder's (the tokenizer still comes from it).
     """
-    model = model if model is not None else from_pretrained(folder, dtype=DTYPES[dtype])
+    model = model if model is not None else from_pretrained(folder, dtype=DTYPES[dtype], remat=remat)
     tok = load_tokenizer(folder)
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(f"tokenizer.json: {tok.vocab_size} tokens, more than the model's vocab_size "
@@ -52,5 +59,10 @@ def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length:
     def apply_fn(p, inputs):
         return response_logits(eqx.combine(p, static), inputs)
 
+    def fused_loss(p, batch):
+        (input_ids, rows, cols), targets = batch
+        m = eqx.combine(p, static)
+        return chunked_cross_entropy(m.hidden(input_ids)[rows, cols], m.unembed, targets, loss_chunk)
+
     return AlignedModel(params, apply_fn, *(as_batches(b, weights=counts) for b, counts in batches.values()),
-                        likelihood="categorical")
+                        likelihood="categorical", fused_loss=fused_loss)

@@ -48,6 +48,11 @@ class AlignedModel(eqx.Module):
     likelihood: "categorical" (cross-entropy on logits, int targets) or
         "gaussian" (squared error), or a `Likelihood`; both losses are its mean
         negative log-likelihood in nats per sample.
+    fused_loss: optional `loss(params, (inputs, targets))` equal to the mean NLL of
+        `apply_fn`'s outputs but computed without holding them all at once (e.g. a
+        chunked cross-entropy over a language model's positions); the losses, their
+        gradients and Hessians use it, the Gauss-Newton and Fisher products (which
+        live in output space) use `apply_fn`.
     """
 
     params: PyTree
@@ -55,11 +60,14 @@ class AlignedModel(eqx.Module):
     task_batches: BatchSet
     apply_fn: Callable[[PyTree, Any], Array] = eqx.field(static=True)
     likelihood: Likelihood
+    fused_loss: Callable[[PyTree, Any], Array] | None = eqx.field(static=True)
 
     def __init__(self, params: PyTree, apply_fn: Callable[[PyTree, Any], Array], align_batches: Any,
-                 task_batches: Any, likelihood: str | Likelihood = "categorical"):
+                 task_batches: Any, likelihood: str | Likelihood = "categorical",
+                 fused_loss: Callable[[PyTree, Any], Array] | None = None):
         self.params = params
         self.apply_fn = apply_fn
+        self.fused_loss = fused_loss
         self.likelihood = resolve_likelihood(likelihood)
         for name, batches in (("align_batches", align_batches), ("task_batches", task_batches)):
             if batches is None:
@@ -72,6 +80,8 @@ class AlignedModel(eqx.Module):
         """`loss(params, (inputs, targets))`: mean negative log-likelihood of one batch
         (nats per sample); a plain function of its arguments (it holds no arrays, so
         operators can keep it as a static field)."""
+        if self.fused_loss is not None:
+            return self.fused_loss
         apply_fn, output_loss = self.apply_fn, self.output_loss
 
         def loss(params, batch):

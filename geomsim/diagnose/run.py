@@ -60,7 +60,8 @@ def load_model(config: DiagnoseConfig) -> Landscape | AlignedModel:
 
         try:
             return hf_aligned_model(config.hf, config.align, config.task, dtype=config.dtype,
-                                    max_length=config.max_length, batch_size=config.batch_size)
+                                    max_length=config.max_length, batch_size=config.batch_size,
+                                    loss_chunk=config.loss_chunk, remat=config.remat)
         except (CheckpointError, UnsupportedConfig) as err:
             raise ConfigError(f"hf: {err}") from None
         except DataError as err:

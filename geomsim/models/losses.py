@@ -1,4 +1,5 @@
-"""Losses in the `loss(outputs, targets)` form the curvature operators take."""
+"""Losses in the `loss(outputs, targets)` form the curvature operators take, and a
+chunked cross-entropy for language models whose logits do not fit at once."""
 
 from __future__ import annotations
 
@@ -26,3 +27,28 @@ def squared_error(outputs: Float[Array, "... D"], targets: Float[Array, "... D"]
 def next_token_batch(tokens: Int[Array, "... T"]) -> tuple[Array, Array]:
     """`(inputs, targets)` for next-token prediction: `tokens[..., :-1]`, `tokens[..., 1:]`."""
     return tokens[..., :-1], tokens[..., 1:]
+
+
+def chunked_cross_entropy(hidden: Float[Array, "N D"], unembed, targets: Int[Array, " N"],
+                          chunk: int) -> Float[Array, ""]:
+    """`cross_entropy(unembed(hidden), targets)` without holding the `(N, vocab)` logits:
+    positions go through `unembed` and the log-softmax `chunk` at a time (`lax.map`),
+    each chunk rematerialised in the backward pass (`jax.checkpoint`), so every
+    derivative of the loss (gradient, Hessian-vector product) holds one chunk's
+    `(chunk, vocab)` buffers at a time.  The log-softmax runs in float32 or wider.
+    """
+    n = targets.shape[0]
+    chunk = max(1, min(chunk, n))
+    pad = (-n) % chunk
+    h = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk, hidden.shape[-1])
+    t = jnp.pad(targets, (0, pad)).reshape(-1, chunk)
+    m = jnp.pad(jnp.ones(n, bool), (0, pad)).reshape(-1, chunk)
+
+    @jax.checkpoint
+    def one(args):
+        hc, tc, mc = args
+        logits = unembed(hc)
+        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+        return jnp.sum(jnp.where(mc, token_nll(logits, tc), 0.0))
+
+    return jnp.sum(jax.lax.map(one, (h, t, m))) / n
