@@ -24,3 +24,10 @@ def linear_regression():
     align = (xa, apply_fn(params, xa) + 0.1 * jax.random.normal(k4, (24, 2)))
     task = (xf, jnp.stack([jnp.sin(xf[:, 0]), xf[:, 1] * xf[:, 2]], axis=-1))
     return AlignedModel(params, apply_fn, align_batches=align, task_batches=task, likelihood="gaussian")
+
+
+IN_MEMORY = {}  # set by a test: the in-memory model the next `in_memory()` factory call returns
+
+
+def in_memory():
+    return IN_MEMORY["model"]

@@ -20,7 +20,7 @@ from jaxtyping import Array, Int, Key, PRNGKeyArray, PyTree
 
 from geomsim.dynamics import Trajectory, descend, log_record_steps
 from geomsim.landscapes import FunctionLandscape
-from geomsim.models import Transformer, TransformerConfig, as_functional
+from geomsim.models import DecoderConfig, Transformer, TransformerConfig, as_functional
 from geomsim.models.lora import lora_init, lora_merge
 from geomsim.tasks import (
     PRETRAIN_TASKS,
@@ -47,7 +47,7 @@ class Testbed:
 
     config: TestbedConfig
     lang: Language
-    model_config: TransformerConfig
+    model_config: TransformerConfig | DecoderConfig  # DecoderConfig: geomsim.testbed.hf_export's Llama model
     apply_fn: Callable[[PyTree, Array], Array]
     harm_eval: Batch
     benign_eval: Batch
