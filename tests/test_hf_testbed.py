@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import diagnose_models
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -17,6 +16,8 @@ from geomsim.diagnose.hf import hf_aligned_model
 from geomsim.landscapes import FunctionLandscape
 from geomsim.testbed.config import TestbedConfig
 from geomsim.testbed.hf_export import export, train_llama
+
+import diagnose_models
 
 TINY = TestbedConfig(n_symbols=6, length=3, modulus=5, width=16, depth=2, heads=4, batch=32, pretrain_steps=40,
                      align_steps=30, eval_size=24, finetune_size=24, finetune_tasks=("sort",))

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 from geomsim.curvature.batches import as_batches
 from geomsim.diagnose.model import AlignedModel
 from geomsim.models.hf.checkpoint import from_pretrained
-from geomsim.models.losses import chunked_cross_entropy
 from geomsim.models.hf.data import read_examples, token_batches
 from geomsim.models.hf.tokenizer import load_tokenizer
+from geomsim.models.losses import chunked_cross_entropy
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16, "checkpoint": None}
 
