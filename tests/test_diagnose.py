@@ -105,3 +105,14 @@ def test_bad_input_is_one_line_naming_the_flag(flags, field, tmp_path, capsys):
     assert main([*flags, "--out", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"python -m geomsim.diagnose: error: {field}"), err
+
+
+def test_flax_nnx_models_are_accepted(tmp_path):
+    """An nnx module (split by as_functional) diagnoses to the equinox twin's numbers."""
+    reports = []
+    for name in ("tiny_classifier", "tiny_nnx_classifier"):
+        assert main(["--model", f"geomsim.diagnose.examples:{name}", "--rank", "2", "--operator", "fisher",
+                     "--out", str(tmp_path / name), "--quiet"]) == 0
+        reports.append(loads_strict((tmp_path / name / "report.json").read_text()))
+    for field in ("sharpness", "coupling", "eps", "mu"):
+        assert np.isclose(reports[0]["aic"][field], reports[1]["aic"][field], rtol=1e-8), field

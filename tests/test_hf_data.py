@@ -150,3 +150,65 @@ def test_chunked_cross_entropy_and_remat_change_no_derivative(folder):
     for ours, ref in pairs:
         assert jnp.linalg.norm(ours - ref) <= 1e-12 * jnp.linalg.norm(ref)
     assert fused.params.remat and not plain.params.remat
+
+
+def _flat(tree):
+    from jax.flatten_util import ravel_pytree
+
+    return ravel_pytree(tree)[0]
+
+
+def test_params_subset_is_the_block_of_the_full_curvature(folder):
+    """--params: the restricted gradient and Hessian-vector product are the selected
+    block of the full model's (other tensors frozen, not constants)."""
+    from geomsim.models.hf import hf_tensors, with_tensors
+
+    full = hf_aligned_model(folder, ALIGN, TASK, dtype="float64")
+    sub = hf_aligned_model(folder, ALIGN, TASK, dtype="float64", params="model.layers.1.mlp.*,model.norm.weight")
+    assert sorted(sub.params) == ["model.layers.1.mlp.down_proj.weight", "model.layers.1.mlp.gate_proj.weight",
+                                  "model.layers.1.mlp.up_proj.weight", "model.norm.weight"]
+    assert "model.layers.0.mlp.up_proj.weight" in sub.frozen
+    v = {n: jax.random.normal(jax.random.fold_in(jax.random.key(2), i), a.shape, a.dtype)
+         for i, (n, a) in enumerate(sorted(sub.params.items()))}
+    zeros = {n: jnp.zeros_like(a) for n, a in hf_tensors(full.params).items()}
+    v_full = with_tensors(full.params, zeros | v)
+    for data in ("align", "task"):
+        g_full = hf_tensors(full.operator("hessian", data).gradient())
+        hv_full = hf_tensors(full.operator("hessian", data).mv(v_full))
+        g_sub = sub.operator("hessian", data).gradient()
+        hv_sub = sub.operator("hessian", data).mv(v)
+        for n in sub.params:
+            assert jnp.allclose(g_sub[n], g_full[n], rtol=1e-9, atol=1e-13), n
+            assert jnp.allclose(hv_sub[n], hv_full[n], rtol=1e-8, atol=1e-12), n
+
+
+def test_lora_space_at_b_zero_matches_the_closed_form(folder):
+    """LoRA adapters W + s B A with B = 0: the loss is the base loss, grad_A = 0,
+    grad_B = s G A^T, and the adapter-space quadratic form is
+    s^2 (dB A) : H_W (dB A) + 2 s G : (dB dA)  (docs/theory.md, section 11)."""
+    from geomsim.models.hf import hf_tensors, with_tensors
+
+    full = hf_aligned_model(folder, ALIGN, TASK, dtype="float64")
+    lora = hf_aligned_model(folder, ALIGN, TASK, dtype="float64", lora_rank=2, lora_alpha=4.0,
+                            lora_targets="q_proj,down_proj", seed=5)
+    s = 4.0 / 2
+    assert sorted(lora.params) == [f"model.layers.{i}.{m}.weight" for i in (0, 1)
+                                   for m in ("mlp.down_proj", "self_attn.q_proj")]
+    assert abs(float(lora.task_loss(lora.params)) - float(full.task_loss(full.params))) < 1e-12
+    op_full, op_lora = full.operator("hessian", "task"), lora.operator("hessian", "task")
+    g = hf_tensors(op_full.gradient())
+    g_lora = op_lora.gradient()
+    d = {n: {"A": jax.random.normal(jax.random.fold_in(jax.random.key(3), i), ab["A"].shape, jnp.float64),
+             "B": jax.random.normal(jax.random.fold_in(jax.random.key(4), i), ab["B"].shape, jnp.float64)}
+         for i, (n, ab) in enumerate(sorted(lora.params.items()))}
+    dw = {n: jnp.zeros_like(a) for n, a in g.items()}
+    cross = 0.0
+    for n, ab in lora.params.items():
+        assert float(jnp.max(jnp.abs(g_lora[n]["A"]))) == 0.0
+        assert jnp.allclose(g_lora[n]["B"], s * g[n] @ ab["A"].T, rtol=1e-9, atol=1e-13)
+        dw[n] = s * d[n]["B"] @ ab["A"]
+        cross += 2 * s * float(jnp.sum(g[n] * (d[n]["B"] @ d[n]["A"])))
+    dw_tree = with_tensors(full.params, dw)
+    expected = float(_flat(dw_tree) @ _flat(op_full.mv(dw_tree))) + cross
+    ours = float(_flat(d) @ _flat(op_lora.mv(d)))
+    assert abs(ours - expected) <= 1e-8 * abs(expected)

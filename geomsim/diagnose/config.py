@@ -28,6 +28,14 @@ class DiagnoseConfig:
                              "derivatives hold one chunk's logits at a time) (>= 1)", check=at_least(1))
     remat: bool = option(False, help="with --hf: recompute each block's activations in the backward pass "
                          "(less memory, more compute)")
+    params: str = option("", help="with --hf: comma-separated patterns of tensor names (fnmatch, e.g. "
+                         "'model.layers.3.*' or '*.mlp.*'); the curvature is of those alone ('' = all)")
+    lora_rank: int = option(0, help="with --hf: measure in the space of rank-r LoRA adapters (B = 0 at theta0; "
+                            "0 = full parameters) (0..1024)", check=in_range(0, 1024))
+    lora_targets: str = option("q_proj,v_proj", help="with --lora-rank: modules that get adapters, comma-separated "
+                               "(e.g. q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; GPT-2: c_attn)")
+    lora_alpha: float = option(0.0, help="with --lora-rank: LoRA's alpha; the update is (alpha / r) B A "
+                               "(0 = r, scale 1)", check=at_least(0))
     rank: int = option(4, help="dimension k of the alignment subspace S (>= 1)", check=at_least(1))
     operator: str = option("hessian", help="alignment curvature: hessian | ggn | fisher (ggn and fisher need an "
                            "AlignedModel: apply_fn, params and batches)", check=one_of("hessian", "ggn", "fisher"))
@@ -58,6 +66,8 @@ class DiagnoseConfig:
             for name in ("align", "task"):
                 if not getattr(self, name):
                     raise ConfigError(f"{name}: --hf needs --{name} FILE.jsonl")
+        elif self.params or self.lora_rank:
+            raise ConfigError("params: --params and --lora-rank go with --hf")
         elif ":" not in self.model:
             raise ConfigError(f"model: must be pkg.module:factory, or give --hf DIR (got {self.model!r})")
         elif self.align or self.task:

@@ -93,3 +93,27 @@ def tiny_flax_classifier():
     params = net.init(jax.random.key(1), jnp.zeros((1, 3)))
     align, task = _classifier_data(lambda x: net.apply(params, x))
     return AlignedModel(params, net.apply, align_batches=align, task_batches=task)
+
+
+def tiny_nnx_classifier():
+    """`tiny_classifier`'s network and weights in flax.nnx: `as_functional` splits the
+    module (`nnx.split`) into a pure apply_fn and its `nnx.Param` state."""
+    from flax import nnx
+
+    from geomsim.models import as_functional
+
+    mlp = eqx.nn.MLP(3, 4, 8, 1, key=jax.random.key(1))
+
+    class MLP(nnx.Module):
+        def __init__(self):
+            self.hidden = nnx.Linear(3, 8, rngs=nnx.Rngs(0))
+            self.out = nnx.Linear(8, 4, rngs=nnx.Rngs(0))
+            for dense, linear in ((self.hidden, mlp.layers[0]), (self.out, mlp.layers[1])):
+                dense.kernel.value, dense.bias.value = linear.weight.T, linear.bias
+
+        def __call__(self, x):
+            return self.out(jax.nn.relu(self.hidden(x)))
+
+    apply_fn, params = as_functional(MLP())
+    align, task = _classifier_data(lambda x: apply_fn(params, x))
+    return AlignedModel(params, apply_fn, align_batches=align, task_batches=task)

@@ -7,21 +7,32 @@ Fisher operators see are `(response tokens, vocab)`, never `(batch, seq, vocab)`
 prompts and padding carry no second-order buffer; the losses and their
 Hessian-vector products go through a chunked cross-entropy, which holds one
 chunk of positions' logits at a time.
+
+The curvature can be restricted to a subset of the tensors (`params`: named
+layers or blocks, the rest frozen) or measured in the space of LoRA adapters on
+chosen modules (`lora_rank`, `lora_targets`): what practitioners train.  Both are
+reparametrisations `theta(p) = tensors(p, frozen)` of the same model, with the
+frozen tensors carried as arrays (docs/theory.md, section 11).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import math
+
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 
 from geomsim.curvature.batches import as_batches
 from geomsim.diagnose.model import AlignedModel
-from geomsim.models.hf.checkpoint import from_pretrained
+from geomsim.models.hf.checkpoint import from_pretrained, hf_tensors, with_tensors
 from geomsim.models.hf.data import read_examples, token_batches
 from geomsim.models.hf.tokenizer import load_tokenizer
 from geomsim.models.losses import chunked_cross_entropy
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16, "checkpoint": None}
+LORA_STREAM = 0  # fold of the diagnosis seed for the adapters' random A factors
 
 
 def response_logits(model, inputs):
@@ -30,8 +41,37 @@ def response_logits(model, inputs):
     return model.unembed(model.hidden(input_ids)[rows, cols])
 
 
+def response_loss(model, batch, chunk: int):
+    """Mean NLL of a batch's response tokens, through the chunked cross-entropy."""
+    (input_ids, rows, cols), targets = batch
+    return chunked_cross_entropy(model.hidden(input_ids)[rows, cols], model.unembed, targets, chunk)
+
+
+def select(names, patterns: str) -> list[str]:
+    """The tensor names matching any of the comma-separated fnmatch patterns."""
+    wanted = [p.strip() for p in patterns.split(",") if p.strip()]
+    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in wanted)]
+    if not chosen:
+        raise ValueError(f"params: {patterns!r} matches no tensor (names look like {sorted(names)[0]!r})")
+    return chosen
+
+
+def lora_adapters(tensors: dict, targets: list[str], rank: int, key) -> dict:
+    """PEFT's initialisation: `A (r x in)` Kaiming-uniform-like random, `B (out x r)` zero,
+    so the adapted model starts exactly at the base model."""
+    adapters = {}
+    for name, k in zip(targets, jax.random.split(key, len(targets)), strict=True):
+        rows, cols = tensors[name].shape
+        bound = 1.0 / math.sqrt(cols)
+        a = jax.random.uniform(k, (rank, cols), tensors[name].dtype, -bound, bound)
+        adapters[name] = {"A": a, "B": jnp.zeros((rows, rank), tensors[name].dtype)}
+    return adapters
+
+
 def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length: int = 0, batch_size: int = 0,
-                     loss_chunk: int = 1024, remat: bool = False, model=None) -> AlignedModel:
+                     loss_chunk: int = 1024, remat: bool = False, params: str = "", lora_rank: int = 0,
+                     lora_targets: str = "q_proj,v_proj", lora_alpha: float = 0.0, seed: int = 0,
+                     model=None) -> AlignedModel:
     """The aligned model of an HF checkpoint folder, with its alignment and task sets.
 
     Args:
@@ -44,6 +84,13 @@ def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length:
             their derivatives (`chunked_cross_entropy`); the Gauss-Newton and Fisher
             products hold a batch's `(response tokens, vocab)` outputs.
         remat: recompute each block's activations in the backward pass.
+        params: comma-separated fnmatch patterns of HF tensor names; the curvature is of
+            those tensors only, the rest frozen ("" = every tensor).
+        lora_rank: > 0 measures in the space of rank-r LoRA adapters `W + (alpha/r) B A`
+            on the matrices named by `lora_targets` (module names, e.g. q_proj,v_proj),
+            within `params` when given.
+        lora_alpha: LoRA's alpha (0 = rank: scale 1).
+        seed: PRNG seed of the adapters' A factors.
         model: use these weights instead of the folder's (the tokenizer still comes from it).
     """
     model = model if model is not None else from_pretrained(folder, dtype=DTYPES[dtype], remat=remat)
@@ -54,15 +101,40 @@ def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length:
     sets = {name: read_examples(tok, path, max_length) for name, path in (("align", align), ("task", task))}
     length = max(len(e.ids) for examples in sets.values() for e in examples)  # one shape for both sets
     batches = {name: token_batches(examples, batch_size, tok.pad_id, length) for name, examples in sets.items()}
-    params, static = eqx.partition(model, eqx.is_inexact_array)
+    align_set, task_set = (as_batches(b, weights=counts) for b, counts in batches.values())
 
-    def apply_fn(p, inputs):
-        return response_logits(eqx.combine(p, static), inputs)
+    if not params and not lora_rank:
+        theta, static = eqx.partition(model, eqx.is_inexact_array)
+        return AlignedModel(theta, lambda p, x: response_logits(eqx.combine(p, static), x), align_set, task_set,
+                            likelihood="categorical",
+                            fused_loss=lambda p, b: response_loss(eqx.combine(p, static), b, loss_chunk))
 
-    def fused_loss(p, batch):
-        (input_ids, rows, cols), targets = batch
-        m = eqx.combine(p, static)
-        return chunked_cross_entropy(m.hidden(input_ids)[rows, cols], m.unembed, targets, loss_chunk)
+    tensors = {n: jnp.asarray(a) for n, a in hf_tensors(model).items()}
+    chosen = select(tensors, params) if params else list(tensors)
+    skeleton = eqx.filter_eval_shape(lambda: model)  # structure only: the arrays live in theta and frozen
+    if lora_rank:
+        targets = [n for n in chosen if tensors[n].ndim == 2 and
+                   any(f".{t.strip()}.weight" in n for t in lora_targets.split(",") if t.strip())]
+        if not targets:
+            raise ValueError(f"lora_targets: {lora_targets!r} names no weight matrix"
+                             + (f" within params={params!r}" if params else ""))
+        scale = (lora_alpha or lora_rank) / lora_rank
+        theta = lora_adapters(tensors, targets, lora_rank, jax.random.fold_in(jax.random.key(seed), LORA_STREAM))
 
-    return AlignedModel(params, apply_fn, *(as_batches(b, weights=counts) for b, counts in batches.values()),
-                        likelihood="categorical", fused_loss=fused_loss)
+        def full(p, frozen):
+            return frozen | {n: frozen[n] + scale * ab["B"] @ ab["A"] for n, ab in p.items()}
+
+        frozen = tensors
+    else:
+        theta = {n: tensors[n] for n in chosen}
+        frozen = {n: a for n, a in tensors.items() if n not in theta}
+
+        def full(p, frozen):
+            return frozen | p
+
+    def rebuilt(p, frozen):
+        return with_tensors(skeleton, full(p, frozen))
+
+    return AlignedModel(theta, lambda p, x, f: response_logits(rebuilt(p, f), x), align_set, task_set,
+                        likelihood="categorical", frozen=frozen,
+                        fused_loss=lambda p, b, f: response_loss(rebuilt(p, f), b, loss_chunk))

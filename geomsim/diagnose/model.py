@@ -53,6 +53,11 @@ class AlignedModel(eqx.Module):
         chunked cross-entropy over a language model's positions); the losses, their
         gradients and Hessians use it, the Gauss-Newton and Fisher products (which
         live in output space) use `apply_fn`.
+    frozen: optional arrays held fixed, e.g. the base weights under LoRA adapters or
+        the layers outside a chosen subset; then `apply_fn(params, inputs, frozen)`
+        and `fused_loss(params, batch, frozen)` take them as a third argument, and
+        every curvature is of `params` alone.  They travel with the model as arrays
+        (sharded like parameters on a mesh), never as constants baked into a program.
     """
 
     params: PyTree
@@ -61,13 +66,15 @@ class AlignedModel(eqx.Module):
     apply_fn: Callable[[PyTree, Any], Array] = eqx.field(static=True)
     likelihood: Likelihood
     fused_loss: Callable[[PyTree, Any], Array] | None = eqx.field(static=True)
+    frozen: PyTree
 
-    def __init__(self, params: PyTree, apply_fn: Callable[[PyTree, Any], Array], align_batches: Any,
+    def __init__(self, params: PyTree, apply_fn: Callable[..., Array], align_batches: Any,
                  task_batches: Any, likelihood: str | Likelihood = "categorical",
-                 fused_loss: Callable[[PyTree, Any], Array] | None = None):
+                 fused_loss: Callable[..., Array] | None = None, frozen: PyTree = None):
         self.params = params
         self.apply_fn = apply_fn
         self.fused_loss = fused_loss
+        self.frozen = frozen
         self.likelihood = resolve_likelihood(likelihood)
         for name, batches in (("align_batches", align_batches), ("task_batches", task_batches)):
             if batches is None:
@@ -79,16 +86,23 @@ class AlignedModel(eqx.Module):
     def batch_loss(self) -> Callable[[PyTree, Any], Float[Array, ""]]:
         """`loss(params, (inputs, targets))`: mean negative log-likelihood of one batch
         (nats per sample); a plain function of its arguments (it holds no arrays, so
-        operators can keep it as a static field)."""
+        operators can keep it as a static field; with `frozen` arrays it closes over them)."""
         if self.fused_loss is not None:
-            return self.fused_loss
-        apply_fn, output_loss = self.apply_fn, self.output_loss
+            fused, frozen = self.fused_loss, self.frozen
+            return fused if frozen is None else (lambda params, batch: fused(params, batch, frozen))
+        apply_fn, output_loss = self.model_fn, self.output_loss
 
         def loss(params, batch):
             inputs, targets = batch
             return output_loss(apply_fn(params, inputs), targets)
 
         return loss
+
+    @property
+    def model_fn(self) -> Callable[[PyTree, Any], Array]:
+        """`model_fn(params, inputs) -> outputs` (the frozen arrays bound)."""
+        apply_fn, frozen = self.apply_fn, self.frozen
+        return apply_fn if frozen is None else (lambda params, inputs: apply_fn(params, inputs, frozen))
 
     @property
     def output_loss(self) -> Callable[[Array, Any], Float[Array, ""]]:
@@ -114,8 +128,12 @@ class AlignedModel(eqx.Module):
         and its examples over "data" (`geomsim.curvature.sharding`); every operator and
         diagnosis of it then runs sharded, equal to the one-device one up to round-off."""
         params = jax.device_put(self.params, param_sharding(mesh, self.params))
-        return eqx.tree_at(lambda m: (m.params, m.align_batches, m.task_batches), self,
-                           (params, shard_batches(self.align_batches, mesh), shard_batches(self.task_batches, mesh)))
+        model = eqx.tree_at(lambda m: (m.params, m.align_batches, m.task_batches), self,
+                            (params, shard_batches(self.align_batches, mesh), shard_batches(self.task_batches, mesh)))
+        if self.frozen is None:
+            return model
+        frozen = jax.device_put(self.frozen, param_sharding(mesh, self.frozen))
+        return eqx.tree_at(lambda m: m.frozen, model, frozen)
 
     def operator(self, kind: str, data: str = "align") -> CurvatureOperator:
         """Curvature of `L_A` (`data="align"`) or `L_F` (`"task"`) at theta0:
@@ -124,7 +142,7 @@ class AlignedModel(eqx.Module):
         if kind == "hessian":
             return hessian_operator(self.batch_loss, self.params, batches)
         if kind == "ggn":
-            return ggn_operator(self.apply_fn, self.output_loss, self.params, batches)
+            return ggn_operator(self.model_fn, self.output_loss, self.params, batches)
         if kind == "fisher":
-            return fisher_operator(self.apply_fn, self.params, batches, likelihood=self.likelihood)
+            return fisher_operator(self.model_fn, self.params, batches, likelihood=self.likelihood)
         raise ValueError(f"operator: must be one of {', '.join(OPERATORS)} (got {kind!r})")

@@ -61,11 +61,15 @@ def load_model(config: DiagnoseConfig) -> Landscape | AlignedModel:
         try:
             return hf_aligned_model(config.hf, config.align, config.task, dtype=config.dtype,
                                     max_length=config.max_length, batch_size=config.batch_size,
-                                    loss_chunk=config.loss_chunk, remat=config.remat)
+                                    loss_chunk=config.loss_chunk, remat=config.remat, params=config.params,
+                                    lora_rank=config.lora_rank, lora_targets=config.lora_targets,
+                                    lora_alpha=config.lora_alpha, seed=config.seed)
         except (CheckpointError, UnsupportedConfig) as err:
             raise ConfigError(f"hf: {err}") from None
         except DataError as err:
             raise ConfigError(f"align/task: {err}") from None
+        except ValueError as err:  # params / lora_targets matching nothing, a too-large tokenizer
+            raise ConfigError(str(err)) from None
     return _factory_model(config.model)
 
 

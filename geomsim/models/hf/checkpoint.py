@@ -24,6 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from geomsim.models.hf.config import DecoderConfig, parse_config, thaw
 from geomsim.models.hf.decoder import DecoderLM
@@ -188,7 +189,8 @@ def with_tensors(model, tensors, dtype=None, *, unread_from=None):
     """`model` with every parameter taken from HF-named tensors (the inverse of
     `hf_tensors`): `tensors` is a dict or a function of the name.  Shapes are checked
     against the model's, naming the tensor; with `unread_from` (every name present),
-    a tensor the layout does not know is an error."""
+    a tensor the layout does not know is an error.  Traceable: under `jit` the
+    tensors may be traced arrays (a reparametrised model, e.g. LoRA)."""
     read = tensors if callable(tensors) else _DictReader(tensors)
     rows = _layout(model)
     n = _num_layers(model)
@@ -204,8 +206,8 @@ def with_tensors(model, tensors, dtype=None, *, unread_from=None):
                 raise CheckpointError(f"{name}: shape {tuple(array.shape)} disagrees with config.json, which "
                                       f"implies {want}")
             parts.append(array)
-        stacked = np.stack(parts) if "{i}" in theirs else parts[0]
-        arrays.append(jnp.asarray(stacked, dtype=dtype or expected.dtype))
+        stacked = jnp.stack(parts) if "{i}" in theirs else jnp.asarray(parts[0])
+        arrays.append(stacked.astype(dtype or expected.dtype))
     if unread_from is not None:
         known = {name for _, theirs, _ in rows for name in _names(theirs, n)}
         unread = sorted(k for k in unread_from if k not in known and not k.endswith(_BUFFERS)
@@ -221,10 +223,10 @@ class _DictReader:
     def __init__(self, tensors: dict):
         self.tensors = tensors
 
-    def __call__(self, name: str) -> np.ndarray:
+    def __call__(self, name: str) -> Array:
         if name not in self.tensors:
             raise CheckpointError(f"{name}: tensor missing")
-        return np.asarray(self.tensors[name])
+        return self.tensors[name]
 
 
 def _num_layers(model) -> int:
