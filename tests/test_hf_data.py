@@ -132,7 +132,7 @@ def test_chunked_cross_entropy_and_remat_change_no_derivative(folder):
     give the plain loss's value, gradient and Hessian-vector product."""
     from jax.flatten_util import ravel_pytree
 
-    plain = hf_aligned_model(folder, ALIGN, TASK, dtype="float64")
+    plain = hf_aligned_model(folder, ALIGN, TASK, dtype="float64", remat=False)
     fused = hf_aligned_model(folder, ALIGN, TASK, dtype="float64", loss_chunk=8, remat=True)
     batch = plain.align_batches.data[0]
     assert batch[1].shape[0] % 8  # the last chunk is partial
@@ -185,7 +185,7 @@ def test_params_subset_is_the_block_of_the_full_curvature(folder):
 def test_lora_space_at_b_zero_matches_the_closed_form(folder):
     """LoRA adapters W + s B A with B = 0: the loss is the base loss, grad_A = 0,
     grad_B = s G A^T, and the adapter-space quadratic form is
-    s^2 (dB A) : H_W (dB A) + 2 s G : (dB dA)  (docs/theory.md, section 11)."""
+    s^2 (dB A) : H_W (dB A) + 2 s G : (dB dA)  (docs/theory.md, section 12)."""
     from geomsim.models.hf import hf_tensors, with_tensors
 
     full = hf_aligned_model(folder, ALIGN, TASK, dtype="float64")

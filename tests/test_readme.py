@@ -55,6 +55,9 @@ OVERRIDES = {
     ("python", "-m", "geomsim.testbed", "sweep"): as_flags(TESTBED_SWEEP),
     ("python", "-m", "geomsim.testbed", "defenses"): as_flags(TESTBED_DEFENSES),
     ("python", "-m", "paper_repro"): ["--only", "controls_mu"],
+    # A few training steps: the diagnosis after it only needs the folder's format and data.
+    ("python", "-m", "geomsim.testbed.hf_export"): ["--pretrain-steps", "20", "--align-steps", "10",
+                                                   "--eval-size", "16", "--finetune-size", "16"],
 }
 NOT_RUN = {
     ("pip", "install"): "the test environment is the installed package; .ci/run runs the install from a fresh clone",
@@ -66,10 +69,28 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
+# A bash block whose first line is this comment runs as one sequence in one folder
+# (each command may read what the one before it wrote): `ordered_blocks`.
+IN_ORDER = "# in one folder, in order"
+
+
+def _lines(block: str) -> list[list[str]]:
+    return [tokens for line in block.splitlines() if (tokens := shlex.split(line, comments=True))]
+
+
+def ordered_blocks() -> list[list[str]]:
+    """The commands of every `IN_ORDER` block, in order."""
+    return [[" ".join(shlex.quote(t) for t in tokens) for tokens in _lines(block)]
+            for block in blocks("bash") if block.startswith(IN_ORDER)]
+
+
 def _shell_lines() -> list[list[str]]:
-    """The tokens of every command line of the README's bash blocks (comments dropped)."""
+    """The tokens of every command line of the README's bash blocks (comments dropped),
+    but for the `IN_ORDER` blocks."""
     lines = []
     for block in blocks("bash"):
+        if block.startswith(IN_ORDER):
+            continue
         for line in block.splitlines():
             tokens = shlex.split(line, comments=True)
             if tokens:
@@ -203,7 +224,9 @@ def check_command(command: str, tmp_path: Path) -> None:
         if "--only" in tokens:
             extra = extra[2:]  # the README's own selection
     else:
-        (tmp_path / "experiments").symlink_to(ROOT / "experiments")  # commands that name an experiment file
+        for name in ("experiments", "examples"):  # commands that name an experiment or example file
+            if not (tmp_path / name).exists():
+                (tmp_path / name).symlink_to(ROOT / name)
     proc = _run([sys.executable, *tokens[1:], *extra], cwd=ROOT if repo_script else tmp_path)
     if "--help" in tokens:
         assert "usage:" in proc.stdout

@@ -12,7 +12,7 @@ The curvature can be restricted to a subset of the tensors (`params`: named
 layers or blocks, the rest frozen) or measured in the space of LoRA adapters on
 chosen modules (`lora_rank`, `lora_targets`): what practitioners train.  Both are
 reparametrisations `theta(p) = tensors(p, frozen)` of the same model, with the
-frozen tensors carried as arrays (docs/theory.md, section 11).
+frozen tensors carried as arrays (docs/theory.md, section 12).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def lora_adapters(tensors: dict, targets: list[str], rank: int, key) -> dict:
 
 
 def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length: int = 0, batch_size: int = 0,
-                     loss_chunk: int = 1024, remat: bool = False, params: str = "", lora_rank: int = 0,
+                     loss_chunk: int = 1024, remat: bool = True, params: str = "", lora_rank: int = 0,
                      lora_targets: str = "q_proj,v_proj", lora_alpha: float = 0.0, seed: int = 0,
                      model=None) -> AlignedModel:
     """The aligned model of an HF checkpoint folder, with its alignment and task sets.
