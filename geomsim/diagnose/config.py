@@ -26,8 +26,8 @@ class DiagnoseConfig:
     batch_size: int = option(0, help="with --hf: examples per batch (0 = one batch per set)", check=at_least(0))
     loss_chunk: int = option(1024, help="with --hf: response positions per chunk of the cross-entropy (its "
                              "derivatives hold one chunk's logits at a time) (>= 1)", check=at_least(1))
-    # Measured on random Llama models of 10M-150M parameters (benchmarks/RESULTS.md): remat cut the
-    # HVP's memory per parameter from 27-37 to 14-27 bytes and was no slower (0.86-0.95x the time).
+    # Measured on random Llama models of 9M-349M parameters (benchmarks/RESULTS.md): remat cut the
+    # HVP program's memory per parameter from 27-37 to 13-27 bytes and its time by 5-20%.
     remat: bool = option(True, help="with --hf: recompute each block's activations in the backward pass "
                          "(--no-remat to keep them)")
     params: str = option("", help="with --hf: comma-separated patterns of tensor names (fnmatch, e.g. "

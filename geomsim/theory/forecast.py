@@ -80,8 +80,11 @@ def local_models(num_matvecs: int) -> Callable[..., LocalModels]:
         tridiag = 0.5 * (result.J_small + result.J_small.T)
         theta, q = jnp.linalg.eigh(tridiag)
         # One product at a time: m simultaneous products (a vmap) hold m copies of the
-        # activations, gigabytes on a transformer's alignment set.
-        projected = jax.lax.map(align_matvec, basis) @ basis.T
+        # activations, gigabytes on a transformer's alignment set; and each is projected
+        # as it comes (`V H_A v_i`, m numbers), so the m products never stand as an
+        # (m, d) array beside the basis (on a 9M-parameter Llama that array was a third
+        # of the diagnosis's memory).
+        projected = jax.lax.map(lambda v: basis @ align_matvec(v), basis)
         return LocalModels(theta, q, jnp.linalg.norm(g), basis @ align_grad, 0.5 * (projected + projected.T),
                            num_matvecs)
 
