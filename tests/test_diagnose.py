@@ -100,6 +100,13 @@ def test_ggn_and_fisher_agree_for_a_categorical_model_and_resamples_spread(tmp_p
     (["--model", "geomsim.diagnose.examples:quadratic", "--operator", "ggn"], "operator"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--task-model", "gauss_newton"], "task_model"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--operator", "kfac"], "operator"),
+    (["--hf", "tests/hf_fixtures/llama"], "align"),
+    (["--hf", "tests/hf_fixtures/llama", "--model", "geomsim.diagnose.examples:quadratic"], "hf"),
+    (["--hf", "no/such/folder", "--align", "a.jsonl", "--task", "b.jsonl"], "hf: no/such/folder: not a folder"),
+    (["--hf", "tests/hf_fixtures/llama", "--align", "a.jsonl", "--task", "b.jsonl"], "hf: tests/hf_fixtures/llama/"
+     "tokenizer.json: missing"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--lora-rank", "4"], "params"),
+    (["--hf", "x", "--align", "a", "--task", "b", "--dtype", "float16"], "dtype"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(flags, field, tmp_path, capsys):
     assert main([*flags, "--out", str(tmp_path), "--quiet"]) == 2
