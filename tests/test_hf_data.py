@@ -212,3 +212,22 @@ def test_lora_space_at_b_zero_matches_the_closed_form(folder):
     expected = float(_flat(dw_tree) @ _flat(op_full.mv(dw_tree))) + cross
     ours = float(_flat(d) @ _flat(op_lora.mv(d)))
     assert abs(ours - expected) <= 1e-8 * abs(expected)
+
+
+@pytest.mark.parametrize("params", ["", "model.layers.0.*,lm_head.weight"])
+def test_chunked_gauss_newton_is_the_plain_one(folder, params):
+    """The Gauss-Newton / Fisher products with the head applied 8 positions at a time
+    (partial last chunk) equal the plain GGN and Fisher operators on the full
+    `(response tokens, vocab)` logits."""
+    from geomsim.curvature import fisher_operator, ggn_operator
+
+    aligned = hf_aligned_model(folder, ALIGN, TASK, dtype="float64", loss_chunk=8, params=params)
+    v = jax.tree.map(lambda a: jax.random.normal(jax.random.key(4), a.shape, a.dtype), aligned.params)
+    for data in ("align", "task"):
+        batches = {"align": aligned.align_batches, "task": aligned.task_batches}[data]
+        chunked = aligned.operator("ggn", data).mv(v)
+        assert type(aligned.operator("fisher", data)).__name__ == "ChunkedGGNOperator"
+        plain = ggn_operator(aligned.model_fn, aligned.output_loss, aligned.params, batches).mv(v)
+        fisher = fisher_operator(aligned.model_fn, aligned.params, batches).mv(v)
+        for ref in (plain, fisher):
+            assert jnp.linalg.norm(_flat(chunked) - _flat(ref)) <= 1e-12 * jnp.linalg.norm(_flat(ref))

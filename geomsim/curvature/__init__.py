@@ -4,7 +4,8 @@ Krylov and stochastic algorithms on them, jit-compiled and vmappable.
 Operators (pytrees carrying `psd` / `symmetric` tags; `.mv` on pytrees,
 `.mv_flat` on flat vectors, `.linearize()` to hoist the forward pass):
     hessian_operator, ggn_operator, fisher_operator, empirical_fisher_operator,
-    mc_fisher_operator, MatrixOperator; likelihoods Categorical, Gaussian.
+    mc_fisher_operator, chunked_ggn_operator (a language model's GGN / Fisher, its
+    head applied to chunks of positions), MatrixOperator; likelihoods Categorical, Gaussian.
 Dense ground truth (small models): dense_hessian, dense_ggn, dense_fisher,
     dense_empirical_fisher, dense_operator_fisher.
 Algorithms (factories of pure `(matvec, key, *params) -> result` functions):
@@ -32,6 +33,7 @@ from geomsim.curvature.dense import (
 from geomsim.curvature.lanczos import EigResult, default_krylov_dim, eigsh
 from geomsim.curvature.likelihoods import Categorical, Gaussian, Likelihood
 from geomsim.curvature.operators import (
+    ChunkedGGNOperator,
     CurvatureOperator,
     EmpiricalFisherOperator,
     FisherOperator,
@@ -39,6 +41,7 @@ from geomsim.curvature.operators import (
     HessianOperator,
     LinearizedOperator,
     MatrixOperator,
+    chunked_ggn_operator,
     empirical_fisher_operator,
     fisher_operator,
     ggn_operator,
@@ -69,6 +72,7 @@ __all__ = [
     "shard_operator",
     "BatchSet",
     "Categorical",
+    "ChunkedGGNOperator",
     "CurvatureOperator",
     "DiagonalEstimate",
     "EigResult",
@@ -85,6 +89,7 @@ __all__ = [
     "Stacked",
     "TraceEstimate",
     "as_batches",
+    "chunked_ggn_operator",
     "default_krylov_dim",
     "dense_empirical_fisher",
     "dense_fisher",

@@ -180,6 +180,54 @@ class GGNOperator(_DataOperator):
         return vjp_fn(hjv)
 
 
+class ChunkedGGNOperator(_DataOperator):
+    """Gauss-Newton (= Fisher) of the mean cross-entropy of a `features -> head` model,
+    with the head applied `chunk` outputs at a time.
+
+    `features_fn(params, inputs) -> h` gives one feature row per output (`(N, D)`, e.g.
+    a language model's hidden states at the scored positions) and `head_fn(params, h)
+    -> logits` maps rows to logits (the unembedding).  The product is exactly
+    `GGNOperator` on `head_fn(params, features_fn(params, inputs))` with a mean
+    cross-entropy, but `J v`, `H_out J v` and the head's part of `J^T` exist one chunk
+    of rows at a time (`lax.scan`), so no `(N, vocab)` buffer is ever held: only
+    `(chunk, vocab)` ones and the `(N, D)` features.  Batches are `(inputs, targets)`;
+    the targets are not used (the expectation over the model's labels is exact).
+    """
+
+    params: PyTree
+    batches: BatchSet
+    features_fn: Callable = eqx.field(static=True)
+    head_fn: Callable = eqx.field(static=True)
+    chunk: int = eqx.field(static=True)
+    psd: bool = eqx.field(static=True, default=True)
+
+    def batch_mv(self, batch, v):
+        inputs, _ = batch
+        h, jvp_fn, vjp_fn = _linear_model(self.features_fn, self.params, inputs)
+        dh = jvp_fn(v)
+        n, width = h.shape
+        chunk = max(1, min(self.chunk, n))
+        pad = (-n) % chunk
+
+        def rows(a):
+            return jnp.pad(a, ((0, pad), (0, 0))).reshape(-1, chunk, width)
+
+        mask = jnp.pad(jnp.ones(n, bool), (0, pad)).reshape(-1, chunk)
+
+        def one(acc, args):
+            hc, dhc, mc = args
+            logits, jl = jax.jvp(self.head_fn, (self.params, hc), (v, dhc))
+            wide = jnp.promote_types(logits.dtype, jnp.float32)
+            p, jl = jax.nn.softmax(logits.astype(wide), axis=-1), jl.astype(wide)
+            u = (p * jl - p * jnp.sum(p * jl, axis=-1, keepdims=True)) * (mc[:, None] / n)
+            g_params, g_rows = jax.vjp(self.head_fn, self.params, hc)[1](u.astype(logits.dtype))
+            return jax.tree.map(jnp.add, acc, g_params), g_rows
+
+        zero = jax.tree.map(jnp.zeros_like, self.params)
+        acc, g_rows = jax.lax.scan(one, zero, (rows(h), rows(dh), mask))
+        return jax.tree.map(jnp.add, acc, vjp_fn(g_rows.reshape(-1, width)[:n]))
+
+
 class FisherOperator(_DataOperator):
     """True Fisher `mean_i J_i^T F_out(o_i) J_i v` of a likelihood model.
 
@@ -317,6 +365,16 @@ def ggn_operator(model_fn: Callable, loss_fn: Callable, params: PyTree, batches:
     """Gauss-Newton of `loss_fn(model_fn(params, inputs), targets)`; batches are `(inputs, targets)`."""
     return GGNOperator(params=params, batches=_require(batches, weights), model_fn=model_fn, loss_fn=loss_fn,
                        psd=psd)
+
+
+def chunked_ggn_operator(features_fn: Callable, head_fn: Callable, params: PyTree, batches: Any, *,
+                         chunk: int = 1024, weights: Any = None) -> ChunkedGGNOperator:
+    """Gauss-Newton (= true Fisher) of the mean cross-entropy of `head_fn(params,
+    features_fn(params, inputs))`, the head applied `chunk` rows at a time."""
+    if chunk < 1:
+        raise ValueError(f"chunk: must be an integer >= 1 (got {chunk})")
+    return ChunkedGGNOperator(params=params, batches=_require(batches, weights), features_fn=features_fn,
+                              head_fn=head_fn, chunk=chunk)
 
 
 def fisher_operator(model_fn: Callable, params: PyTree, batches: Any, *, likelihood: str | Likelihood = "categorical",

@@ -24,8 +24,9 @@ class DiagnoseConfig:
     max_length: int = option(0, help="with --hf: truncate each example to this many tokens (0 = no limit)",
                              check=at_least(0))
     batch_size: int = option(0, help="with --hf: examples per batch (0 = one batch per set)", check=at_least(0))
-    loss_chunk: int = option(1024, help="with --hf: response positions per chunk of the cross-entropy (its "
-                             "derivatives hold one chunk's logits at a time) (>= 1)", check=at_least(1))
+    loss_chunk: int = option(1024, help="with --hf: response positions per chunk of the logits (the losses, "
+                             "their derivatives and the GGN / Fisher products hold one chunk at a time) (>= 1)",
+                             check=at_least(1))
     # Measured on random Llama models of 9M-349M parameters (benchmarks/RESULTS.md): remat cut the
     # HVP program's memory per parameter from 27-37 to 13-27 bytes and its time by 5-20%.
     remat: bool = option(True, help="with --hf: recompute each block's activations in the backward pass "

@@ -4,9 +4,10 @@
 alignment and task sets (`geomsim.models.hf.data`).  The model is read only at
 the positions that predict a response token, so the outputs the Gauss-Newton and
 Fisher operators see are `(response tokens, vocab)`, never `(batch, seq, vocab)`:
-prompts and padding carry no second-order buffer; the losses and their
-Hessian-vector products go through a chunked cross-entropy, which holds one
-chunk of positions' logits at a time.
+prompts and padding carry no second-order buffer; and no product holds even
+those at once: the losses and their Hessian-vector products go through a chunked
+cross-entropy, the Gauss-Newton and Fisher products through
+`chunked_ggn_operator`, each with one chunk of positions' logits at a time.
 
 The curvature can be restricted to a subset of the tensors (`params`: named
 layers or blocks, the rest frozen) or measured in the space of LoRA adapters on
@@ -35,16 +36,21 @@ DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat
 LORA_STREAM = 0  # fold of the diagnosis seed for the adapters' random A factors
 
 
+def response_features(model, inputs):
+    """Hidden states at the positions `(rows, cols)` of `input_ids` (`float[N, D]`)."""
+    input_ids, rows, cols = inputs
+    return model.hidden(input_ids)[rows, cols]
+
+
 def response_logits(model, inputs):
     """Logits at the positions `(rows, cols)` of `input_ids` (`float[N, vocab]`)."""
-    input_ids, rows, cols = inputs
-    return model.unembed(model.hidden(input_ids)[rows, cols])
+    return model.unembed(response_features(model, inputs))
 
 
 def response_loss(model, batch, chunk: int):
     """Mean NLL of a batch's response tokens, through the chunked cross-entropy."""
-    (input_ids, rows, cols), targets = batch
-    return chunked_cross_entropy(model.hidden(input_ids)[rows, cols], model.unembed, targets, chunk)
+    inputs, targets = batch
+    return chunked_cross_entropy(response_features(model, inputs), model.unembed, targets, chunk)
 
 
 def select(names, patterns: str) -> list[str]:
@@ -80,9 +86,8 @@ def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length:
         dtype: the weights' dtype for the diagnosis (one of `DTYPES`; "checkpoint" keeps it).
         max_length: truncate every example to this many tokens (0: no truncation).
         batch_size: examples per batch (0: one batch per set).
-        loss_chunk: response positions per chunk of the cross-entropy in the losses and
-            their derivatives (`chunked_cross_entropy`); the Gauss-Newton and Fisher
-            products hold a batch's `(response tokens, vocab)` outputs.
+        loss_chunk: response positions per chunk of the logits in the losses, their
+            derivatives and the Gauss-Newton / Fisher products.
         remat: recompute each block's activations in the backward pass.
         params: comma-separated fnmatch patterns of HF tensor names; the curvature is of
             those tensors only, the rest frozen ("" = every tensor).
@@ -105,8 +110,10 @@ def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length:
 
     if not params and not lora_rank:
         theta, static = eqx.partition(model, eqx.is_inexact_array)
+        head = (lambda p, x: response_features(eqx.combine(p, static), x),
+                lambda p, h: eqx.combine(p, static).unembed(h), loss_chunk)
         return AlignedModel(theta, lambda p, x: response_logits(eqx.combine(p, static), x), align_set, task_set,
-                            likelihood="categorical",
+                            likelihood="categorical", head=head,
                             fused_loss=lambda p, b: response_loss(eqx.combine(p, static), b, loss_chunk))
 
     tensors = {n: jnp.asarray(a) for n, a in hf_tensors(model).items()}
@@ -135,6 +142,8 @@ def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length:
     def rebuilt(p, frozen):
         return with_tensors(skeleton, full(p, frozen))
 
+    head = (lambda p, x, f: response_features(rebuilt(p, f), x), lambda p, h, f: rebuilt(p, f).unembed(h),
+            loss_chunk)
     return AlignedModel(theta, lambda p, x, f: response_logits(rebuilt(p, f), x), align_set, task_set,
-                        likelihood="categorical", frozen=frozen,
+                        likelihood="categorical", frozen=frozen, head=head,
                         fused_loss=lambda p, b, f: response_loss(rebuilt(p, f), b, loss_chunk))

@@ -23,9 +23,10 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Float, PyTree
 
 from geomsim.curvature.batches import BatchSet, as_batches
-from geomsim.curvature.likelihoods import Likelihood, resolve_likelihood
+from geomsim.curvature.likelihoods import Categorical, Likelihood, resolve_likelihood
 from geomsim.curvature.operators import (
     CurvatureOperator,
+    chunked_ggn_operator,
     fisher_operator,
     ggn_operator,
     hessian_operator,
@@ -58,6 +59,11 @@ class AlignedModel(eqx.Module):
         and `fused_loss(params, batch, frozen)` take them as a third argument, and
         every curvature is of `params` alone.  They travel with the model as arrays
         (sharded like parameters on a mesh), never as constants baked into a program.
+    head: optional `(features_fn, head_fn, chunk)` with `apply_fn(p, x) ==
+        head_fn(p, features_fn(p, x))` (with `frozen`, each takes it last): a language
+        model's hidden states at the scored positions and its unembedding; the
+        Gauss-Newton and Fisher products of a categorical model then apply the head
+        `chunk` rows at a time (`chunked_ggn_operator`), never holding all the logits.
     """
 
     params: PyTree
@@ -66,15 +72,18 @@ class AlignedModel(eqx.Module):
     apply_fn: Callable[[PyTree, Any], Array] = eqx.field(static=True)
     likelihood: Likelihood
     fused_loss: Callable[[PyTree, Any], Array] | None = eqx.field(static=True)
+    head: tuple[Callable, Callable, int] | None = eqx.field(static=True)
     frozen: PyTree
 
     def __init__(self, params: PyTree, apply_fn: Callable[..., Array], align_batches: Any,
                  task_batches: Any, likelihood: str | Likelihood = "categorical",
-                 fused_loss: Callable[..., Array] | None = None, frozen: PyTree = None):
+                 fused_loss: Callable[..., Array] | None = None, frozen: PyTree = None,
+                 head: tuple[Callable, Callable, int] | None = None):
         self.params = params
         self.apply_fn = apply_fn
         self.fused_loss = fused_loss
         self.frozen = frozen
+        self.head = head
         self.likelihood = resolve_likelihood(likelihood)
         for name, batches in (("align_batches", align_batches), ("task_batches", task_batches)):
             if batches is None:
@@ -88,8 +97,7 @@ class AlignedModel(eqx.Module):
         (nats per sample); a plain function of its arguments (it holds no arrays, so
         operators can keep it as a static field; with `frozen` arrays it closes over them)."""
         if self.fused_loss is not None:
-            fused, frozen = self.fused_loss, self.frozen
-            return fused if frozen is None else (lambda params, batch: fused(params, batch, frozen))
+            return self._bound(self.fused_loss)
         apply_fn, output_loss = self.model_fn, self.output_loss
 
         def loss(params, batch):
@@ -101,8 +109,11 @@ class AlignedModel(eqx.Module):
     @property
     def model_fn(self) -> Callable[[PyTree, Any], Array]:
         """`model_fn(params, inputs) -> outputs` (the frozen arrays bound)."""
-        apply_fn, frozen = self.apply_fn, self.frozen
-        return apply_fn if frozen is None else (lambda params, inputs: apply_fn(params, inputs, frozen))
+        return self._bound(self.apply_fn)
+
+    def _bound(self, fn: Callable) -> Callable:
+        frozen = self.frozen
+        return fn if frozen is None else (lambda params, x: fn(params, x, frozen))
 
     @property
     def output_loss(self) -> Callable[[Array, Any], Float[Array, ""]]:
@@ -141,6 +152,10 @@ class AlignedModel(eqx.Module):
         batches = {"align": self.align_batches, "task": self.task_batches}[data]
         if kind == "hessian":
             return hessian_operator(self.batch_loss, self.params, batches)
+        if kind in ("ggn", "fisher") and self.head is not None and isinstance(self.likelihood, Categorical):
+            features_fn, head_fn, chunk = self.head  # GGN = Fisher for a categorical likelihood
+            return chunked_ggn_operator(self._bound(features_fn), self._bound(head_fn), self.params, batches,
+                                        chunk=chunk)
         if kind == "ggn":
             return ggn_operator(self.model_fn, self.output_loss, self.params, batches)
         if kind == "fisher":

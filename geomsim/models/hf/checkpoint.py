@@ -223,7 +223,7 @@ class _DictReader:
     def __init__(self, tensors: dict):
         self.tensors = tensors
 
-    def __call__(self, name: str) -> Array:
+    def __call__(self, name: str) -> Array | np.ndarray:
         if name not in self.tensors:
             raise CheckpointError(f"{name}: tensor missing")
         return self.tensors[name]
