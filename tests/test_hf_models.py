@@ -269,3 +269,14 @@ def test_live_transformers_parity_and_reload(name, tmp_path):
     save_pretrained(from_pretrained(FIXTURES / name, dtype=jnp.float32), tmp_path)
     reloaded = torch_reference(tmp_path, v={k[2:]: a for k, a in committed.items() if k.startswith("v/")})
     assert rel(reloaded["logits"], committed["logits"]) < 1e-6
+
+
+def test_keys_that_leave_the_logits_alone_are_accepted(tmp_path):
+    """Older hub configs carry bookkeeping and generation keys (GPT-2's `output_past`,
+    `task_specific_params`, `max_length`...): read past, the logits unchanged."""
+    folder = _copy("gpt2", tmp_path)
+    _edit_config(folder, output_past=True, n_ctx=32, max_length=50, do_sample=True, top_k=5,
+                 task_specific_params={"text-generation": {"do_sample": True}})
+    ref = reference("gpt2")
+    logits = from_pretrained(folder, dtype=jnp.float32)(jnp.asarray(ref["input_ids"]))
+    assert rel(logits, ref["logits"]) < 1e-5

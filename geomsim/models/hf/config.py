@@ -44,7 +44,14 @@ _NEUTRAL = {
     "pretraining_tp",  # a split of the same matmul (Llama 2); the same maths
     "embd_pdrop", "attn_pdrop", "resid_pdrop", "summary_type", "summary_use_proj", "summary_activation",
     "summary_proj_to_labels", "summary_first_dropout", "n_ctx", "max_window_layers", "_sliding_window_pattern",
-    "sliding_window_pattern", "use_sliding_window", "final_dropout",
+    "sliding_window_pattern", "use_sliding_window", "final_dropout", "output_past", "sliding_window_size",
+    "_attn_implementation", "attn_implementation", "keys_to_ignore_at_inference", "torch_compile",
+    # Generation settings older configs carry (they act at decoding, not on the logits).
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "temperature",
+    "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "diversity_penalty",
+    "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
+    "suppress_tokens", "begin_suppress_tokens", "output_scores", "return_dict_in_generate", "transformers.js_config",
 }
 # Keys allowed only with the value that leaves the maths as geomsim computes it.
 _MUST_BE = {
