@@ -3,7 +3,7 @@
 import sys
 
 import pytest
-from test_readme import OTHER_COMMANDS, _run, blocks, check_command, ordered_blocks
+from test_readme import OTHER_COMMANDS, _run, blocks, check_command
 
 
 @pytest.mark.parametrize("command", OTHER_COMMANDS)
@@ -14,10 +14,3 @@ def test_readme_command_runs(command, tmp_path):
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
 def test_readme_python_block_runs(index, tmp_path):
     _run([sys.executable, "-c", blocks("python")[index]], cwd=tmp_path)
-
-
-@pytest.mark.parametrize("index", range(len(ordered_blocks())))
-def test_readme_ordered_block_runs(index, tmp_path):
-    """An `IN_ORDER` block: its commands one after another in one folder."""
-    for command in ordered_blocks()[index]:
-        check_command(command, tmp_path)
