@@ -4,8 +4,10 @@ Subpackages mirror the architecture: `landscapes` (aligned point + losses),
 `dynamics` (optimizers, gradient flow), `curvature` (matrix-free operators and
 spectra), `theory` (Taylor coefficients, laws, AIC, forecasts), `fitting`
 (onset power laws), `defenses` (optax transformations), `sweep` (grids and the
-CLI), `diagnose` (the forecast CLI), `testbed` (the transformer), `plotting`,
-`io`, `processes` (several processes, one job: `jax.distributed`).
+CLI), `diagnose` (the forecast CLI), `testbed` (the transformer), `models`
+(equinox models; `models.hf`: Hugging Face checkpoints, tokenizers, JSONL data),
+`tasks` (the synthetic language), `plotting`, `io`, `processes` (several
+processes, one job: `jax.distributed`).
 """
 
 from geomsim._runtime import configure_runtime
