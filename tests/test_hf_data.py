@@ -231,3 +231,42 @@ def test_chunked_gauss_newton_is_the_plain_one(folder, params):
         fisher = fisher_operator(aligned.model_fn, aligned.params, batches).mv(v)
         for ref in (plain, fisher):
             assert jnp.linalg.norm(_flat(chunked) - _flat(ref)) <= 1e-12 * jnp.linalg.norm(_flat(ref))
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused(folder, tmp_path):
+    """Qwen3's template drops an earlier assistant turn's reasoning once a later user
+    turn follows; the turn's tokens cannot then be located, and geomsim says so rather
+    than scoring the next turn's tokens."""
+    import shutil
+
+    changed = tmp_path / "rewrites"
+    shutil.copytree(folder, changed)
+    config = json.loads((changed / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"
+                               "{% if m['role'] == 'assistant' and loop.last %} (final){% endif %}<|end|>"
+                               "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    (changed / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_tokenizer(changed)
+    one = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    assert any(tokenize(tok, one).target)
+    two = {"messages": [*one["messages"], {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}
+    with pytest.raises(DataError, match="renders turn 1 differently inside the whole conversation"):
+        tokenize(tok, two, "f.jsonl:1")
+
+
+def test_lora_on_conv1d_weights_is_oriented_as_peft():
+    """GPT-2 stores c_attn as [in, out]: the adapter's random A spans the input side
+    (r x in) and B the output side (out x r), as PEFT's fan_in_fan_out does, and the
+    update is added in the stored layout."""
+    from geomsim.diagnose.hf import lora_adapters, lora_update
+    from geomsim.models.hf import hf_tensors, transposed_names
+
+    model = from_pretrained(Path(__file__).resolve().parent / "hf_fixtures" / "gpt2")
+    tensors = hf_tensors(model)
+    name = "transformer.h.0.attn.c_attn.weight"
+    conv1d = transposed_names(model)
+    assert name in conv1d and "transformer.wte.weight" not in conv1d and tensors[name].shape == (16, 48)
+    ab = lora_adapters(tensors, [name], 2, jax.random.key(0), conv1d)[name]
+    assert ab["A"].shape == (2, 16) and ab["B"].shape == (48, 2)
+    ab["B"] = jax.random.normal(jax.random.key(1), ab["B"].shape, ab["B"].dtype)
+    assert jnp.allclose(lora_update(ab, 3.0, True), 3.0 * (ab["B"] @ ab["A"]).T, rtol=1e-5, atol=1e-6)

@@ -280,3 +280,42 @@ def test_keys_that_leave_the_logits_alone_are_accepted(tmp_path):
     ref = reference("gpt2")
     logits = from_pretrained(folder, dtype=jnp.float32)(jnp.asarray(ref["input_ids"]))
     assert rel(logits, ref["logits"]) < 1e-5
+
+
+def test_gpt2_tensors_without_the_transformer_prefix(tmp_path):
+    """The original GPT-2 checkpoints store `wte.weight`, `h.0...` (no `transformer.`);
+    they load to the same model, and a tensor neither name knows is still refused."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = _copy("gpt2", tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    save_file({k.removeprefix("transformer."): a for k, a in tensors.items()}, folder / "model.safetensors")
+    ours, ref = from_pretrained(folder), from_pretrained(FIXTURES / "gpt2")
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True))
+    save_file({**load_file(folder / "model.safetensors"), "h.0.attn.q_norm.weight": np.ones(4, np.float32)},
+              folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="transformer.h.0.attn.q_norm.weight: tensor geomsim does not know"):
+        from_pretrained(folder)
+
+
+def test_missing_keys_take_transformers_defaults():
+    """Where config.json is silent, geomsim takes transformers' defaults (Gemma 2's
+    soft-caps 50 / 30 and query_pre_attn_scalar 256, Qwen3's head_dim 128, Gemma 3's
+    RoPE bases 1e6 / 1e4), not its own."""
+    from geomsim.models.hf import parse_config
+
+    def raw(name, **drop):
+        config = json.loads((FIXTURES / name / "config.json").read_text())
+        return {k: v for k, v in config.items() if k not in drop}
+
+    c = parse_config(raw("gemma2", attn_logit_softcapping=1, final_logit_softcapping=1, query_pre_attn_scalar=1))
+    assert (c.attn_softcap, c.final_softcap, c.attn_scale) == (50.0, 30.0, 256 ** -0.5)
+    assert parse_config(raw("qwen3", head_dim=1)).head_dim == 128
+    hub = raw("gemma3", rope_parameters=1)  # the hub's schema, no bases given
+    c = parse_config(hub)
+    assert c.inv_freq[1][1] == pytest.approx(1e6 ** (-2 / 8), rel=1e-6)  # the full layer
+    assert c.inv_freq[0][1] == pytest.approx(1e4 ** (-2 / 8), rel=1e-6)  # the sliding layer
+    hub["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
+    c = parse_config(hub)  # scaling applies to the full layers only
+    assert c.inv_freq[1][1] == pytest.approx(1e6 ** (-2 / 8) / 4, rel=1e-6)
+    assert c.inv_freq[0][1] == pytest.approx(1e4 ** (-2 / 8), rel=1e-6)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from geomsim.curvature.batches import as_batches
 from geomsim.diagnose.model import AlignedModel
-from geomsim.models.hf.checkpoint import from_pretrained, hf_tensors, with_tensors
+from geomsim.models.hf.checkpoint import from_pretrained, hf_tensors, transposed_names, with_tensors
 from geomsim.models.hf.data import read_examples, token_batches
 from geomsim.models.hf.tokenizer import load_tokenizer
 from geomsim.models.losses import chunked_cross_entropy
@@ -62,16 +62,23 @@ def select(names, patterns: str) -> list[str]:
     return chosen
 
 
-def lora_adapters(tensors: dict, targets: list[str], rank: int, key) -> dict:
+def lora_adapters(tensors: dict, targets: list[str], rank: int, key, transposed: set[str] = frozenset()) -> dict:
     """PEFT's initialisation: `A (r x in)` Kaiming-uniform-like random, `B (out x r)` zero,
-    so the adapted model starts exactly at the base model."""
+    so the adapted model starts exactly at the base model.  Tensors named in
+    `transposed` are stored `[in, out]` (GPT-2's Conv1D; PEFT's `fan_in_fan_out`)."""
     adapters = {}
     for name, k in zip(targets, jax.random.split(key, len(targets)), strict=True):
-        rows, cols = tensors[name].shape
-        bound = 1.0 / math.sqrt(cols)
-        a = jax.random.uniform(k, (rank, cols), tensors[name].dtype, -bound, bound)
-        adapters[name] = {"A": a, "B": jnp.zeros((rows, rank), tensors[name].dtype)}
+        out, fan_in = tensors[name].shape[::-1] if name in transposed else tensors[name].shape
+        bound = 1.0 / math.sqrt(fan_in)
+        a = jax.random.uniform(k, (rank, fan_in), tensors[name].dtype, -bound, bound)
+        adapters[name] = {"A": a, "B": jnp.zeros((out, rank), tensors[name].dtype)}
     return adapters
+
+
+def lora_update(adapter: dict, scale: float, transposed: bool):
+    """`s B A` in the tensor's stored layout."""
+    update = scale * adapter["B"] @ adapter["A"]
+    return update.T if transposed else update
 
 
 def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length: int = 0, batch_size: int = 0,
@@ -100,10 +107,13 @@ def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length:
     """
     model = model if model is not None else from_pretrained(folder, dtype=DTYPES[dtype], remat=remat)
     tok = load_tokenizer(folder)
-    if tok.vocab_size > model.config.vocab_size:
-        raise ValueError(f"tokenizer.json: {tok.vocab_size} tokens, more than the model's vocab_size "
-                         f"{model.config.vocab_size}")
     sets = {name: read_examples(tok, path, max_length) for name, path in (("align", align), ("task", task))}
+    # The ids the data use, not the tokenizer's size: tokenizers may list ids beyond the
+    # model's vocabulary (Gemma 3's image token) that text never produces.
+    top = max(max(e.ids) for examples in sets.values() for e in examples)
+    if top >= model.config.vocab_size:
+        raise ValueError(f"tokenizer.json: the data use token id {top}, outside the model's vocab_size "
+                         f"{model.config.vocab_size}")
     length = max(len(e.ids) for examples in sets.values() for e in examples)  # one shape for both sets
     batches = {name: token_batches(examples, batch_size, tok.pad_id, length) for name, examples in sets.items()}
     align_set, task_set = (as_batches(b, weights=counts) for b, counts in batches.values())
@@ -126,10 +136,12 @@ def hf_aligned_model(folder, align, task, *, dtype: str = "float32", max_length:
             raise ValueError(f"lora_targets: {lora_targets!r} names no weight matrix"
                              + (f" within params={params!r}" if params else ""))
         scale = (lora_alpha or lora_rank) / lora_rank
-        theta = lora_adapters(tensors, targets, lora_rank, jax.random.fold_in(jax.random.key(seed), LORA_STREAM))
+        conv1d = transposed_names(model)
+        theta = lora_adapters(tensors, targets, lora_rank, jax.random.fold_in(jax.random.key(seed), LORA_STREAM),
+                              conv1d)
 
         def full(p, frozen):
-            return frozen | {n: frozen[n] + scale * ab["B"] @ ab["A"] for n, ab in p.items()}
+            return frozen | {n: frozen[n] + lora_update(ab, scale, n in conv1d) for n, ab in p.items()}
 
         frozen = tensors
     else:

@@ -14,6 +14,7 @@ from geomsim.models.hf.checkpoint import (
     hf_config,
     hf_tensors,
     save_pretrained,
+    transposed_names,
     with_tensors,
 )
 from geomsim.models.hf.config import ARCHITECTURES, DecoderConfig, UnsupportedConfig, parse_config
@@ -30,5 +31,6 @@ __all__ = [
     "hf_tensors",
     "parse_config",
     "save_pretrained",
+    "transposed_names",
     "with_tensors",
 ]

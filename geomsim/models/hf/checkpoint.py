@@ -147,10 +147,11 @@ def _open(file: Path):
 
 
 class _Reader:
-    """Tensors by name over one or several files, each file opened once."""
+    """Tensors by name over one or several files, each file opened once; `stored`
+    maps a name to the one in the file where they differ."""
 
-    def __init__(self, files: dict[str, Path]):
-        self.files, self.handles = files, {}
+    def __init__(self, files: dict[str, Path], stored: dict[str, str] | None = None):
+        self.files, self.handles, self.stored = files, {}, stored or {}
 
     def __call__(self, name: str) -> np.ndarray:
         if name not in self.files:
@@ -159,7 +160,7 @@ class _Reader:
         if file not in self.handles:
             self.handles[file] = _open(file)
         try:
-            return self.handles[file].get_tensor(name)
+            return self.handles[file].get_tensor(self.stored.get(name, name))
         except Exception as err:
             raise CheckpointError(f"{file}: cannot read tensor {name}; truncated? ({err})") from None
 
@@ -179,7 +180,7 @@ def _checkpoint_dtype(files: dict[str, Path], read: _Reader):
     name = min(files)
     file = files[name]
     read.handles.setdefault(file, _open(file))
-    code = read.handles[file].get_slice(name).get_dtype()
+    code = read.handles[file].get_slice(read.stored.get(name, name)).get_dtype()
     if code not in _DTYPES:
         raise CheckpointError(f"{name}: dtype {code} is not a float dtype geomsim loads ({', '.join(_DTYPES)})")
     return jnp.dtype(_DTYPES[code])
@@ -250,7 +251,14 @@ def from_pretrained(path: str | os.PathLike, dtype=None, *, remat: bool = False)
     folder = Path(path)
     config = parse_config(_read_config(folder))
     files = _tensor_files(folder)
-    read = _Reader(files)
+    stored = {}
+    if isinstance(config, TransformerConfig):
+        # The original GPT-2 checkpoints store the base model's tensors without the
+        # `transformer.` prefix (`wte.weight`, `h.0...`); transformers accepts both.
+        canonical = {k: k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}" for k in files}
+        stored = {c: k for k, c in canonical.items() if c != k}
+        files = {canonical[k]: f for k, f in files.items()}
+    read = _Reader(files, stored)
     dtype = jnp.dtype(dtype) if dtype is not None else _checkpoint_dtype(files, read)
     return with_tensors(_skeleton(config, dtype, remat), read, dtype, unread_from=files)
 
@@ -300,6 +308,13 @@ def hf_tensors(model) -> dict[str, np.ndarray]:
     return tensors
 
 
+def transposed_names(model) -> set[str]:
+    """The HF names of the tensors stored `[in, out]` (GPT-2's Conv1D), against the
+    `[out, in]` of torch's Linear."""
+    n = _num_layers(model)
+    return {name for _, theirs, transpose in _layout(model) if transpose for name in _names(theirs, n)}
+
+
 def save_pretrained(model: DecoderLM | Transformer, path: str | os.PathLike) -> Path:
     """Write `config.json` and `model.safetensors` that transformers'
     `AutoModelForCausalLM.from_pretrained(path)` loads back (each file atomically)."""
@@ -315,4 +330,5 @@ def save_pretrained(model: DecoderLM | Transformer, path: str | os.PathLike) -> 
     return folder
 
 
-__all__ = ["CheckpointError", "from_pretrained", "hf_config", "hf_tensors", "save_pretrained", "with_tensors"]
+__all__ = ["CheckpointError", "from_pretrained", "hf_config", "hf_tensors", "save_pretrained", "transposed_names",
+           "with_tensors"]

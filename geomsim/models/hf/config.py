@@ -46,6 +46,7 @@ _NEUTRAL = {
     "summary_proj_to_labels", "summary_first_dropout", "n_ctx", "max_window_layers", "_sliding_window_pattern",
     "sliding_window_pattern", "use_sliding_window", "final_dropout", "output_past", "sliding_window_size",
     "_attn_implementation", "attn_implementation", "keys_to_ignore_at_inference", "torch_compile",
+    "n_special", "predict_special_tokens",  # GPT-2 medium/large: OpenAI GPT leftovers transformers ignores
     # Generation settings older configs carry (they act at decoding, not on the logits).
     "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "temperature",
     "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
@@ -139,20 +140,22 @@ def _check_keys(raw: dict, used: set[str], architecture: str) -> None:
         raise _fail(key, f"unknown key for {architecture}; geomsim cannot tell whether it changes the logits")
 
 
-def rope_parameters(raw: dict, layer_type: str | None = None) -> dict:
+def rope_parameters(raw: dict, layer_type: str | None = None, default_theta: float = 10000.0) -> dict:
     """The RoPE dict of one layer type, from either schema (transformers 5's
-    `rope_parameters` or the hub's top-level `rope_theta` + `rope_scaling`)."""
+    `rope_parameters`, nested per layer type for Gemma 3, or the hub's top-level
+    `rope_theta` + `rope_scaling`, with Gemma 3's `rope_local_base_freq` for its
+    sliding layers, which are never scaled); `default_theta` where none is given."""
     params = raw.get("rope_parameters")
     if params is not None:
-        if layer_type is not None and layer_type in params:
-            params = params[layer_type]
+        if layer_type is not None and any(isinstance(v, dict) for v in params.values()):
+            params = params.get(layer_type) or {}
         params = dict(params)
+        params.setdefault("rope_theta", default_theta)
+    elif layer_type == "sliding_attention":
+        params = {"rope_type": "default", "rope_theta": raw.get("rope_local_base_freq", default_theta)}
     else:
         params = dict(raw.get("rope_scaling") or {})
-        if layer_type == "sliding_attention" and "rope_local_base_freq" in raw:
-            params = {"rope_type": "default", "rope_theta": raw["rope_local_base_freq"]}
-        else:
-            params.setdefault("rope_theta", raw.get("rope_theta", 10000.0))
+        params.setdefault("rope_theta", raw.get("rope_theta", default_theta))
     if "type" in params and "rope_type" not in params:  # the oldest spelling
         params["rope_type"] = params.pop("type")
     params.setdefault("rope_type", "default")
@@ -224,7 +227,8 @@ def _decoder(raw: dict, architecture: str) -> DecoderConfig:
     kv = int(raw.get("num_key_value_heads") or heads)
     if heads % kv:
         raise _fail("num_key_value_heads", f"{kv} does not divide num_attention_heads={heads}")
-    head_dim = int(raw.get("head_dim") or (256 if gemma else d // heads))
+    # transformers' defaults where config.json is silent: Gemma 256, Qwen3 128, else D / heads.
+    head_dim = int(raw.get("head_dim") or (256 if gemma else 128 if family == "qwen3" else d // heads))
     # Which key transformers reads: Gemma 2/3 `hidden_activation`, the others `hidden_act`
     # (Gemma 1 maps its legacy "gelu" to the tanh approximation, as transformers does).
     if family in ("gemma2", "gemma3"):
@@ -239,13 +243,17 @@ def _decoder(raw: dict, architecture: str) -> DecoderConfig:
     window = raw.get("sliding_window")
     if "sliding_attention" in types and not window:
         raise _fail("sliding_window", f"{window!r} with sliding layers")
-    if family == "gemma3":
-        inv = {t: rope_inv_freq(rope_parameters(raw, t), head_dim, max_positions) for t in set(types)}
+    if family == "gemma3":  # transformers' defaults: base 1e6 on full layers, 1e4 on sliding ones
+        theta = {"full_attention": 1e6, "sliding_attention": 1e4}
+        inv = {t: rope_inv_freq(rope_parameters(raw, t, theta[t]), head_dim, max_positions) for t in set(types)}
         inv_freq = tuple(inv[t] for t in types)
     else:
         params = rope_parameters(raw)
         inv_freq = (rope_inv_freq(params, head_dim, max_positions),) * layers
-    scalar = raw.get("query_pre_attn_scalar") if family in ("gemma2", "gemma3") else None
+    # Gemma 2/3: transformers' defaults where a key is absent (present and null means none).
+    caps = {"gemma2": (50.0, 30.0), "gemma3": (None, None)}.get(family, (None, None))
+    sandwich = family in ("gemma2", "gemma3")
+    scalar = raw.get("query_pre_attn_scalar", 256) if sandwich else None
     bias = bool(raw.get("attention_bias", False))
     return DecoderConfig(
         architecture=architecture, vocab_size=vocab, hidden_size=d, intermediate_size=inter, num_layers=layers,
@@ -254,10 +262,10 @@ def _decoder(raw: dict, architecture: str) -> DecoderConfig:
         tie_embeddings=bool(raw.get("tie_word_embeddings", gemma)),
         qkv_bias=bias or family == "qwen2", o_bias=bias, mlp_bias=bool(raw.get("mlp_bias", False)),
         qk_norm=family in ("qwen3", "gemma3"), norm_offset=1.0 if gemma else 0.0,
-        sandwich_norms=family in ("gemma2", "gemma3"), embed_scale=gemma,
+        sandwich_norms=sandwich, embed_scale=gemma,
         attn_scale=float((scalar or head_dim) ** -0.5),
-        attn_softcap=raw.get("attn_logit_softcapping") if family in ("gemma2", "gemma3") else None,
-        final_softcap=raw.get("final_logit_softcapping") if family in ("gemma2", "gemma3") else None,
+        attn_softcap=raw.get("attn_logit_softcapping", caps[0]) if sandwich else None,
+        final_softcap=raw.get("final_logit_softcapping", caps[1]) if sandwich else None,
         windows=tuple(int(window) if t == "sliding_attention" else None for t in types),
         inv_freq=inv_freq, max_positions=max_positions,
         hf_config=_freeze(raw),

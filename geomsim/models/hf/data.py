@@ -67,9 +67,14 @@ def _spans_from_template(tok: HFTokenizer, messages: list[dict], where: str) -> 
         if message.get("role") != "assistant":
             continue
         prefix = tok.render(messages[:i], add_generation_prompt=True)
-        start, end = len(prefix), len(tok.render(messages[: i + 1]))
-        if not (text.startswith(prefix) and start <= end):
-            raise DataError(f"{where}: the chat template does not render turn {i} as a prefix of the conversation")
+        through = tok.render(messages[: i + 1])
+        # Both renderings must be prefixes of the whole conversation, or the span is not
+        # the turn's tokens (Qwen3's template, e.g., renders an earlier assistant turn
+        # differently once a later user turn follows: its reasoning block is dropped).
+        if not (text.startswith(prefix) and text.startswith(through) and len(prefix) <= len(through)):
+            raise DataError(f"{where}: the chat template renders turn {i} differently inside the whole "
+                            "conversation, so its tokens cannot be located; give one assistant turn per record")
+        start, end = len(prefix), len(through)
         spans.append((start, end))
     if not spans:
         raise DataError(f"{where}: no assistant turn to put the loss on")

@@ -48,10 +48,6 @@ class HFTokenizer:
                 return self.token_id(token)
         return 0
 
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size(with_added_tokens=True)
-
     def encode(self, text: str, *, special: bool = False) -> list[int]:
         """Token ids of `text`; `special` adds the tokenizer's own BOS/EOS post-processing."""
         return self.tokenizer.encode(text, add_special_tokens=special).ids
