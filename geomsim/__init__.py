@@ -7,7 +7,7 @@ spectra), `theory` (Taylor coefficients, laws, AIC, forecasts), `fitting`
 CLI), `diagnose` (the forecast CLI), `testbed` (the transformer), `models`
 (equinox models; `models.hf`: Hugging Face checkpoints, tokenizers, JSONL data),
 `tasks` (the synthetic language), `plotting`, `io`, `processes` (several
-processes, one job: `jax.distributed`).
+processes, one job: `jax.distributed`), `chunking` (rows in fixed-size chunks).
 """
 
 from geomsim._runtime import configure_runtime

@@ -45,6 +45,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
+from geomsim.chunking import chunk_rows
 from geomsim.curvature.batches import BatchSet, as_batches, bind_batch
 from geomsim.curvature.likelihoods import Likelihood, per_sample_output_grads, resolve_likelihood
 
@@ -206,13 +207,7 @@ class ChunkedGGNOperator(_DataOperator):
         h, jvp_fn, vjp_fn = _linear_model(self.features_fn, self.params, inputs)
         dh = jvp_fn(v)
         n, width = h.shape
-        chunk = max(1, min(self.chunk, n))
-        pad = (-n) % chunk
-
-        def rows(a):
-            return jnp.pad(a, ((0, pad), (0, 0))).reshape(-1, chunk, width)
-
-        mask = jnp.pad(jnp.ones(n, bool), (0, pad)).reshape(-1, chunk)
+        (h_chunks, dh_chunks), mask = chunk_rows((h, dh), self.chunk)
 
         def one(acc, args):
             hc, dhc, mc = args
@@ -224,7 +219,7 @@ class ChunkedGGNOperator(_DataOperator):
             return jax.tree.map(jnp.add, acc, g_params), g_rows
 
         zero = jax.tree.map(jnp.zeros_like, self.params)
-        acc, g_rows = jax.lax.scan(one, zero, (rows(h), rows(dh), mask))
+        acc, g_rows = jax.lax.scan(one, zero, (h_chunks, dh_chunks, mask))
         return jax.tree.map(jnp.add, acc, vjp_fn(g_rows.reshape(-1, width)[:n]))
 
 

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from geomsim.chunking import chunk_rows
+
 
 def token_nll(logits: Float[Array, "... C"], targets: Int[Array, "..."]) -> Float[Array, "..."]:
     """Per-sample negative log-likelihood `-log softmax(logits)[target]` (nats)."""
@@ -38,11 +40,7 @@ def chunked_cross_entropy(hidden: Float[Array, "N D"], unembed, targets: Int[Arr
     `(chunk, vocab)` buffers at a time.  The log-softmax runs in float32 or wider.
     """
     n = targets.shape[0]
-    chunk = max(1, min(chunk, n))
-    pad = (-n) % chunk
-    h = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk, hidden.shape[-1])
-    t = jnp.pad(targets, (0, pad)).reshape(-1, chunk)
-    m = jnp.pad(jnp.ones(n, bool), (0, pad)).reshape(-1, chunk)
+    (h, t), m = chunk_rows((hidden, targets), chunk)
 
     @jax.checkpoint
     def one(args):
