@@ -31,3 +31,23 @@ IN_MEMORY = {}  # set by a test: the in-memory model the next `in_memory()` fact
 
 def in_memory():
     return IN_MEMORY["model"]
+
+
+def zero_task_gradient():
+    """theta0 at the task's minimum: ||grad L_F|| = 0, fine-tuning does not move."""
+    import jax.numpy as jnp
+
+    from geomsim.landscapes import FunctionLandscape
+
+    return FunctionLandscape(theta0={"w": jnp.ones(6)}, align_fn=lambda p: jnp.sum(jnp.arange(6.0) * (p["w"] - 1) ** 2),
+                             task_fn=lambda p: jnp.sum((p["w"] - 1) ** 2))
+
+
+def nan_task_loss():
+    """Finite theta0 whose task loss is NaN there (log of a negative number)."""
+    import jax.numpy as jnp
+
+    from geomsim.landscapes import FunctionLandscape
+
+    return FunctionLandscape(theta0={"w": jnp.ones(6)}, align_fn=lambda p: jnp.sum(p["w"] ** 2),
+                             task_fn=lambda p: jnp.sum(p["w"]) + jnp.log(p["w"][0] - 2.0))

@@ -11,6 +11,7 @@ from geomsim import config as config_layer
 from geomsim._runtime import enable_compilation_cache
 from geomsim.config import ConfigError
 from geomsim.diagnose.config import DiagnoseConfig
+from geomsim.finite import MeasurementError
 from geomsim.processes import ProcessLost, add_process_flags, current_group, report_error, start_processes
 
 PROG = "python -m geomsim.diagnose"
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         report = diagnose(config, out_dir, quiet=quiet)
     except ConfigError as err:
         return report_error(PROG, err, 2, several)
+    except MeasurementError as err:  # non-finite numbers or a zero task gradient: no verdict is written
+        return report_error(PROG, err, 1, several)
     except ProcessLost as err:
         return report_error(PROG, err, 1, several)
     if not current_group().leader:

@@ -18,12 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+from jaxtyping import Array
 
 from geomsim import config as config_layer
 from geomsim.config import ConfigError
 from geomsim.curvature.sharding import device_mesh
 from geomsim.diagnose.config import DiagnoseConfig
 from geomsim.diagnose.model import AlignedModel
+from geomsim.finite import MeasurementError, NonFiniteError, require_finite
 from geomsim.io import atomic_open, environment_versions, write_json
 from geomsim.landscapes.base import Landscape
 from geomsim.landscapes.registry import resolve_landscape
@@ -98,21 +100,23 @@ def _check_operators(config: DiagnoseConfig, model: Landscape | AlignedModel) ->
 
 @eqx.filter_jit
 def _measure(config: DiagnoseConfig, model: Landscape | AlignedModel, key, num_eigs: int, m: int
-             ) -> tuple[AICResult, LocalModels]:
-    """The AIC and the local models at theta0 (one program; the key and the model's
-    arrays are arguments, so resamples reuse it)."""
+             ) -> tuple[AICResult, LocalModels, dict[str, Array]]:
+    """The AIC, the local models and both losses at theta0 (one program; the key and
+    the model's arrays are arguments, so resamples reuse it)."""
     # ||H_F|| comes from the local models' Ritz values (Lanczos on H_F from g: the same
     # extremes as a separate window solve, measured at no extra cost), so no window here.
     settings = dict(threshold=config.threshold, num_eigs=num_eigs, window=False, trace_samples=config.trace_samples)
     if isinstance(model, Landscape):
-        return landscape_aic(model, config.rank, key=key, **settings), landscape_local_models(model, m)
+        losses = {"L_A": model.align_loss(model.theta0), "L_F": model.task_loss(model.theta0)}
+        return landscape_aic(model, config.rank, key=key, **settings), landscape_local_models(model, m), losses
+    losses = {"L_A": model.align_loss(model.params), "L_F": model.task_loss(model.params)}
     operator = "hessian" if config.operator == "hessian" else model.operator(config.operator)
     result = aic_factory(config.rank, **settings)(
         model.batch_loss, model.batch_loss, model.params, align_batches=model.align_batches,
         task_batches=model.task_batches, operator=operator, key=key)
     task_op = model.operator("ggn" if config.task_model == "gauss_newton" else "hessian", "task")
     grads = [ravel_pytree(model.operator("hessian", data).gradient())[0] for data in ("task", "align")]
-    return result, local_models(m)(task_op.mv_flat, model.operator(config.operator).mv_flat, *grads)
+    return result, local_models(m)(task_op.mv_flat, model.operator(config.operator).mv_flat, *grads), losses
 
 
 def _resampled(model: Landscape | AlignedModel, key) -> Landscape | AlignedModel:
@@ -134,14 +138,54 @@ def _resampled(model: Landscape | AlignedModel, key) -> Landscape | AlignedModel
 
 
 def _curves(config: DiagnoseConfig, res: AICResult, models: LocalModels, times) -> dict[str, Any]:
-    bounded = (quadratic_gd(models, times / config.lr, config.lr) if config.optimizer == "gd"
-               else quadratic_flow(models, times))
+    if config.optimizer == "gd":
+        # Where lr h >= 1 for a Ritz value the iterates alternate and (1 - lr h)^n is
+        # defined at whole steps only (nan between them): then the forecast at t is
+        # the state after floor(t / lr) steps, as gradient descent has it.
+        steps = times / config.lr
+        steps = jnp.where(jnp.any(config.lr * models.ritz_values >= 1), jnp.floor(steps), steps)
+        bounded = quadratic_gd(models, steps, config.lr)
+    else:
+        bounded = quadratic_flow(models, times)
     return {
         bounded_method(config): bounded,
         "taylor": taylor(res.taylor, times),
         "paper_bound": paper_bound(res.sharpness, res.coupling, times),
         "alignment_risk": alignment_risk(res.sharpness, res.coupling, res.eps * res.grad_norm, times),
     }
+
+
+def _check_inputs(model: Landscape | AlignedModel) -> None:
+    """One line naming the first non-finite leaf of theta0 or of the data."""
+    if isinstance(model, Landscape):
+        require_finite(model.theta0, "theta0 (the model's parameters)")
+        return
+    require_finite(model.params, "params (theta0)")
+    require_finite(model.frozen, "frozen parameters")
+    require_finite(model.align_batches, "align_batches")
+    require_finite(model.task_batches, "task_batches")
+
+
+def _check_measured(res: AICResult, models: LocalModels, losses: dict[str, Array], where: str = "theta0") -> None:
+    """Losses, gradients and curvature at theta0 finite, and a task gradient that moves."""
+    require_finite(losses, f"loss at {where}")
+    require_finite({"grad L_F": res.grad_norm, "grad L_A": res.align_grad_norm}, f"gradient norm at {where}")
+    if float(res.grad_norm) == 0.0:
+        raise MeasurementError(f"task gradient at {where}: ||grad L_F|| = 0, so fine-tuning does not move from "
+                               "theta0 and there is nothing to forecast (check the task data and targets)")
+    require_finite({"alignment eigenvalues": res.eigenvalues, "eps": res.eps, "coupling gamma": res.coupling,
+                    "Taylor coefficients": res.taylor, "H_F Ritz values": models.ritz_values,
+                    "V grad L_A": models.align_grad, "V H_A V^T": models.align_hess}, f"curvature at {where}")
+
+
+def _checked(curves: dict[str, Any], times) -> dict[str, Any]:
+    """The forecast curves, or one line naming the method and the first time it turns non-finite."""
+    for name, curve in curves.items():
+        bad = ~np.isfinite(np.asarray(curve))
+        if bad.any():
+            raise NonFiniteError(f"forecast {name}: non-finite from t = {float(np.asarray(times)[bad.argmax()]):.4g} "
+                                 f"({int(bad.sum())} of {bad.size} times)")
+    return curves
 
 
 def _spread(config: DiagnoseConfig, model, key, num_eigs: int, m: int, times) -> dict[str, Any]:
@@ -152,8 +196,9 @@ def _spread(config: DiagnoseConfig, model, key, num_eigs: int, m: int, times) ->
     # would hold R models' activations at once (R x the memory of one diagnosis).
     for k in jax.random.split(jax.random.fold_in(key, 1), config.resamples):
         k_aic, k_data = jax.random.split(k)
-        res, models = host_values(_measure(config, _resampled(model, k_data), k_aic, num_eigs, m))
-        for name, curve in _curves(config, res, models, times).items():
+        res, models, losses = host_values(_measure(config, _resampled(model, k_data), k_aic, num_eigs, m))
+        _check_measured(res, models, losses, "a resample")
+        for name, curve in _checked(_curves(config, res, models, times), times).items():
             samples.setdefault(name, []).append(float(time_to_failure(times, curve, config.threshold)))
     return {name: {"q05": float(np.quantile(v, 0.05)), "median": float(np.median(v)),
                    "q95": float(np.quantile(v, 0.95)), "never_fraction": float(np.mean(np.isinf(v)))}
@@ -191,7 +236,9 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     leader = current_group().leader
     if leader:
         out_dir.mkdir(parents=True, exist_ok=True)
-    model = _place(config, load_model(config))
+    model = load_model(config)
+    _check_inputs(model)
+    model = _place(config, model)
     theta0 = model.theta0 if isinstance(model, Landscape) else model.params
     dim = int(ravel_pytree(theta0)[0].shape[0])
     if not config.rank < dim:
@@ -202,18 +249,23 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
          f"Krylov depth {m})", quiet)
     _check_operators(config, model)
     num_eigs = min(dim, max(2 * config.rank + 1, 8))
-    res, models = host_values(_measure(config, model, key, num_eigs, m))
+    res, models, losses = host_values(_measure(config, model, key, num_eigs, m))
+    _check_measured(res, models, losses)
     task_norm = float(jnp.max(jnp.abs(models.ritz_values)))
-    horizon = config.horizon or 10.0 / task_norm
+    horizon = config.horizon or (10.0 / task_norm if task_norm > 0 else np.inf)
+    if not np.isfinite(horizon):
+        raise MeasurementError("horizon: 10 / ||H_F|| is not finite (||H_F|| = 0 on the Krylov space); "
+                               "give --horizon T")
     times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
     _say(f"[2/3] forecasts to t = {horizon:.3g}" + (f", {config.resamples} resamples" if config.resamples else ""),
          quiet)
-    curves = _curves(config, res, models, times)
+    curves = _checked(_curves(config, res, models, times), times)
     t_fail = {name: float(time_to_failure(times, curve, config.threshold)) for name, curve in curves.items()}
     _say("[3/3] report", quiet)
     report = {
         "model": config.model or config.hf,
         "aic": res.to_dict(),
+        "losses": {name: float(v) for name, v in losses.items()},
         "forecast": {"t": np.asarray(times).tolist(),
                      "align_increase": {name: np.asarray(c).tolist() for name, c in curves.items()},
                      "bounded_method": bounded_method(config)},
