@@ -287,6 +287,13 @@ def run_experiment(path: Path, runs_dir: Path, figures_dir: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from geomsim.plotting.formats import figure_formats
+
+    with figure_formats("both"):  # figures/ keeps the PDFs for papers
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m paper_repro", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="experiment names (file stems) to run; default all")
     parser.add_argument("--experiments", default=str(ROOT / "experiments"), help="folder of *.toml configs")

@@ -22,8 +22,9 @@ def test_report_on_a_quadratic_landscape_is_exact_and_strict(tmp_path, capsys):
     np.testing.assert_allclose(report["aic"]["sharpness"], 5.0, rtol=1e-8)
     np.testing.assert_allclose(report["aic"]["eps"], 0.1, rtol=1e-8)
     assert report["t_fail"]["quadratic_flow"] is not None and report["t_fail"]["quadratic_flow"] < 20
-    for name in ("report.md", "fig_forecast.png", "fig_forecast.pdf", "fig_spectrum.png"):
+    for name in ("report.md", "fig_forecast.png", "fig_spectrum.png"):
         assert (tmp_path / name).exists(), name
+    assert not (tmp_path / "fig_forecast.pdf").exists()  # --figures png is the default
     assert "Verdict" in (tmp_path / "report.md").read_text()
     assert "t_fail" in capsys.readouterr().out
 
@@ -123,3 +124,24 @@ def test_flax_nnx_models_are_accepted(tmp_path):
         reports.append(loads_strict((tmp_path / name / "report.json").read_text()))
     for field in ("sharpness", "coupling", "eps", "mu"):
         assert np.isclose(reports[0]["aic"][field], reports[1]["aic"][field], rtol=1e-8), field
+
+
+@pytest.mark.parametrize("choice, suffixes", [("both", {".png", ".pdf"}), ("none", set())])
+def test_figures_flag_chooses_the_files_and_a_new_threshold_reuses_the_program(choice, suffixes, tmp_path):
+    """`--figures both|none` (report.json first either way); a second threshold is an input
+    of the compiled measurement, not a recompile, and moves t_fail as the curves say."""
+    from geomsim.diagnose import run as diagnose_run
+
+    reports, programs = [], []
+    for threshold in ("1e-2", "2e-2"):
+        out = tmp_path / threshold
+        assert main(["--model", "geomsim.diagnose.examples:quadratic", "--rank", "2", "--threshold", threshold,
+                     "--figures", choice, "--out", str(out), "--quiet"]) == 0
+        assert {p.suffix for p in out.glob("fig_*")} == suffixes
+        reports.append(loads_strict((out / "report.json").read_text()))
+        programs.append(diagnose_run._measure._cached._cache_size())
+    assert programs[1] == programs[0]  # the second threshold compiled nothing new
+    low, high = (r["t_fail"]["quadratic_flow"] for r in reports)
+    assert low < high  # a larger threshold is crossed later
+    assert reports[0]["aic"]["sharpness"] == reports[1]["aic"]["sharpness"]
+    assert reports[1]["aic"]["threshold"] == 2e-2

@@ -33,7 +33,7 @@ def test_pipeline_outputs(tiny_run):
     for name in ("stages", "spectrum", "diagnostics", "trajectories"):
         assert (out / f"{name}.csv").exists()
     for stem in ("fig_tb_spectrum", "fig_tb_forecast", "fig_tb_orthogonality", "fig_tb_taylor", "fig_tb_lora"):
-        assert (out / f"{stem}.png").exists() and (out / f"{stem}.pdf").exists()
+        assert (out / f"{stem}.png").exists()
     assert json.loads((out / "summary.json").read_text())["seeds"] == 2
     # Alignment lowers the refusal loss relative to the pretrained model.
     assert s["stages"]["align"]["align_loss"] < s["stages"]["pretrain"]["align_loss"]

@@ -36,7 +36,7 @@ def test_outputs_and_strict_json(tiny):
         assert (out / f"{name}.csv").exists()
     for stem in ("fig_sweep_collapse", "fig_sweep_c4", "fig_sweep_exponents", "fig_sweep_controls",
                  "fig_sweep_forecast", "fig_sweep_adam"):
-        assert (out / f"{stem}.png").exists() and (out / f"{stem}.pdf").exists()
+        assert (out / f"{stem}.png").exists()
     summary = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}"))
     assert summary["grid"] == {"sharpness_levels": [0.3, 0.03], "coupling_levels": [0.1, 1.0], "seeds": 2,
                                "arms": ["polished_eps0", "polished", "as_trained"], "runs": 24}
@@ -177,7 +177,7 @@ def test_defenses_run_from_the_sweeps_models_and_report_every_defense(defended):
     assert {"pretrain", "sweep_align", "sweep_polish", "spectrum"} <= set(summary["reused"])
     assert loads_strict((out / "summary.json").read_text())["defenses"]["none"]["overhead_ratio"] == 1.0
     for stem in ("fig_defense_pareto", "fig_defense_curves"):
-        assert (out / f"{stem}.png").exists() and (out / f"{stem}.pdf").exists()
+        assert (out / f"{stem}.png").exists()
     curves = read_csv(out / "defenses.csv")
     assert set(np.unique(curves["defense"])) == set(config.defenses)
     assert np.all(np.isfinite(curves["align_increase"]))
@@ -258,7 +258,7 @@ def test_forecast_validation_scores_every_method_at_every_level(forecasts):
     assert stationary.sum() >= len(stationary) // 2, runs["c1"]
     np.testing.assert_allclose(one_step["quadratic_gd"][stationary], (lr**2 * runs["c2"])[stationary], rtol=1e-6)
     for stem in ("fig_forecast_examples", "fig_forecast_ratios"):
-        assert (out / f"{stem}.png").exists() and (out / f"{stem}.pdf").exists()
+        assert (out / f"{stem}.png").exists()
 
 
 def test_forecast_cli_bad_input_is_one_line(capsys):

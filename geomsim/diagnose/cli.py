@@ -12,6 +12,7 @@ from geomsim._runtime import enable_compilation_cache
 from geomsim.config import ConfigError
 from geomsim.diagnose.config import DiagnoseConfig
 from geomsim.finite import MeasurementError
+from geomsim.plotting.formats import add_figures_flag, figure_formats
 from geomsim.processes import ProcessLost, add_process_flags, current_group, report_error, start_processes
 
 PROG = "python -m geomsim.diagnose"
@@ -24,9 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any setting above; flags override it")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/diagnose-<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_figures_flag(parser)
     add_process_flags(parser)
     args = vars(parser.parse_args(argv))
-    file, out, quiet = args.pop("config", None), args.pop("out", None), args.pop("quiet")
+    file, out, quiet, figures = args.pop("config", None), args.pop("out", None), args.pop("quiet"), args.pop("figures")
     several = False
     try:
         several = start_processes(args)
@@ -38,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         from geomsim.diagnose.run import diagnose
 
         out_dir = Path(out) if out else Path("runs") / time.strftime("diagnose-%Y%m%d-%H%M%S")
-        report = diagnose(config, out_dir, quiet=quiet)
+        with figure_formats(figures):
+            report = diagnose(config, out_dir, quiet=quiet)
     except ConfigError as err:
         return report_error(PROG, err, 2, several)
     except MeasurementError as err:  # non-finite numbers or a zero task gradient: no verdict is written

@@ -2,8 +2,8 @@
 
 Writes `report.json` (strict JSON: `aic`, `forecast` {t, align_increase per
 method}, `t_fail` per method, `threshold`, `config`, versions, timing),
-`report.md` (a page a person reads) and `fig_forecast` / `fig_spectrum`
-(PNG + PDF).
+`report.md` (a page a person reads), then the figures `fig_forecast` /
+`fig_spectrum` (as `--figures` says: PNG by default, none with `--figures none`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -29,6 +29,7 @@ from geomsim.finite import MeasurementError, NonFiniteError, require_finite
 from geomsim.io import atomic_open, environment_versions, write_json
 from geomsim.landscapes.base import Landscape
 from geomsim.landscapes.registry import resolve_landscape
+from geomsim.plotting.formats import current_formats
 from geomsim.processes import current_group, host_values
 from geomsim.theory.aic import AICResult, aic_factory, landscape_aic
 from geomsim.theory.forecast import (
@@ -46,7 +47,7 @@ from geomsim.theory.forecast import (
 METHODS = ("taylor", "paper_bound", "alignment_risk")  # besides the bounded method (bounded_method)
 
 
-def bounded_method(config: DiagnoseConfig) -> str:
+def bounded_method(config: DiagnoseConfig | _Compiled) -> str:
     """Name of the bounded forecast: quadratic / gauss_newton task model x flow / gd."""
     task = "gauss_newton" if config.task_model == "gauss_newton" else "quadratic"
     return f"{task}_{config.optimizer}"
@@ -98,25 +99,45 @@ def _check_operators(config: DiagnoseConfig, model: Landscape | AlignedModel) ->
                                   f"{config.model}() returned a Landscape, which has Hessians only")
 
 
+class _Compiled(NamedTuple):
+    """The settings the measurement compiles for. The rest of the config (threshold, lr,
+    points, horizon, ...) stays out of its cache key: with the whole config static a new
+    `--threshold` recompiled it (6.3 s for the 12-parameter example)."""
+
+    rank: int
+    num_eigs: int
+    krylov: int
+    trace_samples: int
+    operator: str
+    task_model: str
+    optimizer: str
+
+
+def _compiled(config: DiagnoseConfig, num_eigs: int, m: int) -> _Compiled:
+    return _Compiled(config.rank, num_eigs, m, config.trace_samples, config.operator, config.task_model,
+                     config.optimizer)
+
+
 @eqx.filter_jit
-def _measure(config: DiagnoseConfig, model: Landscape | AlignedModel, key, num_eigs: int, m: int
+def _measure(c: _Compiled, model: Landscape | AlignedModel, key, threshold
              ) -> tuple[AICResult, LocalModels, dict[str, Array]]:
-    """The AIC, the local models and both losses at theta0 (one program; the key and
-    the model's arrays are arguments, so resamples reuse it)."""
+    """The AIC, the local models and both losses at theta0 (one program; the key, the
+    threshold and the model's arrays are arguments, so resamples reuse it)."""
     # ||H_F|| comes from the local models' Ritz values (Lanczos on H_F from g: the same
     # extremes as a separate window solve, measured at no extra cost), so no window here.
-    settings = dict(threshold=config.threshold, num_eigs=num_eigs, window=False, trace_samples=config.trace_samples)
+    settings = dict(num_eigs=c.num_eigs, window=False, trace_samples=c.trace_samples)
     if isinstance(model, Landscape):
         losses = {"L_A": model.align_loss(model.theta0), "L_F": model.task_loss(model.theta0)}
-        return landscape_aic(model, config.rank, key=key, **settings), landscape_local_models(model, m), losses
+        return (landscape_aic(model, c.rank, key=key, threshold=threshold, **settings),
+                landscape_local_models(model, c.krylov), losses)
     losses = {"L_A": model.align_loss(model.params), "L_F": model.task_loss(model.params)}
-    operator = "hessian" if config.operator == "hessian" else model.operator(config.operator)
-    result = aic_factory(config.rank, **settings)(
+    operator = "hessian" if c.operator == "hessian" else model.operator(c.operator)
+    result = aic_factory(c.rank, **settings)(
         model.batch_loss, model.batch_loss, model.params, align_batches=model.align_batches,
-        task_batches=model.task_batches, operator=operator, key=key)
-    task_op = model.operator("ggn" if config.task_model == "gauss_newton" else "hessian", "task")
+        task_batches=model.task_batches, operator=operator, key=key, threshold=threshold)
+    task_op = model.operator("ggn" if c.task_model == "gauss_newton" else "hessian", "task")
     grads = [ravel_pytree(model.operator("hessian", data).gradient())[0] for data in ("task", "align")]
-    return result, local_models(m)(task_op.mv_flat, model.operator(config.operator).mv_flat, *grads), losses
+    return result, local_models(c.krylov)(task_op.mv_flat, model.operator(c.operator).mv_flat, *grads), losses
 
 
 def _resampled(model: Landscape | AlignedModel, key) -> Landscape | AlignedModel:
@@ -138,26 +159,26 @@ def _resampled(model: Landscape | AlignedModel, key) -> Landscape | AlignedModel
 
 
 @eqx.filter_jit
-def _forecasts(config: DiagnoseConfig, res: AICResult, models: LocalModels, times
+def _forecasts(c: _Compiled, res: AICResult, models: LocalModels, times, lr, threshold
                ) -> tuple[dict[str, Array], dict[str, Array]]:
     """Every forecast curve and its first crossing of the threshold, in one program
     (run op by op they were 7 s of compiling small kernels for a 12-parameter model)."""
-    curves = _curves(config, res, models, times)
-    return curves, {name: time_to_failure(times, curve, config.threshold) for name, curve in curves.items()}
+    curves = _curves(c, res, models, times, lr)
+    return curves, {name: time_to_failure(times, curve, threshold) for name, curve in curves.items()}
 
 
-def _curves(config: DiagnoseConfig, res: AICResult, models: LocalModels, times) -> dict[str, Any]:
-    if config.optimizer == "gd":
+def _curves(c: _Compiled, res: AICResult, models: LocalModels, times, lr) -> dict[str, Any]:
+    if c.optimizer == "gd":
         # Where lr h >= 1 for a Ritz value the iterates alternate and (1 - lr h)^n is
         # defined at whole steps only (nan between them): then the forecast at t is
         # the state after floor(t / lr) steps, as gradient descent has it.
-        steps = times / config.lr
-        steps = jnp.where(jnp.any(config.lr * models.ritz_values >= 1), jnp.floor(steps), steps)
-        bounded = quadratic_gd(models, steps, config.lr)
+        steps = times / lr
+        steps = jnp.where(jnp.any(lr * models.ritz_values >= 1), jnp.floor(steps), steps)
+        bounded = quadratic_gd(models, steps, lr)
     else:
         bounded = quadratic_flow(models, times)
     return {
-        bounded_method(config): bounded,
+        bounded_method(c): bounded,
         "taylor": taylor(res.taylor, times),
         "paper_bound": paper_bound(res.sharpness, res.coupling, times),
         "alignment_risk": alignment_risk(res.sharpness, res.coupling, res.eps * res.grad_norm, times),
@@ -197,7 +218,7 @@ def _checked(curves: dict[str, Any], times) -> dict[str, Any]:
     return curves
 
 
-def _spread(config: DiagnoseConfig, model, key, num_eigs: int, m: int, times) -> dict[str, Any]:
+def _spread(config: DiagnoseConfig, c: _Compiled, model, key, times) -> dict[str, Any]:
     """t_fail per method over `config.resamples` new PRNG keys (Lanczos start, trace
     probes) and bootstrap draws of the batches: 5%, 50%, 95% quantiles (inf: never)."""
     samples: dict[str, list[float]] = {}
@@ -205,15 +226,21 @@ def _spread(config: DiagnoseConfig, model, key, num_eigs: int, m: int, times) ->
     # would hold R models' activations at once (R x the memory of one diagnosis).
     for k in jax.random.split(jax.random.fold_in(key, 1), config.resamples):
         k_aic, k_data = jax.random.split(k)
-        res, models, losses = host_values(_measure(config, _resampled(model, k_data), k_aic, num_eigs, m))
+        res, models, losses = host_values(_measure(c, _resampled(model, k_data), k_aic, _scalar(config.threshold)))
         _check_measured(res, models, losses, "a resample")
-        curves, t_fail = host_values(_forecasts(config, res, models, times))
+        curves, t_fail = host_values(_forecasts(c, res, models, times, _scalar(config.lr),
+                                                _scalar(config.threshold)))
         _checked(curves, times)
         for name, value in t_fail.items():
             samples.setdefault(name, []).append(float(value))
     return {name: {"q05": float(np.quantile(v, 0.05)), "median": float(np.median(v)),
                    "q95": float(np.quantile(v, 0.95)), "never_fraction": float(np.mean(np.isinf(v)))}
             for name, v in samples.items()}
+
+
+def _scalar(value: float) -> Array:
+    """A setting as a program input (eqx.filter_jit would key the program on a Python float)."""
+    return jnp.asarray(value, jnp.zeros(()).dtype)
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -260,7 +287,8 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
          f"Krylov depth {m})", quiet)
     _check_operators(config, model)
     num_eigs = min(dim, max(2 * config.rank + 1, 8))
-    res, models, losses = host_values(_measure(config, model, key, num_eigs, m))
+    c = _compiled(config, num_eigs, m)
+    res, models, losses = host_values(_measure(c, model, key, _scalar(config.threshold)))
     _check_measured(res, models, losses)
     task_norm = float(jnp.max(jnp.abs(models.ritz_values)))
     horizon = config.horizon or (10.0 / task_norm if task_norm > 0 else np.inf)
@@ -270,7 +298,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
     _say(f"[2/3] forecasts to t = {horizon:.3g}" + (f", {config.resamples} resamples" if config.resamples else ""),
          quiet)
-    curves, t_fail = host_values(_forecasts(config, res, models, times))
+    curves, t_fail = host_values(_forecasts(c, res, models, times, _scalar(config.lr), _scalar(config.threshold)))
     curves, t_fail = _checked(curves, times), {name: float(value) for name, value in t_fail.items()}
     _say("[3/3] report", quiet)
     report = {
@@ -278,10 +306,10 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
         "aic": res.to_dict(),
         "losses": {name: float(v) for name, v in losses.items()},
         "forecast": {"t": np.asarray(times).tolist(),
-                     "align_increase": {name: np.asarray(c).tolist() for name, c in curves.items()},
+                     "align_increase": {name: np.asarray(curve).tolist() for name, curve in curves.items()},
                      "bounded_method": bounded_method(config)},
         "t_fail": t_fail,
-        "t_fail_spread": _spread(config, model, key, num_eigs, m, times) if config.resamples else None,
+        "t_fail_spread": _spread(config, c, model, key, times) if config.resamples else None,
         "threshold": config.threshold,
         "horizon": horizon,
         "krylov_depth": int(m),
@@ -290,13 +318,21 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
         "config": config_layer.to_dict(config),
         "versions": environment_versions(),
     }
-    report["figures"] = _figures(report, np.asarray(res.eigenvalues), out_dir) if leader else []
-    report["wall_seconds"] = round(time.perf_counter() - t_start, 2)
-    if leader:
-        write_json(out_dir / "report.json", report)
-        with atomic_open(out_dir / "report.md") as handle:
-            handle.write(_markdown(report))
+    report["figures"] = []
+    if leader:  # the numbers on disk first, then the figures (and the report again, naming them)
+        _write(report, t_start, out_dir)
+        figures = _figures(report, np.asarray(res.eigenvalues), out_dir)
+        if figures:
+            report["figures"] = figures
+            _write(report, t_start, out_dir)
     return report
+
+
+def _write(report: dict[str, Any], t_start: float, out_dir: Path) -> None:
+    report["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+    write_json(out_dir / "report.json", report)
+    with atomic_open(out_dir / "report.md") as handle:
+        handle.write(_markdown(report))
 
 
 def _fmt(value: float | None) -> str:
@@ -334,11 +370,13 @@ section 10).
 
 `taylor` is exact as t -> 0 and unbounded past its radius; `paper_bound` is the
 quartic lower bound `lambda gamma^2 t^4 / 8`; `alignment_risk` is that package's
-formula. Figures: {', '.join(report['figures'])}.
+formula. Figures: {', '.join(report['figures']) or 'none'}.
 """
 
 
 def _figures(report: dict[str, Any], eigenvalues: np.ndarray, out_dir: Path) -> list[str]:
+    if not current_formats():
+        return []  # --figures none: matplotlib is not even imported
     from geomsim.plotting.style import ALIGN_LABEL, TIME_LABEL, plt, save
 
     t = np.asarray(report["forecast"]["t"])

@@ -36,6 +36,7 @@ the quartic coefficient is exactly the AIC bound `sharpness * coupling^2 / 8`;
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import equinox as eqx
@@ -207,6 +208,21 @@ def quadratic_cubic(
     """
     if rank < 1 or dim < rank + 2:
         raise ValueError(f"rank must be in [1, dim - 2]; got rank={rank}, dim={dim}")
+    v = _checked(
+        dict(sharpness=sharpness, coupling=coupling, mu=mu, eps=eps, cubic_coupling=cubic_coupling,
+             align_cubic=align_cubic, sharpness_spread=sharpness_spread, grad_norm=grad_norm,
+             task_curvature=task_curvature, task_curvature_min=task_curvature_min,
+             task_curvature_s=task_curvature_s, align_rotate=align_rotate, rotate_coupling=rotate_coupling),
+        runtime_checks,
+    )
+    return _assemble(key, v, dim, rank, _is_concrete_zero(cubic_coupling))
+
+
+# One compiled program: built op by op, a landscape cost ~70 small compilations
+# (4.1 s of a 12-parameter diagnosis, none of them long enough for the persistent
+# cache); jitted it is one program, cached. Under the sweep's vmap it is inlined.
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _assemble(key: PRNGKeyArray, v: dict[str, Any], dim: int, rank: int, task_is_quadratic: bool) -> QuadraticCubic:
     dtype = jnp.zeros(()).dtype
     k_basis, k_rot = jax.random.split(key)
     q = _random_orthogonal(k_basis, dim, dtype)
@@ -218,13 +234,6 @@ def quadratic_cubic(
     def f(x):
         return jnp.asarray(x, dtype)
 
-    v = _checked(
-        dict(sharpness=sharpness, coupling=coupling, mu=mu, eps=eps, cubic_coupling=cubic_coupling,
-             align_cubic=align_cubic, sharpness_spread=sharpness_spread, grad_norm=grad_norm,
-             task_curvature=task_curvature, task_curvature_min=task_curvature_min,
-             task_curvature_s=task_curvature_s, align_rotate=align_rotate, rotate_coupling=rotate_coupling),
-        runtime_checks,
-    )
     sharpness, coupling, mu, eps = f(v["sharpness"]), f(v["coupling"]), f(v["mu"]), f(v["eps"])
     gnorm, spread = f(v["grad_norm"]), f(v["sharpness_spread"])
     hs = f(v["task_curvature_s"])
@@ -265,5 +274,5 @@ def quadratic_cubic(
         align_cubic_dirs=jnp.stack([s, p, w]),
         rotate_coef=f(v["align_rotate"]),
         rotate_dirs=jnp.stack([-p, w, w]),
-        task_is_quadratic=_is_concrete_zero(cubic_coupling),
+        task_is_quadratic=task_is_quadratic,
     )

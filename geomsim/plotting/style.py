@@ -1,4 +1,5 @@
-"""Shared matplotlib setup: headless backend, consistent labels, PNG + PDF output."""
+"""Shared matplotlib setup: headless backend, consistent labels, output as PNG and/or PDF
+(`geomsim.plotting.formats`)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from geomsim.plotting.formats import current_formats  # noqa: E402
+
 TIME_LABEL = "training time t = steps x learning rate"
 ALIGN_LABEL = r"alignment loss increase $\Delta L_A(t)$ (loss units)"
 
 
 def save(fig, out_dir: str | Path, stem: str) -> list[Path]:
-    """Save `fig` as `<stem>.png` and `<stem>.pdf`; returns both paths."""
+    """Save `fig` as `<stem>.<suffix>` for each of the current formats (PNG unless a
+    command line or `figure_formats` says otherwise); returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    paths = [out_dir / f"{stem}.{suffix}" for suffix in current_formats()]
     for path in paths:
         tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
         fig.savefig(tmp, dpi=130, bbox_inches="tight")

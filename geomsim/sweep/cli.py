@@ -17,6 +17,7 @@ import numpy as np
 
 from geomsim import config as config_layer
 from geomsim._runtime import enable_compilation_cache
+from geomsim.plotting.formats import add_figures_flag, figure_formats
 from geomsim.processes import ProcessLost, add_process_flags, current_group, report_error, start_processes
 from geomsim.sweep.config import ConfigError, SweepConfig, make_config
 from geomsim.sweep.statistics import sweep_statistics
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any of the keys above; flags override it")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out, redoing no finished chunk")
-    parser.add_argument("--no-plots", action="store_true", help="skip the figures (tables and metadata only)")
+    add_figures_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_process_flags(parser)
     return parser
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     file = args.pop("config", None)
     out = args.pop("out", None)
     resume = args.pop("resume", False)
-    plots = not args.pop("no_plots", False)
+    figures = args.pop("figures")
+    plots = figures != "none"
     quiet = args.pop("quiet", False)
     several = False
     try:
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         print(group.label(f"geomsim sweep: {config.n_points} runs ({len(config.sharpness)} sharpness x "
                           f"{len(config.coupling)} coupling x {config.seeds} seeds), optimizer {config.optimizer}, "
                           f"{config.steps} steps of lr {config.lr:g} -> {out_dir}"), file=sys.stderr)
-        result = run_sweep(config, out_dir, resume=resume, progress=not quiet, plots=plots)
+        with figure_formats(figures):
+            result = run_sweep(config, out_dir, resume=resume, progress=not quiet, plots=plots)
     except ConfigError as err:
         return report_error(PROG, err, 2, several)
     except ProcessLost as err:

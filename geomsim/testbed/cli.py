@@ -12,6 +12,7 @@ from pathlib import Path
 from geomsim import config as config_layer
 from geomsim._runtime import enable_compilation_cache
 from geomsim.config import ConfigError
+from geomsim.plotting.formats import add_figures_flag, figure_formats
 from geomsim.testbed.config import TestbedConfig
 
 PROG = "python -m geomsim.testbed"
@@ -44,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a setting, e.g. --set seeds=2 (the same as --seeds 2)")
     parser.add_argument("--stop-after", choices=["pretrain", "align"],
                         help="train (or load) only up to this stage, e.g. to rerun one stage alone")
-    parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+    add_figures_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     enable_compilation_cache()
     settings = {k: v for k, v in vars(args).items()
-                if k not in ("config", "out", "set", "stop_after", "no_plots", "quiet")}
+                if k not in ("config", "out", "set", "stop_after", "figures", "quiet")}
     try:
         for item in args.set:
             if "=" not in item:
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("runs") / time.strftime("testbed-%Y%m%d-%H%M%S")
     from geomsim.testbed.run import run_testbed
 
-    result = run_testbed(config, out, progress=not args.quiet, plots=not args.no_plots, stop_after=args.stop_after)
+    with figure_formats(args.figures):
+        result = run_testbed(config, out, progress=not args.quiet, plots=args.figures != "none",
+                             stop_after=args.stop_after)
     if args.stop_after:
         print(f"stopped after {args.stop_after}; wrote {out}/checkpoints and {out}/stages.csv")
         return 0

@@ -404,6 +404,7 @@ def _laws(
     hg: Float[Array, " d"],
     spectral_norm: Float[Array, ""],
     window_end: Float[Array, ""],
+    tau: Float[Array, ""],
     s: _Settings,
 ) -> tuple[Float[Array, ""], Float[Array, ""], Float[Array, " c"]]:
     """`(t_fail, t_threshold, curve_time)` in gradient-flow time: the quartic law's
@@ -411,7 +412,6 @@ def _laws(
     `t_max` (the window end, else 2 t_fail, else 1) and `num_curve` log-spaced
     times up to `t_max` (from `1e-4 t_max`)."""
     dtype = taylor.dtype
-    tau = jnp.asarray(s.threshold, dtype)
     c4 = taylor[4]
     # A c4 at the round-off level of (1/8) hg^T H_A hg (e.g. gamma = 0) never fails.
     c4_floor = 64.0 * jnp.finfo(dtype).eps * spectral_norm * (hg @ hg) / 8.0
@@ -478,6 +478,7 @@ def aic_factory(
         operator: str | CurvatureOperator = "hessian",
         fisher: CurvatureOperator | None = None,
         update: PyTree | None = None,
+        threshold: float | Array | None = None,
     ) -> AICResult:
         """Measure the AIC at the aligned point `params` (see the module docstring).
 
@@ -492,6 +493,8 @@ def aic_factory(
                 `ggn_operator(...)`, `fisher_operator(...)`) defining S and the spectrum.
             fisher: the F of `coupling_fisher` (default: the alignment operator).
             update: an optional parameter update (pytree) to score against S.
+            threshold: tau for this call (default: the factory's); an array here, so one
+                jitted `measure` serves every threshold without recompiling.
         """
         if key is None:
             raise ValueError("key: aic needs an explicit PRNG key, e.g. key=jax.random.key(0) (it seeds the "
@@ -504,6 +507,7 @@ def aic_factory(
         op, op_name = _alignment_operator(operator, align_op)
         dtype = align_op.dtype
         nan = jnp.asarray(jnp.nan, dtype)
+        tau = jnp.asarray(s.threshold if threshold is None else threshold, dtype)
 
         k_eig, k_trace, k_win = jax.random.split(key, 3)
         eig, tail, tail_err, matvecs = _spectrum(op, n, s, k_eig, k_trace)
@@ -518,7 +522,7 @@ def aic_factory(
             task_norm, window_end = nan, nan
         if s.laws:
             taylor = _taylor(align_op, task_op, geo, s.third_order)
-            t_fail, t_threshold, curve_time = _laws(taylor, geo.task_hg, spectral_norm, window_end, s)
+            t_fail, t_threshold, curve_time = _laws(taylor, geo.task_hg, spectral_norm, window_end, tau, s)
             matvecs = matvecs + 3
         else:
             taylor = jnp.full((5,), jnp.nan, dtype)
@@ -550,7 +554,7 @@ def aic_factory(
             taylor=taylor,
             c4_bound=sharp * coupling**2 / 8.0,
             c4_bound_fisher=geo.gamma_fisher_sq / 8.0,
-            threshold=jnp.asarray(s.threshold, dtype),
+            threshold=tau,
             t_fail=t_fail,
             t_threshold=t_threshold,
             curve_time=curve_time,
@@ -582,7 +586,7 @@ def aic(
     max_matvecs: int | None = None,
     trace_samples: int = 10,
     window: bool = True,
-    threshold: float = 1e-2,
+    threshold: float | Array = 1e-2,
     update: PyTree | None = None,
     num_curve: int = 64,
     laws: bool = True,
@@ -594,13 +598,15 @@ def aic(
     settings, documented there) on `(align_loss, task_loss, params, batches,
     key=..., align_batches=..., task_batches=..., operator=..., fisher=...,
     update=...)` (the inputs, documented at its `measure`).  Use the factory to
-    validate the settings once and vmap the measurement, e.g. over keys.
+    validate the settings once and vmap the measurement, e.g. over keys.  `threshold`
+    may be traced (it is then an input of the program, not a setting).
     """
+    checked = {"threshold": threshold} if isinstance(threshold, (int, float)) else {}  # validated by the factory
     measure = aic_factory(k, num_eigs=num_eigs, tol=tol, krylov_dim=krylov_dim, max_matvecs=max_matvecs,
-                          trace_samples=trace_samples, window=window, threshold=threshold, num_curve=num_curve,
-                          laws=laws, third_order=third_order)
+                          trace_samples=trace_samples, window=window, num_curve=num_curve,
+                          laws=laws, third_order=third_order, **checked)
     return measure(align_loss, task_loss, params, batches, key=key, align_batches=align_batches,
-                   task_batches=task_batches, operator=operator, fisher=fisher, update=update)
+                   task_batches=task_batches, operator=operator, fisher=fisher, update=update, threshold=threshold)
 
 
 def landscape_aic(landscape: Landscape, k: int, **options: Any) -> AICResult:

@@ -12,6 +12,7 @@ from pathlib import Path
 from geomsim import config as config_layer
 from geomsim._runtime import enable_compilation_cache
 from geomsim.config import ConfigError
+from geomsim.plotting.formats import add_figures_flag, figure_formats
 from geomsim.processes import ProcessLost, add_process_flags, current_group, report_error, start_processes
 from geomsim.testbed.sweep.config import TestbedSweepConfig
 
@@ -21,7 +22,7 @@ PROG = "python -m geomsim.testbed sweep"
 def build_parser(prog: str = PROG, cls=TestbedSweepConfig, doc: str | None = None,
                  default_out: str = "runs/testbed-sweep-<timestamp>", processes: bool = True
                  ) -> argparse.ArgumentParser:
-    """Flags for every field of `cls`, plus --config, --out, --no-plots, --quiet (and the
+    """Flags for every field of `cls`, plus --config, --out, --figures, --quiet (and the
     process-group flags when the run splits over `processes`)."""
     parser = argparse.ArgumentParser(
         prog=prog, description=(doc or __doc__).split("\n\n")[0].replace("\n", " "),
@@ -30,7 +31,7 @@ def build_parser(prog: str = PROG, cls=TestbedSweepConfig, doc: str | None = Non
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any of the settings above; flags override it")
     parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {default_out}); "
                         "rerunning into it reuses every finished stage and chunk")
-    parser.add_argument("--no-plots", action="store_true", help="skip the figures")
+    add_figures_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     if processes:
         add_process_flags(parser)
@@ -38,14 +39,14 @@ def build_parser(prog: str = PROG, cls=TestbedSweepConfig, doc: str | None = Non
 
 
 def parse(parser: argparse.ArgumentParser, cls, argv: list[str] | None):
-    """`(config, out, plots, quiet, several)`, or None after printing a one-line error
+    """`(config, out, figures, quiet, several)`, or None after printing a one-line error
     (exit status 2); `several`: this process joined a group of processes.
 
     Also turns on the compilation cache and float64 (the polish and the early-time
     law are below float32 resolution)."""
     args = vars(parser.parse_args(argv))
     file, out = args.pop("config", None), args.pop("out", None)
-    plots, quiet = not args.pop("no_plots"), args.pop("quiet")
+    figures, quiet = args.pop("figures"), args.pop("quiet")
     several = False
     try:
         several = start_processes(args)
@@ -59,14 +60,15 @@ def parse(parser: argparse.ArgumentParser, cls, argv: list[str] | None):
 
     enable_compilation_cache()
     jax.config.update("jax_enable_x64", True)
-    return config, out, plots, quiet, several
+    return config, out, figures, quiet, several
 
 
-def run_split(prog: str, run, config, out_dir: Path, plots: bool, quiet: bool, several: bool):
+def run_split(prog: str, run, config, out_dir: Path, figures: str, quiet: bool, several: bool):
     """`run(config, out_dir, ...)`, with a group's errors reported in one line: returns
     `(result, exit status)`; the result is None on processes other than 0."""
     try:
-        return run(config, out_dir, progress=not quiet, plots=plots), 0
+        with figure_formats(figures):
+            return run(config, out_dir, progress=not quiet, plots=figures != "none"), 0
     except ConfigError as err:
         return None, report_error(prog, err, 2, several)
     except ProcessLost as err:
@@ -82,11 +84,11 @@ def run_command(prog: str, cls, doc: str, name: str, argv: list[str] | None, run
     parsed = parse(build_parser(prog, cls, doc, f"runs/{name}-<timestamp>", processes), cls, argv)
     if parsed is None:
         return 2
-    config, out, plots, quiet, several = parsed
+    config, out, figures, quiet, several = parsed
     out_dir = Path(out) if out else Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
     print(current_group().label(f"geomsim {name.replace('-', ' ')}: {describe(config)} -> {out_dir}"),
           file=sys.stderr)
-    summary, status = run_split(prog, run(), config, out_dir, plots, quiet, several)
+    summary, status = run_split(prog, run(), config, out_dir, figures, quiet, several)
     if summary is None:
         return status
     print(json.dumps(headline(summary), indent=1))
@@ -98,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     parsed = parse(build_parser(), TestbedSweepConfig, argv)
     if parsed is None:
         return 2
-    config, out, plots, quiet, several = parsed
+    config, out, figures, quiet, several = parsed
     from geomsim.testbed.sweep.run import run_testbed_sweep
 
     out_dir = Path(out) if out else Path("runs") / time.strftime("testbed-sweep-%Y%m%d-%H%M%S")
     levels, mixes, seeds = config.grid_shape
     print(current_group().label(f"geomsim testbed sweep: {levels} sharpness x {mixes} coupling x {seeds} seeds "
                                 f"x 3 arms -> {out_dir}"), file=sys.stderr)
-    result, status = run_split(PROG, run_testbed_sweep, config, out_dir, plots, quiet, several)
+    result, status = run_split(PROG, run_testbed_sweep, config, out_dir, figures, quiet, several)
     if result is None:
         return status
     s = result.summary
