@@ -113,11 +113,6 @@ class _Compiled(NamedTuple):
     optimizer: str
 
 
-def _compiled(config: DiagnoseConfig, num_eigs: int, m: int) -> _Compiled:
-    return _Compiled(config.rank, num_eigs, m, config.trace_samples, config.operator, config.task_model,
-                     config.optimizer)
-
-
 @eqx.filter_jit
 def _measure(c: _Compiled, model: Landscape | AlignedModel, key, threshold
              ) -> tuple[AICResult, LocalModels, dict[str, Array]]:
@@ -218,7 +213,7 @@ def _checked(curves: dict[str, Any], times) -> dict[str, Any]:
     return curves
 
 
-def _spread(config: DiagnoseConfig, c: _Compiled, model, key, times) -> dict[str, Any]:
+def _spread(config: DiagnoseConfig, c: _Compiled, model, key, times, lr, threshold) -> dict[str, Any]:
     """t_fail per method over `config.resamples` new PRNG keys (Lanczos start, trace
     probes) and bootstrap draws of the batches: 5%, 50%, 95% quantiles (inf: never)."""
     samples: dict[str, list[float]] = {}
@@ -226,10 +221,9 @@ def _spread(config: DiagnoseConfig, c: _Compiled, model, key, times) -> dict[str
     # would hold R models' activations at once (R x the memory of one diagnosis).
     for k in jax.random.split(jax.random.fold_in(key, 1), config.resamples):
         k_aic, k_data = jax.random.split(k)
-        res, models, losses = host_values(_measure(c, _resampled(model, k_data), k_aic, _scalar(config.threshold)))
+        res, models, losses = host_values(_measure(c, _resampled(model, k_data), k_aic, threshold))
         _check_measured(res, models, losses, "a resample")
-        curves, t_fail = host_values(_forecasts(c, res, models, times, _scalar(config.lr),
-                                                _scalar(config.threshold)))
+        curves, t_fail = host_values(_forecasts(c, res, models, times, lr, threshold))
         _checked(curves, times)
         for name, value in t_fail.items():
             samples.setdefault(name, []).append(float(value))
@@ -287,8 +281,10 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
          f"Krylov depth {m})", quiet)
     _check_operators(config, model)
     num_eigs = min(dim, max(2 * config.rank + 1, 8))
-    c = _compiled(config, num_eigs, m)
-    res, models, losses = host_values(_measure(c, model, key, _scalar(config.threshold)))
+    c = _Compiled(config.rank, num_eigs, m, config.trace_samples, config.operator, config.task_model,
+                  config.optimizer)
+    lr, threshold = _scalar(config.lr), _scalar(config.threshold)  # inputs of the programs, made once
+    res, models, losses = host_values(_measure(c, model, key, threshold))
     _check_measured(res, models, losses)
     task_norm = float(jnp.max(jnp.abs(models.ritz_values)))
     horizon = config.horizon or (10.0 / task_norm if task_norm > 0 else np.inf)
@@ -298,7 +294,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
     _say(f"[2/3] forecasts to t = {horizon:.3g}" + (f", {config.resamples} resamples" if config.resamples else ""),
          quiet)
-    curves, t_fail = host_values(_forecasts(c, res, models, times, _scalar(config.lr), _scalar(config.threshold)))
+    curves, t_fail = host_values(_forecasts(c, res, models, times, lr, threshold))
     curves, t_fail = _checked(curves, times), {name: float(value) for name, value in t_fail.items()}
     _say("[3/3] report", quiet)
     report = {
@@ -309,7 +305,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
                      "align_increase": {name: np.asarray(curve).tolist() for name, curve in curves.items()},
                      "bounded_method": bounded_method(config)},
         "t_fail": t_fail,
-        "t_fail_spread": _spread(config, c, model, key, times) if config.resamples else None,
+        "t_fail_spread": _spread(config, c, model, key, times, lr, threshold) if config.resamples else None,
         "threshold": config.threshold,
         "horizon": horizon,
         "krylov_depth": int(m),
