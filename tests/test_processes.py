@@ -33,7 +33,7 @@ def single(tmp_path_factory):
 
 
 def assert_same_tables(a: Path, b: Path) -> None:
-    for name in ("results.csv", "curves.csv"):
+    for name in ("results.csv", "curves.parquet"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
@@ -111,3 +111,28 @@ def test_bad_meshes_get_one_line_errors(mesh, message, tmp_path, capsys):
     assert diagnose_main(["--model", CLASSIFIER, "--mesh", mesh, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_stalled_chunk_is_retried_in_a_fresh_worker_and_else_is_one_line(single, tmp_path):
+    # The test hook makes chunk 3 of 4 sleep forever: on every try (the sweep gives up), then on
+    # the first try only (the worker's retry finishes the sweep).  Limit 2 s; a chunk runs in ms.
+    out = tmp_path / "stalled"
+    [(code, err)] = sweep(out, 1, "--stall-timeout", "2", env={"GEOMSIM_TEST_STALL": "sweep chunk 3/4"})
+    assert code == 1, err
+    [line] = [x for x in err.splitlines() if "error:" in x]
+    assert line == ("python -m geomsim.sweep: error: sweep chunk 3/4: no progress for 2 s, nor in a fresh worker "
+                    "process; the 2 chunk files written are untouched: rerun with --resume to compute the rest "
+                    "(--stall-timeout sets the limit)"), err
+    assert "Traceback" not in err
+    written = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "chunks").iterdir()}
+    assert sorted(written) == ["chunk_00000.npz", "chunk_00001.npz"]
+    assert json.loads((out / "meta.json").read_text())["state"] == "running"
+
+    [(code, err)] = sweep(out, 1, "--resume", "--stall-timeout", "2", env={"GEOMSIM_TEST_STALL": "sweep chunk 3/4@1"})
+    assert code == 0, err
+    assert "sweep chunk 3/4: no progress for 2 s (--stall-timeout sets the limit); retrying it in a fresh worker" in err
+    for name, (data, mtime) in written.items():  # finished chunks untouched
+        assert ((out / "chunks" / name).read_bytes(), (out / "chunks" / name).stat().st_mtime_ns) == (data, mtime)
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["state"], meta["chunks_resumed"], meta["chunks_computed"]) == ("complete", 2, 2)
+    assert_same_tables(single, out)  # the worker's chunk is the one this process would have written

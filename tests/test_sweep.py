@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from geomsim.io import read_csv
+from geomsim.io import read_csv, read_table
 from geomsim.sweep import ConfigError, SweepConfig, make_config, parse_values, run_sweep
 from geomsim.sweep.cli import main
 from geomsim.sweep.run import RESULT_COLUMNS
@@ -49,8 +49,11 @@ def test_outputs_columns_and_law(quartic_run):
         assert not (out / f"{stem}.pdf").exists()  # PNG unless --figures says otherwise
     disk = read_csv(out / "results.csv")
     np.testing.assert_array_equal(disk["exponent"], res["exponent"])
-    curves = read_csv(out / "curves.csv")
+    curves = read_table(out / "curves.parquet")
     assert set(np.unique(curves["run"])) == {0, 1, 2, 3}
+    assert curves.keys() == quartic_run.curves.keys()
+    for name, column in quartic_run.curves.items():  # Parquet gives back the very floats written
+        np.testing.assert_array_equal(curves[name], column, strict=True)
 
 
 def test_resume_redoes_nothing_and_matches(tmp_path, quartic_run):
@@ -229,5 +232,5 @@ def test_bounded_forecast_gives_the_time_to_failure_where_the_quartic_term_alone
     assert reached.all()
     np.testing.assert_allclose(res["t_fail_pred"], res["t_fail_meas"], rtol=0.01)
     assert np.all(res["t_fail_quartic"] > 1.1 * res["t_fail_meas"])
-    curves = read_csv(tmp_path / "curves.csv")
+    curves = read_table(tmp_path / "curves.parquet")
     assert "forecast" in curves

@@ -14,6 +14,7 @@ from geomsim.diagnose.config import DiagnoseConfig
 from geomsim.finite import MeasurementError
 from geomsim.plotting.formats import add_figures_flag, figure_formats
 from geomsim.processes import ProcessLost, add_process_flags, current_group, report_error, start_processes
+from geomsim.watchdog import Stalled, add_stall_flag
 
 PROG = "python -m geomsim.diagnose"
 
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/diagnose-<timestamp>)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_figures_flag(parser)
+    add_stall_flag(parser)
     add_process_flags(parser)
     args = vars(parser.parse_args(argv))
     file, out, quiet, figures = args.pop("config", None), args.pop("out", None), args.pop("quiet"), args.pop("figures")
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(PROG, err, 1, several)
     except ProcessLost as err:
         return report_error(PROG, err, 1, several)
+    except Stalled as err:  # a stuck thread may be left: leave at once (True)
+        return report_error(PROG, err, 1, True)
     if not current_group().leader:
         return 0
     print(json.dumps({"t_fail": report["t_fail"], "threshold": report["threshold"],

@@ -43,6 +43,7 @@ from geomsim.theory.forecast import (
     taylor,
     time_to_failure,
 )
+from geomsim.watchdog import watched
 
 METHODS = ("taylor", "paper_bound", "alignment_risk")  # besides the bounded method (bounded_method)
 
@@ -221,9 +222,11 @@ def _spread(config: DiagnoseConfig, c: _Compiled, model, key, times, lr, thresho
     # would hold R models' activations at once (R x the memory of one diagnosis).
     for k in jax.random.split(jax.random.fold_in(key, 1), config.resamples):
         k_aic, k_data = jax.random.split(k)
-        res, models, losses = host_values(_measure(c, _resampled(model, k_data), k_aic, threshold))
+        res, models, losses = host_values(watched("diagnose: a resample's measurement", _measure, c, _resampled(model, k_data), k_aic,
+                                                    threshold))
         _check_measured(res, models, losses, "a resample")
-        curves, t_fail = host_values(_forecasts(c, res, models, times, lr, threshold))
+        curves, t_fail = host_values(watched("diagnose: a resample's forecasts", _forecasts, c, res, models, times,
+                                             lr, threshold))
         _checked(curves, times)
         for name, value in t_fail.items():
             samples.setdefault(name, []).append(float(value))
@@ -284,7 +287,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     c = _Compiled(config.rank, num_eigs, m, config.trace_samples, config.operator, config.task_model,
                   config.optimizer)
     lr, threshold = _scalar(config.lr), _scalar(config.threshold)  # inputs of the programs, made once
-    res, models, losses = host_values(_measure(c, model, key, threshold))
+    res, models, losses = host_values(watched("diagnose: the measurement at theta0", _measure, c, model, key, threshold))
     _check_measured(res, models, losses)
     task_norm = float(jnp.max(jnp.abs(models.ritz_values)))
     horizon = config.horizon or (10.0 / task_norm if task_norm > 0 else np.inf)
@@ -294,7 +297,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
     _say(f"[2/3] forecasts to t = {horizon:.3g}" + (f", {config.resamples} resamples" if config.resamples else ""),
          quiet)
-    curves, t_fail = host_values(_forecasts(c, res, models, times, lr, threshold))
+    curves, t_fail = host_values(watched("diagnose: the forecasts", _forecasts, c, res, models, times, lr, threshold))
     curves, t_fail = _checked(curves, times), {name: float(value) for name, value in t_fail.items()}
     _say("[3/3] report", quiet)
     report = {

@@ -1,5 +1,6 @@
 import sys
 
 from geomsim.sweep.cli import main
+from geomsim.watchdog import finish
 
-sys.exit(main())
+sys.exit(finish(main()))  # leaves at once if a watched call was left stuck

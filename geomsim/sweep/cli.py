@@ -21,6 +21,7 @@ from geomsim.plotting.formats import add_figures_flag, figure_formats
 from geomsim.processes import ProcessLost, add_process_flags, current_group, report_error, start_processes
 from geomsim.sweep.config import ConfigError, SweepConfig, make_config
 from geomsim.sweep.statistics import sweep_statistics
+from geomsim.watchdog import Stalled, add_stall_flag
 
 PROG = "python -m geomsim.sweep"
 
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Sweep sharpness x coupling on an alignment landscape, fine-tune from the aligned "
             "point, and measure the onset law of the alignment loss (theory: Delta L_A ~ "
-            "lambda gamma^2 t^4 / 8). Writes results.csv, curves.csv, meta.json and figures."
+            "lambda gamma^2 t^4 / 8). Writes results.csv, curves.parquet, meta.json and figures."
         ),
         argument_default=argparse.SUPPRESS,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/<timestamp>)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out, redoing no finished chunk")
     add_figures_flag(parser)
+    add_stall_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_process_flags(parser)
     return parser
@@ -124,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(PROG, err, 2, several)
     except ProcessLost as err:
         return report_error(PROG, err, 1, several)
+    except Stalled as err:  # chunks on disk stay; a stuck thread may be left: leave at once (True)
+        return report_error(PROG, err, 1, True)
     if result is None:  # another process merges and reports
         return 0
     print(summary(result.results, result.meta))
-    print(f"wrote {out_dir}/results.csv, curves.csv, meta.json" + (", figures" if plots else "")
+    print(f"wrote {out_dir}/results.csv, curves.parquet, meta.json" + (", figures" if plots else "")
           + f" in {result.meta['wall_seconds']:.1f} s")
     return 0

@@ -3,7 +3,8 @@
 Output folder layout:
     meta.json      config, digest, seed, versions, timing, status counts
     results.csv    one row per (grid point, seed)
-    curves.csv     tidy per-run curves (run, t, Delta L_A, L_F, ||P_S delta||, ...)
+    curves.parquet tidy per-run curves (run, t, Delta L_A, L_F, ||P_S delta||, ...); Parquet, as
+                   they reach millions of rows (geomsim.io.read_table, pandas, polars)
     chunks/        per-chunk .npz results; `--resume` skips the ones present
     fig_*.png/pdf  figures (see geomsim.plotting.sweep_figures)
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +29,12 @@ import jax
 import numpy as np
 
 from geomsim.fitting import FIT_REASONS
-from geomsim.io import Table, atomic_open, environment_versions, write_csv, write_json
+from geomsim.io import Table, atomic_open, environment_versions, write_csv, write_json, write_parquet
 from geomsim.processes import current_group
 from geomsim.sweep.config import ConfigError, SweepConfig
 from geomsim.sweep.point import CURVE_FIELDS, STATUS_NAMES, TAYLOR_ORDER, make_point_function
 from geomsim.sweep.progress import Progress
+from geomsim.watchdog import Stalled, watched
 
 RESULT_COLUMNS = (
     "sharpness", "coupling", "mu", "eps", "rank", "dim", "optimizer", "lr", "steps", "seed", "seed_index",
@@ -40,6 +44,8 @@ RESULT_COLUMNS = (
     "sharpness_meas", "mu_meas", "eps_meas", "coupling_meas", "rank_meas",
     "status", "reason",
 )
+CURVES_FILE = "curves.parquet"
+WORKER_STALLED = 3  # geomsim.sweep.worker's exit status when the chunk stalled there too
 STATUS_REASONS = {
     "diverged": "displacement exceeded 1e6 x (t_max ||g||)",
     "nan": "non-finite loss along the run",
@@ -84,6 +90,53 @@ def grid_sharding() -> tuple[jax.sharding.NamedSharding | None, int]:
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("grid")), len(devices)
 
 
+class Chunks:
+    """The grid cut into chunks of `rows` runs (a multiple of the local devices; the last one
+    padded with its last row), and the one compiled program that computes a chunk."""
+
+    def __init__(self, config: SweepConfig, rows: int | None = None):
+        self.config = config
+        self.s, self.c, self.k = grid_axes(config)
+        self.n = len(self.s)
+        self.sharding, self.n_devices = grid_sharding()
+        self.rows = rows or -(-min(config.chunk, self.n) // self.n_devices) * self.n_devices
+        self.count = -(-self.n // self.rows)
+        self._program = None
+
+    def _args(self, index: int) -> list:
+        rows = np.minimum(np.arange(index * self.rows, (index + 1) * self.rows), self.n - 1)
+        args = [self.s[rows], self.c[rows], self.k[rows]]
+        return args if self.sharding is None else [jax.device_put(a, self.sharding) for a in args]
+
+    def compute(self, index: int, attempt: int = 1) -> dict[str, np.ndarray]:
+        """Chunk `index`'s outputs on the host.  Compiled ahead of the watchdog, so only the
+        execution counts against --stall-timeout (compiling takes ~8 s cold, a chunk 0.6 s)."""
+        args = self._args(index)
+        if self._program is None:
+            self._program = jax.jit(jax.vmap(make_point_function(self.config))).lower(*args).compile()
+        return watched(f"sweep chunk {index + 1}/{self.count}",
+                       lambda: jax.tree.map(np.asarray, self._program(*args)), attempt=attempt)
+
+
+def _retry_in_worker(out_dir: Path, index: int, err: Stalled) -> None:
+    """Chunk `index` once more in a fresh process (`geomsim.sweep.worker`), whose XLA runtime
+    is not the one that stalled; `Stalled` naming both tries if it does not write the chunk."""
+    command = [sys.executable, "-m", "geomsim.sweep.worker", str(out_dir), str(index), repr(err.seconds)]
+    limit = 2 * err.seconds + 600  # the worker watches its own execution; this bounds start-up and compilation
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=limit)
+        if proc.returncode == 0 and _chunk_path(out_dir, index).exists():
+            return
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        why = ", nor in a fresh worker process" if proc.returncode == WORKER_STALLED else (
+            f", and its retry in a fresh worker process failed ({last})")
+    except subprocess.TimeoutExpired:
+        why = f", and its retry in a fresh worker process did not exit within {limit:g} s (killed)"
+    done = sum(1 for _ in (out_dir / "chunks").glob("chunk_*.npz"))
+    raise Stalled(err.what, err.seconds, f"{why}; the {done} chunk files written are untouched: rerun with "
+                  "--resume to compute the rest")
+
+
 def _chunk_path(out_dir: Path, index: int) -> Path:
     return out_dir / "chunks" / f"chunk_{index:05d}.npz"
 
@@ -120,15 +173,20 @@ def _check_resume(out_dir: Path, config: SweepConfig, resume: bool, chunk: int) 
         )
 
 
+def _lookup(names: dict[int, str], codes: np.ndarray) -> np.ndarray:
+    """`names[code]` for every code, as an object array, without a Python loop over the rows."""
+    table = np.empty(max(names) + 1, dtype=object)
+    for code, name in names.items():
+        table[code] = name
+    return table[np.asarray(codes, dtype=np.int64)]
+
+
 def _rows(config: SweepConfig, raw: dict[str, np.ndarray], s: np.ndarray, c: np.ndarray, k: np.ndarray) -> Table:
     n = len(s)
-    status = [STATUS_NAMES[int(v)] for v in raw["status_code"]]
-    reasons = []
-    for st, fit_code in zip(status, raw["fit_code"], strict=True):
-        if st == "no_onset":
-            reasons.append(FIT_REASONS[int(fit_code)])
-        else:
-            reasons.append(STATUS_REASONS.get(st, ""))
+    status = _lookup(STATUS_NAMES, raw["status_code"])
+    reasons = np.where(status == "no_onset", _lookup(FIT_REASONS, raw["fit_code"]),
+                       _lookup({code: STATUS_REASONS.get(name, "") for code, name in STATUS_NAMES.items()},
+                               raw["status_code"]))
     table: Table = {
         "sharpness": s,
         "coupling": c,
@@ -136,8 +194,8 @@ def _rows(config: SweepConfig, raw: dict[str, np.ndarray], s: np.ndarray, c: np.
         "eps": np.full(n, config.eps),
         "rank": np.full(n, config.rank),
         "dim": np.full(n, config.dim),
-        "optimizer": np.array([config.optimizer] * n, dtype=object),
-        "defense": np.array([config.defense] * n, dtype=object),
+        "optimizer": np.full(n, config.optimizer, dtype=object),
+        "defense": np.full(n, config.defense, dtype=object),
         "lr": np.full(n, config.lr),
         "steps": np.full(n, config.steps),
         "seed": np.full(n, config.seed),
@@ -149,8 +207,8 @@ def _rows(config: SweepConfig, raw: dict[str, np.ndarray], s: np.ndarray, c: np.
         table[name] = np.asarray(raw[name]) if name in ("power", "rank_meas") else np.asarray(raw[name], np.float64)
     for j in range(TAYLOR_ORDER + 1):
         table[f"taylor_c{j}"] = np.asarray(raw["taylor"][:, j], dtype=np.float64)
-    table["status"] = np.array(status, dtype=object)
-    table["reason"] = np.array(reasons, dtype=object)
+    table["status"] = status
+    table["reason"] = reasons
     return table
 
 
@@ -179,11 +237,9 @@ def run_sweep(
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     group = current_group()
-    s, c, k = grid_axes(config)
-    n = len(s)
-    sharding, n_devices = grid_sharding()
-    chunk = -(-min(config.chunk, n) // n_devices) * n_devices  # a multiple of the device count
-    n_chunks = -(-n // chunk)
+    chunks = Chunks(config)
+    s, c, k, n, n_chunks, chunk, n_devices = (chunks.s, chunks.c, chunks.k, chunks.n, chunks.count, chunks.rows,
+                                              chunks.n_devices)
     _check_resume(out_dir, config, resume, chunk)
     group.check_same("config", config.digest())  # also: nobody writes before everyone has checked
     group.check_same("local device count", str(n_devices))
@@ -207,17 +263,16 @@ def run_sweep(
     bar = Progress(len(mine), group.label(label), enabled=progress)
     t_compute = 0.0
     with precision(config.float64):
-        batched = jax.jit(jax.vmap(make_point_function(config)))
         for index in mine:
-            rows = np.minimum(np.arange(index * chunk, (index + 1) * chunk), n - 1)  # pad with the last row
             t0 = time.perf_counter()
-            args = [s[rows], c[rows], k[rows]]
-            if sharding is not None:
-                args = [jax.device_put(a, sharding) for a in args]
-            out = batched(*args)
-            out = jax.tree.map(np.asarray, out)
+            try:
+                out = chunks.compute(index)
+            except Stalled as err:
+                print(group.label(f"{err}; retrying it in a fresh worker process"), file=sys.stderr, flush=True)
+                _retry_in_worker(out_dir, index, err)
+            else:
+                _save_chunk(_chunk_path(out_dir, index), out)
             t_compute += time.perf_counter() - t0
-            _save_chunk(_chunk_path(out_dir, index), out)
             bar.advance(1, f"chunk {index + 1}/{n_chunks}")
     group.barrier("sweep chunks written")
     if not group.leader:
@@ -236,7 +291,7 @@ def run_sweep(
     results = _rows(config, raw, s, c, k)
     curves = _curves(raw)
     write_csv(out_dir / "results.csv", results)
-    write_csv(out_dir / "curves.csv", curves)
+    write_parquet(out_dir / CURVES_FILE, curves)
 
     counts = {name: int(np.sum(results["status"] == name)) for name in STATUS_NAMES.values()}
     meta.update(

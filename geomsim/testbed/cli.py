@@ -13,7 +13,9 @@ from geomsim import config as config_layer
 from geomsim._runtime import enable_compilation_cache
 from geomsim.config import ConfigError
 from geomsim.plotting.formats import add_figures_flag, figure_formats
+from geomsim.processes import report_error
 from geomsim.testbed.config import TestbedConfig
+from geomsim.watchdog import Stalled, add_stall_flag
 
 PROG = "python -m geomsim.testbed"
 
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", choices=["pretrain", "align"],
                         help="train (or load) only up to this stage, e.g. to rerun one stage alone")
     add_figures_flag(parser)
+    add_stall_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     enable_compilation_cache()
@@ -64,9 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("runs") / time.strftime("testbed-%Y%m%d-%H%M%S")
     from geomsim.testbed.run import run_testbed
 
-    with figure_formats(args.figures):
-        result = run_testbed(config, out, progress=not args.quiet, plots=args.figures != "none",
-                             stop_after=args.stop_after)
+    try:
+        with figure_formats(args.figures):
+            result = run_testbed(config, out, progress=not args.quiet, plots=args.figures != "none",
+                                 stop_after=args.stop_after)
+    except Stalled as err:  # finished stages stay on disk; a stuck thread may be left: leave at once (True)
+        return report_error(PROG, err, 1, True)
     if args.stop_after:
         print(f"stopped after {args.stop_after}; wrote {out}/checkpoints and {out}/stages.csv")
         return 0

@@ -32,6 +32,7 @@ from geomsim.testbed import diagnostics, stages
 from geomsim.testbed.checkpoints import load_checkpoint, save_checkpoint
 from geomsim.testbed.config import ALIGN_FIELDS, PRETRAIN_FIELDS, TestbedConfig
 from geomsim.testbed.summary import summarise
+from geomsim.watchdog import watched
 
 STAGES = ("pretrain", "align", "diagnostics", "finetune", "report")
 
@@ -54,8 +55,7 @@ def _trained(bed, out_dir, name, fields, params, train_fn, timings, bar):
         bar.advance(1, f"{name} (checkpoint)")
         return loaded, None
     t0 = time.perf_counter()
-    params, losses = train_fn(bed, params)
-    jax.block_until_ready(params)
+    params, losses = watched(f"testbed stage {name}", train_fn, bed, params)
     timings[name] = round(time.perf_counter() - t0, 2)
     save_checkpoint(out_dir, name, params, {"digest": digest, "config": bed.config.to_dict()})
     bar.advance(1, name)

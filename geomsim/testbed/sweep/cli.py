@@ -15,6 +15,7 @@ from geomsim.config import ConfigError
 from geomsim.plotting.formats import add_figures_flag, figure_formats
 from geomsim.processes import ProcessLost, add_process_flags, current_group, report_error, start_processes
 from geomsim.testbed.sweep.config import TestbedSweepConfig
+from geomsim.watchdog import Stalled, add_stall_flag
 
 PROG = "python -m geomsim.testbed sweep"
 
@@ -32,6 +33,7 @@ def build_parser(prog: str = PROG, cls=TestbedSweepConfig, doc: str | None = Non
     parser.add_argument("--out", metavar="DIR", help=f"output folder (default: {default_out}); "
                         "rerunning into it reuses every finished stage and chunk")
     add_figures_flag(parser)
+    add_stall_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     if processes:
         add_process_flags(parser)
@@ -73,6 +75,8 @@ def run_split(prog: str, run, config, out_dir: Path, figures: str, quiet: bool, 
         return None, report_error(prog, err, 2, several)
     except ProcessLost as err:
         return None, report_error(prog, err, 1, several)
+    except Stalled as err:  # a stuck thread may be left: leave at once (True)
+        return None, report_error(prog, err, 1, True)
 
 
 def run_command(prog: str, cls, doc: str, name: str, argv: list[str] | None, run, describe, headline,

@@ -44,6 +44,7 @@ from geomsim.testbed.sweep import law
 from geomsim.testbed.sweep.config import TestbedSweepConfig
 from geomsim.testbed.sweep.run import _select, adam_inputs, begin_run, point_index, prepare_models, write_report
 from geomsim.testbed.sweep.summary import adam_points
+from geomsim.watchdog import watched
 
 TESTBED_DEFENSES = ("none", "static_projection", "tracked_projection", "curvature_projection", "replay", "lora")
 DEFENSE_STREAM = 9
@@ -157,7 +158,7 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
         compiled = jax.jit(lambda flat, one=one: jax.vmap(one)(jax.tree.unflatten(treedef, flat))
                            ).lower(leaves).compile()
         t0 = time.perf_counter()
-        results[name] = jax.tree.map(np.asarray, jax.block_until_ready(compiled(leaves)))
+        results[name] = jax.tree.map(np.asarray, watched(f"testbed defense {name}", compiled, leaves))
         seconds[name] = time.perf_counter() - t0  # execution only: the overhead a user pays per run
         bar.advance(1, name)
     tables = _tables(cfg, points, results)

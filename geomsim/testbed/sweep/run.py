@@ -47,6 +47,7 @@ from geomsim.testbed.sweep import law, stages
 from geomsim.testbed.sweep.cache import cached_arrays, is_cached
 from geomsim.testbed.sweep.config import ALIGN_FIELDS, ARMS, POLISH_FIELDS, TestbedSweepConfig
 from geomsim.testbed.sweep.summary import adam_points, fit_runs, summarise
+from geomsim.watchdog import watched
 
 # Settings the law runs and the Adam runs depend on, beyond the polished models.
 LAW_FIELDS = (*POLISH_FIELDS, "task_base", "task_other", "mix", "task_size", "rank", "num_eigs",
@@ -76,7 +77,7 @@ def _checkpointed(out_dir: Path, name: str, digest: str, like, compute, timings:
         reused.append(name)
         return loaded, True
     t0 = time.perf_counter()
-    params = jax.block_until_ready(compute())
+    params = watched(f"testbed stage {name}", compute)
     timings[name] = round(time.perf_counter() - t0, 2)
     save_checkpoint(out_dir, name, params, {"digest": digest})
     bar.advance(1, name)
@@ -122,13 +123,13 @@ def _run_chunks(name: str, chunk_fn, inputs: dict[str, Any], n: int, config: Tes
     mine = group.share(np.flatnonzero(missing).tolist())
     compiled = jax.jit(chunk_fn)
 
-    def compute(idx):
-        batch = {k: jax.tree.map(lambda x, idx=idx: x[idx], v) for k, v in inputs.items()}
-        return jax.tree.map(np.asarray, compiled(batch))
+    def compute(i):
+        batch = {k: jax.tree.map(lambda x, idx=chunks[i]: x[idx], v) for k, v in inputs.items()}
+        return watched(f"testbed {name} chunk {i + 1}/{len(chunks)}", lambda: jax.tree.map(np.asarray, compiled(batch)))
 
     fresh = {}
     for i in mine:
-        fresh[i], _ = cached_arrays(out_dir, *keys[i], lambda i=i: compute(chunks[i]))
+        fresh[i], _ = cached_arrays(out_dir, *keys[i], lambda i=i: compute(i))
         bar.advance(1, f"{name} chunk {i + 1}")
     group.barrier(f"{name} chunks written")
     if not group.leader:
@@ -138,7 +139,7 @@ def _run_chunks(name: str, chunk_fn, inputs: dict[str, Any], n: int, config: Tes
     parts = []
     for i, idx in enumerate(chunks):
         if i not in fresh:
-            fresh[i], _ = cached_arrays(out_dir, *keys[i], lambda idx=idx: compute(idx))
+            fresh[i], _ = cached_arrays(out_dir, *keys[i], lambda i=i: compute(i))
             bar.advance(1, f"{name} chunk {i + 1} (" + ("another process" if missing[i] else "cache") + ")")
         parts.append({k: v[: len(np.unique(idx))] for k, v in fresh[i].items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
