@@ -54,3 +54,20 @@ def require_finite(tree: Any, what: str) -> None:
         others = f" (and {more} more leaves)" if more else ""
         where = f"{what}: {path}" if path != "the array" else what
         raise NonFiniteError(f"{where} holds {description}{others}")
+
+
+def run_reasons(quantities: dict[str, Any]) -> np.ndarray:
+    """Per run (the leading axis of every array): "" when every quantity is finite, else a
+    reason naming the first one that is not, e.g. "non-finite s_part (2 NaN of 60 values)".
+    On the host, for the tables of a sweep (`status` "nan" and `reason` per run)."""
+    arrays = {name: np.asarray(value) for name, value in quantities.items()}
+    n = len(next(iter(arrays.values())))
+    reasons = np.full(n, "", dtype=object)
+    for name, x in arrays.items():
+        flat = x.reshape(n, -1)
+        nan, inf = np.isnan(flat).sum(axis=1), np.isinf(flat).sum(axis=1)
+        for i in np.flatnonzero((nan + inf > 0) & (reasons == "")):  # a loop over the bad runs only
+            parts = ([f"{nan[i]} NaN"] if nan[i] else []) + ([f"{inf[i]} inf"] if inf[i] else [])
+            size = f" of {flat.shape[1]} values" if flat.shape[1] > 1 else ""
+            reasons[i] = f"non-finite {name} ({' and '.join(parts)}{size})"
+    return reasons

@@ -56,6 +56,24 @@ def test_outputs_columns_and_law(quartic_run):
         np.testing.assert_array_equal(curves[name], column, strict=True)
 
 
+def test_a_non_finite_measurement_makes_the_run_nan_naming_it(quartic_run):
+    from geomsim.sweep.run import _rows, grid_axes
+
+    config = small()
+    chunks = sorted((quartic_run.out_dir / "chunks").glob("chunk_*.npz"))
+    parts = [dict(np.load(p)) for p in chunks]
+    raw = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    s, c, k = grid_axes(config)
+    raw = {name: v[: len(s)] for name, v in raw.items()}
+    assert _rows(config, raw, s, c, k)["status"].tolist() == quartic_run.results["status"].tolist()
+    raw["coupling_meas"][1] = np.nan
+    raw["taylor"][2, 3] = np.inf
+    rows = _rows(config, raw, s, c, k)
+    assert rows["status"][:3].tolist() == ["ok", "nan", "nan"]
+    assert rows["reason"][1:3].tolist() == ["non-finite coupling_meas (1 NaN)",
+                                            "non-finite taylor coefficients (1 inf of 7 values)"]
+
+
 def test_resume_redoes_nothing_and_matches(tmp_path, quartic_run):
     out = tmp_path / "run"
     config = small()

@@ -41,6 +41,26 @@ def test_outputs_and_strict_json(tiny):
     assert summary["grid"] == {"sharpness_levels": [0.3, 0.03], "coupling_levels": [0.1, 1.0], "seeds": 2,
                                "arms": ["polished_eps0", "polished", "as_trained"], "runs": 24}
     assert summary["spearman"]["overlap"]["n_pairs"] == 8
+    runs = result.tables["runs"]
+    assert sum(summary["status_counts"].values()) == 24 and summary["status_counts"]["nan"] == 0
+    assert set(runs["status"]) <= {"ok", "no_onset"}
+    np.testing.assert_array_equal(runs["status"] == "ok", runs["s_fit_ok"])
+    assert all((st == "ok") == (why == "") for st, why in zip(runs["status"], runs["reason"], strict=True))
+
+
+def test_run_status_names_the_first_non_finite_quantity():
+    from geomsim.fitting.powerlaw import FIT_NO_SIGNAL, FIT_OK, FIT_REASONS
+    from geomsim.testbed.sweep.summary import MEASURED_FIELDS, run_status
+
+    law_out = {name: np.ones((4, 5)) if name in ("align_increase", "s_part", "task_loss") else np.ones(4)
+               for name in MEASURED_FIELDS}
+    law_out["s_part"][1, 2] = np.nan
+    law_out["c4"][1] = np.inf  # run 1: s_part comes first in MEASURED_FIELDS
+    law_out["c4"][2] = -np.inf
+    status, reason = run_status(law_out, np.array([FIT_OK, FIT_OK, FIT_OK, FIT_NO_SIGNAL]))
+    assert status.tolist() == ["ok", "nan", "nan", "no_onset"]
+    assert reason.tolist() == ["", "non-finite s_part (1 NaN of 5 values)", "non-finite c4 (1 inf)",
+                               FIT_REASONS[FIT_NO_SIGNAL]]
 
 
 def test_polish_reaches_a_stationary_point_and_keeps_the_refusals(tiny):

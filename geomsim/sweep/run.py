@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from geomsim.finite import run_reasons
 from geomsim.fitting import FIT_REASONS
 from geomsim.io import Table, atomic_open, environment_versions, write_csv, write_json, write_parquet
 from geomsim.processes import current_group
@@ -44,6 +45,7 @@ RESULT_COLUMNS = (
     "sharpness_meas", "mu_meas", "eps_meas", "coupling_meas", "rank_meas",
     "status", "reason",
 )
+MEASURED_COLUMNS = ("sharpness_meas", "mu_meas", "eps_meas", "coupling_meas", "c2_pred", "c4_pred")
 CURVES_FILE = "curves.parquet"
 WORKER_STALLED = 3  # geomsim.sweep.worker's exit status when the chunk stalled there too
 STATUS_REASONS = {
@@ -207,8 +209,13 @@ def _rows(config: SweepConfig, raw: dict[str, np.ndarray], s: np.ndarray, c: np.
         table[name] = np.asarray(raw[name]) if name in ("power", "rank_meas") else np.asarray(raw[name], np.float64)
     for j in range(TAYLOR_ORDER + 1):
         table[f"taylor_c{j}"] = np.asarray(raw["taylor"][:, j], dtype=np.float64)
-    table["status"] = status
-    table["reason"] = reasons
+    # The measured AIC quantities and Taylor coefficients a row's predictions rest on: a run with a
+    # finite loss curve but a NaN among these is "nan" too, naming it (geomsim.finite.run_reasons).
+    measured = run_reasons({name: table[name] for name in MEASURED_COLUMNS}
+                           | {"taylor coefficients": raw["taylor"]})
+    bad = (status == "ok") & (measured != "")
+    table["status"] = np.where(bad, "nan", status).astype(object)
+    table["reason"] = np.where(bad, measured, reasons).astype(object)
     return table
 
 

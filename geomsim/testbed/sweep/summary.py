@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geomsim.fitting import FIT_OK, fit_onset, local_slopes
+from geomsim.finite import run_reasons
+from geomsim.fitting import FIT_OK, FIT_REASONS, fit_onset, local_slopes
 from geomsim.testbed.summary import spearman_with_ci
 from geomsim.testbed.sweep.config import ARMS, TestbedSweepConfig
 
@@ -115,7 +116,23 @@ def fit_runs(law_out: dict[str, np.ndarray], config: TestbedSweepConfig) -> dict
     out["lower_bound_holds"] = np.all(margin >= 0, axis=1)
     out["lower_bound_holds_window"] = np.all((margin >= 0) | ~inside, axis=1)
     out["finite"] = np.all(np.isfinite(total) & np.isfinite(sp), axis=1)
+    out["status"], out["reason"] = run_status(law_out, fs.status)
     return out
+
+
+# What a run's verdict rests on: its curves and its measured coefficients (MEASURED_FIELDS order
+# decides which quantity a reason names when several are non-finite).
+MEASURED_FIELDS = ("align_increase", "s_part", "task_loss", "c1", "c2", "c3", "c4", "c2_s", "c4_s", "task_sharpness")
+
+
+def run_status(law_out: dict[str, np.ndarray], fit_status: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per run: "nan" with the first non-finite measured quantity, else "no_onset" with the
+    S-part fit's reason, else "ok" (the sweep's statuses, geomsim.sweep.run)."""
+    bad = run_reasons({name: law_out[name] for name in MEASURED_FIELDS})
+    fit_status = np.asarray(fit_status)
+    fit_reason = np.array([FIT_REASONS[int(code)] for code in fit_status], dtype=object)
+    status = np.where(bad != "", "nan", np.where(fit_status == FIT_OK, "ok", "no_onset")).astype(object)
+    return status, np.where(bad != "", bad, fit_reason).astype(object)
 
 
 def _none(x: float) -> float | None:
@@ -167,6 +184,7 @@ def summarise(config: TestbedSweepConfig, tables: dict[str, dict[str, np.ndarray
     out: dict[str, Any] = {
         "grid": {"sharpness_levels": list(config.refusal_sigma), "coupling_levels": list(config.mix),
                  "seeds": seeds, "arms": list(ARMS), "runs": int(runs["run"].size)},
+        "status_counts": {name: int(np.sum(runs["status"] == name)) for name in ("ok", "no_onset", "nan")},
     }
     lam = spec["polished_eigenvalues"][..., config.rank - 1]  # (level, seed)
     out["lambda"] = {"per_level_median": np.median(lam, axis=1).tolist(),
