@@ -1,0 +1,85 @@
+"""Where a person waits (issue 21): the README's default sweep and two diagnoses, cold and warm.
+
+  python benchmarks/bench_wait.py --before 39ce978 --repeats 3
+
+Each repeat of each command, per code tree: a fresh process with a new, empty compilation
+cache ("cold"), then a second fresh process with the cache the first one filled ("warm",
+what a user gets the second time).  Whole-process wall time, median of --repeats; the
+trees are interleaved.  `--before REV` times the same commands with a git revision's code
+(a worktree on PYTHONPATH; commands run from a scratch folder, as a user would).
+Prints markdown for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = {
+    "sweep (default)": ["geomsim.sweep", "--quiet"],
+    "diagnose quadratic --rank 2": ["geomsim.diagnose", "--model", "geomsim.diagnose.examples:quadratic",
+                                    "--rank", "2", "--quiet"],
+    "diagnose tiny_classifier, Fisher / GN": ["geomsim.diagnose", "--model",
+                                              "geomsim.diagnose.examples:tiny_classifier", "--operator", "fisher",
+                                              "--task-model", "gauss_newton", "--quiet"],
+}
+
+
+def once(tree: Path, command: list[str], cache: Path, out: Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(tree), "GEOMSIM_JAX_CACHE": str(cache)}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", *command, "--out", str(out)], env=env, cwd=out.parent,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode:
+        raise SystemExit(f"{command} failed in {tree} ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", metavar="REV")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        trees = {"after": ROOT}
+        if args.before:
+            trees = {"before": tmp / "before", "after": ROOT}
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(trees["before"]), args.before],
+                           check=True, capture_output=True)
+        times = {(name, tree): {"cold": [], "warm": []} for name in COMMANDS for tree in trees}
+        try:
+            for r in range(args.repeats):
+                for name, command in COMMANDS.items():
+                    for tree_name, tree in trees.items():
+                        work = tmp / f"{tree_name}-{r}-{len(times)}-{abs(hash(name))}"
+                        work.mkdir()
+                        for kind in ("cold", "warm"):
+                            wall = once(tree, command, work / "cache", work / kind)
+                            times[(name, tree_name)][kind].append(wall)
+                            print(f"{name} [{tree_name}] {kind}: {wall:.1f} s", file=sys.stderr, flush=True)
+        finally:
+            if args.before:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["before"])],
+                               check=False, capture_output=True)
+    print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores: "
+          f"`python benchmarks/bench_wait.py{' --before ' + args.before if args.before else ''} "
+          f"--repeats {args.repeats}`\n")
+    print("| command | code | cold (median) | warm (median) | cold runs | warm runs |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (name, tree_name), kinds in times.items():
+        print(f"| {name} | {tree_name} | {statistics.median(kinds['cold']):.1f} s | "
+              f"{statistics.median(kinds['warm']):.1f} s | " + ", ".join(f"{v:.1f}" for v in kinds["cold"])
+              + " | " + ", ".join(f"{v:.1f}" for v in kinds["warm"]) + " |")
+
+
+if __name__ == "__main__":
+    main()
