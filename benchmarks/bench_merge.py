@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from code_trees import ROOT, code_trees
+
 GRID = ["--sharpness", "1:100:64", "--coupling", "0.01:1:64", "--seeds", "4", "--figures", "none", "--quiet"]
 
 
@@ -44,34 +45,24 @@ def main() -> None:
     parser.add_argument("--before", metavar="REV", help="also time the merge of this git revision")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, code_trees(args.before, Path(tmp)) as trees:
         tmp = Path(tmp)
-        trees = {"after": ROOT}
-        if args.before:
-            trees["before"] = tmp / "before"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(trees["before"]), args.before],
-                           check=True, capture_output=True)
-        try:
-            base = tmp / "sweep"
-            wall, meta = sweep(base, ROOT)
-            print(f"computed {meta['n_runs']} runs in {wall:.1f} s ({meta['chunks_computed']} chunks)", file=sys.stderr)
-            times: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
-            for _ in range(args.repeats):
-                for name, tree in trees.items():
-                    out = tmp / f"resume-{name}"
-                    shutil.rmtree(out, ignore_errors=True)
-                    shutil.copytree(base / "chunks", out / "chunks")
-                    shutil.copy(base / "meta.json", out / "meta.json")
-                    wall, meta = sweep(out, tree, "--resume")
-                    assert meta["chunks_computed"] == 0, meta
-                    times[name].append((meta["wall_seconds"], wall))
-                    sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
-                    print(f"{name}: merge {meta['wall_seconds']:.2f} s, process {wall:.2f} s, files {sizes}",
-                          file=sys.stderr, flush=True)
-        finally:
-            if args.before:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["before"])],
-                               check=False, capture_output=True)
+        base = tmp / "sweep"
+        wall, meta = sweep(base, ROOT)
+        print(f"computed {meta['n_runs']} runs in {wall:.1f} s ({meta['chunks_computed']} chunks)", file=sys.stderr)
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
+        for _ in range(args.repeats):
+            for name, tree in trees.items():
+                out = tmp / f"resume-{name}"
+                shutil.rmtree(out, ignore_errors=True)
+                shutil.copytree(base / "chunks", out / "chunks")
+                shutil.copy(base / "meta.json", out / "meta.json")
+                wall, meta = sweep(out, tree, "--resume")
+                assert meta["chunks_computed"] == 0, meta
+                times[name].append((meta["wall_seconds"], wall))
+                sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.is_file()}
+                print(f"{name}: merge {meta['wall_seconds']:.2f} s, process {wall:.2f} s, files {sizes}",
+                      file=sys.stderr, flush=True)
     print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
           f"`python benchmarks/bench_merge.py{' --before ' + args.before if args.before else ''} --repeats {args.repeats}`")
     print("\n| code | merge inside run_sweep (median) | whole process (median) | runs (merge) |")

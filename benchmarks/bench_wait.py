@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from code_trees import code_trees
+
 COMMANDS = {
     "sweep (default)": ["geomsim.sweep", "--quiet"],
     "diagnose quadratic --rank 2": ["geomsim.diagnose", "--model", "geomsim.diagnose.examples:quadratic",
@@ -48,28 +49,18 @@ def main() -> None:
     parser.add_argument("--before", metavar="REV")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, code_trees(args.before, Path(tmp)) as trees:
         tmp = Path(tmp)
-        trees = {"after": ROOT}
-        if args.before:
-            trees = {"before": tmp / "before", "after": ROOT}
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(trees["before"]), args.before],
-                           check=True, capture_output=True)
         times = {(name, tree): {"cold": [], "warm": []} for name in COMMANDS for tree in trees}
-        try:
-            for r in range(args.repeats):
-                for name, command in COMMANDS.items():
-                    for tree_name, tree in trees.items():
-                        work = tmp / f"{tree_name}-{r}-{len(times)}-{abs(hash(name))}"
-                        work.mkdir()
-                        for kind in ("cold", "warm"):
-                            wall = once(tree, command, work / "cache", work / kind)
-                            times[(name, tree_name)][kind].append(wall)
-                            print(f"{name} [{tree_name}] {kind}: {wall:.1f} s", file=sys.stderr, flush=True)
-        finally:
-            if args.before:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(trees["before"])],
-                               check=False, capture_output=True)
+        for r in range(args.repeats):
+            for name, command in COMMANDS.items():
+                for tree_name, tree in trees.items():
+                    work = tmp / f"{tree_name}-{r}-{len(times)}-{abs(hash(name))}"
+                    work.mkdir()
+                    for kind in ("cold", "warm"):
+                        wall = once(tree, command, work / "cache", work / kind)
+                        times[(name, tree_name)][kind].append(wall)
+                        print(f"{name} [{tree_name}] {kind}: {wall:.1f} s", file=sys.stderr, flush=True)
     print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores: "
           f"`python benchmarks/bench_wait.py{' --before ' + args.before if args.before else ''} "
           f"--repeats {args.repeats}`\n")

@@ -14,11 +14,33 @@ from geomsim._runtime import configure_runtime
 
 configure_runtime()
 
-from geomsim import defenses, dynamics, fitting, io, landscapes, theory  # noqa: E402
-from geomsim.dynamics import Trajectory, descend, gradient_flow, make_optimizer  # noqa: E402
-from geomsim.fitting import PowerLawFit, fit_onset, local_slopes  # noqa: E402
-from geomsim.landscapes import FunctionLandscape, Landscape, QuadraticCubic, quadratic_cubic  # noqa: E402
-from geomsim.theory import align_coefficients, dense_aic, path_coefficients  # noqa: E402
+# The names below are loaded on first use (PEP 562): `import geomsim` alone costs jax's import
+# and no more, so a command line imports only what it runs (diffrax and the defenses are
+# ~0.65 s of the 2.5 s a diagnosis spent importing geomsim; benchmarks/RESULTS.md).
+_SUBPACKAGES = ("defenses", "dynamics", "fitting", "io", "landscapes", "theory")
+_NAMES = {
+    "Trajectory": "geomsim.dynamics", "descend": "geomsim.dynamics", "gradient_flow": "geomsim.dynamics",
+    "make_optimizer": "geomsim.dynamics",
+    "PowerLawFit": "geomsim.fitting", "fit_onset": "geomsim.fitting", "local_slopes": "geomsim.fitting",
+    "FunctionLandscape": "geomsim.landscapes", "Landscape": "geomsim.landscapes",
+    "QuadraticCubic": "geomsim.landscapes", "quadratic_cubic": "geomsim.landscapes",
+    "align_coefficients": "geomsim.theory", "dense_aic": "geomsim.theory", "path_coefficients": "geomsim.theory",
+}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"geomsim.{name}")
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'geomsim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 

@@ -23,6 +23,17 @@ class NonFiniteError(MeasurementError):
     """A quantity that must be finite is not (the message is one line naming it)."""
 
 
+# Leaves up to this many values are checked with numpy on the host: no program to compile or load
+# for each new tree structure (a diagnosis checked 13 of them, 0.8 s of a warm 12-parameter run).
+HOST_CHECK_SIZE = 1 << 20
+
+
+def _host_counts(leaf) -> tuple[int, int, int]:
+    x = np.asarray(leaf)
+    finite = np.isfinite(x)
+    return int(np.isnan(x).sum()), int(np.isinf(x).sum()), int(np.argmin(finite.ravel())) if x.size else 0
+
+
 @jax.jit
 def _counts(leaves: list) -> list:
     # On the device, in one program: a float64 host copy of a billion-parameter model would not fit.
@@ -35,7 +46,12 @@ def nonfinite_leaves(tree: Any) -> list[tuple[str, str]]:
     pairs = [(path, jnp.asarray(leaf) if isinstance(leaf, (float, complex)) else leaf)
              for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
     pairs = [(path, leaf) for path, leaf in pairs if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)]
-    counts = jax.device_get(_counts([leaf for _, leaf in pairs])) if pairs else []
+    large = [i for i, (_, leaf) in enumerate(pairs) if np.size(leaf) > HOST_CHECK_SIZE
+             or (isinstance(leaf, jax.Array) and not leaf.is_fully_addressable)]  # sharded over processes
+    counts = [None if i in large else _host_counts(leaf) for i, (_, leaf) in enumerate(pairs)]
+    if large:
+        for i, c in zip(large, jax.device_get(_counts([pairs[i][1] for i in large])), strict=True):
+            counts[i] = c
     found = []
     for (path, leaf), (nan, inf, first) in zip(pairs, counts, strict=True):
         if nan or inf:

@@ -34,6 +34,22 @@ def test_require_finite_names_the_leaf_the_count_and_the_first_index(shape, data
     assert nonfinite_leaves([jnp.ones(2), 1.0]) == []
 
 
+def test_host_and_device_checks_agree(monkeypatch):
+    # Small leaves are counted with numpy on the host, large ones in one jitted program on their
+    # device; both must say the same (float32, bfloat16 and a 0-d leaf included).
+    import geomsim.finite as finite
+
+    x = np.arange(24.0).reshape(2, 3, 4)
+    x[1, 2, 0], x[0, 0, 3], x[1, 1, 1] = np.nan, np.inf, np.nan
+    tree = {"a": jnp.asarray(x, jnp.float32), "b": jnp.asarray(x, jnp.bfloat16), "c": jnp.asarray(np.nan),
+            "d": np.ones(5), "e": jnp.asarray(-np.inf)}
+    host = nonfinite_leaves(tree)
+    assert [path for path, _ in host] == ["['a']", "['b']", "['c']", "['e']"]
+    assert host[0][1] == "2 NaN and 1 inf of 24 values, the first at index (0, 0, 3)"
+    monkeypatch.setattr(finite, "HOST_CHECK_SIZE", 0)
+    assert nonfinite_leaves(tree) == host
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(where=st.sampled_from(["params", "align_batches", "task_batches"]), data=st.data(), value=BAD)
 def test_non_finite_inputs_exit_1_with_one_line_and_no_report(where, data, value, tmp_path_factory, capsys):

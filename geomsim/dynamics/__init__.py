@@ -1,6 +1,6 @@
 """Training dynamics: discrete optimizers and gradient flow, recorded on log grids."""
 
-from geomsim.dynamics.flow import exact_quadratic_flow, gradient_flow, grid_flow, ode_flow
+from geomsim.dynamics.flow import exact_quadratic_flow, gradient_flow
 from geomsim.dynamics.optimizers import OPTIMIZERS, make_optimizer
 from geomsim.dynamics.trajectory import Trajectory, descend, log_record_steps, measure
 
@@ -16,3 +16,12 @@ __all__ = [
     "measure",
     "ode_flow",
 ]
+
+
+def __getattr__(name: str):
+    # diffrax's two solvers load on first use (geomsim.dynamics.flow's docstring says why).
+    if name in ("grid_flow", "ode_flow"):
+        from geomsim.dynamics import ode
+
+        return getattr(ode, name)
+    raise AttributeError(f"module 'geomsim.dynamics' has no attribute {name!r}")

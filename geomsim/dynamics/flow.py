@@ -2,28 +2,29 @@
 
 * Quadratic `L_F` (the landscape returns `quadratic_task()`): the exact solution
   `delta(t) = -V diag(-expm1(-h t) / h) V^T g` from `eigh(H_F)`.
-* Otherwise (`method="ode"`): diffrax's 8th-order Dormand-Prince with tight
+* Otherwise (`method="ode"`, `geomsim.dynamics.ode`): diffrax's 8th-order Dormand-Prince with tight
   tolerances, forced to step onto every output time (no dense-output
   interpolation), which keeps the O(t^2) S-component accurate at early times
   (see docs/theory.md, "Numerical pitfalls").
-* `method="grid"`: fixed Tsit5 steps from one output time to the next, no error
+* `method="grid"` (`geomsim.dynamics.ode`): fixed Tsit5 steps from one output time to the next, no error
   control.  On a geometric grid t_j = t_0 rho^j each step is `h = (1 - 1/rho) t`,
   so the local error is a fixed fraction of the solution's own scale at every
   time, in the S-component too; the metrics are computed inside the solve, so
   no `(r, d)` array of displacements is ever stored (large models).  The cost
   is 6 gradients per output time.  Check convergence by refining the grid
   (tests/test_dynamics.py does, against the exact flow and against GD).
+
+diffrax is imported only when one of the last two runs (0.3 s of import that the exact
+flow, the forecasts and `python -m geomsim.diagnose` do not need).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
-import diffrax
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
 from geomsim.dynamics.trajectory import Trajectory, measure
@@ -50,81 +51,6 @@ def flow_factor(values: Float[Array, " m"], times: Float[Array, " r"]) -> Float[
     return jnp.where(jnp.abs(ht) < 1e-5, times[:, None] * (1.0 - ht / 2.0 + ht**2 / 6.0), -jnp.expm1(-ht) / safe_h)
 
 
-def ode_flow(
-    landscape: Landscape,
-    times: Float[Array, " r"],
-    rtol: float = 1e-12,
-    atol: float = 1e-16,
-    max_steps: int = 1_000_000,
-) -> Float[Array, "r d"]:
-    """Displacements from an adaptive 8th-order integration of gradient flow."""
-    zero, unravel = flatten_displacement(landscape)
-
-    def vector_field(_t, x, _args):
-        return -ravel_pytree(landscape.task_gradient(unravel(x)))[0]
-
-    controller = diffrax.ClipStepSizeController(
-        diffrax.PIDController(rtol=rtol, atol=atol), step_ts=times
-    )
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
-        diffrax.Dopri8(),
-        t0=jnp.zeros((), times.dtype),
-        t1=times[-1],
-        dt0=times[0] / 4,
-        y0=zero,
-        saveat=diffrax.SaveAt(ts=times),
-        stepsize_controller=controller,
-        max_steps=max_steps,
-    )
-    return sol.ys
-
-
-class _OntoTimes(diffrax.StepTo):
-    """`StepTo` without its run-time check that the times increase: our grids do by
-    construction.  That check, like diffrax's checks of `SaveAt(ts=...)` and of the
-    solve's result, runs through a host callback, which keeps the compiled program
-    out of JAX's persistent compilation cache; `grid_flow` avoids all three."""
-
-    def wrap(self, direction):  # noqa: ARG002  (diffrax's signature; our times increase)
-        return self
-
-    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):  # noqa: ARG002  (diffrax's signature)
-        # StepTo.init without its check that t0 and t1 are the first and last times (they are).
-        return self.ts[1], 2
-
-
-def grid_flow(
-    landscape: Landscape,
-    times: Float[Array, " r"],
-    metrics: Callable[[Array], dict[str, Array]],
-    solver: diffrax.AbstractSolver | None = None,
-) -> dict[str, Array]:
-    """`metrics(delta_flat)` at each of `times` along gradient flow, by fixed steps of
-    `solver` (default Tsit5) onto `times` (see the module docstring); returns arrays of
-    shape `(r, ...)`."""
-    zero, unravel = flatten_displacement(landscape)
-
-    def vector_field(_t, x, _args):
-        return -ravel_pytree(landscape.task_gradient(unravel(x)))[0]
-
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(vector_field),
-        diffrax.Tsit5() if solver is None else solver,
-        t0=jnp.zeros((), times.dtype),
-        t1=times[-1],
-        dt0=None,
-        y0=zero,
-        # One step per output time, so saving after every step saves exactly at `times`.
-        saveat=diffrax.SaveAt(steps=True, fn=lambda _t, x, _args: metrics(x)),
-        stepsize_controller=_OntoTimes(ts=jnp.concatenate([jnp.zeros((1,), times.dtype), times])),
-        max_steps=int(times.shape[0]),
-        throw=False,  # a failed solve is reported as NaN metrics below, per run
-    )
-    ok = sol.result == diffrax.RESULTS.successful
-    return jax.tree.map(lambda y: jnp.where(ok, y, jnp.nan), sol.ys)
-
-
 def gradient_flow(
     landscape: Landscape,
     times: Float[Array, " r"],
@@ -133,7 +59,7 @@ def gradient_flow(
     rtol: float = 1e-12,
     atol: float = 1e-16,
     extra: Callable[[PyTree], dict[str, Array]] | None = None,
-    solver: diffrax.AbstractSolver | None = None,
+    solver: Any = None,  # a diffrax.AbstractSolver (annotated Any: diffrax is imported lazily)
 ) -> Trajectory:
     """Gradient-flow trajectory recorded at increasing `times` (> 0).
 
@@ -153,11 +79,15 @@ def gradient_flow(
         return out
 
     if method == "grid":
+        from geomsim.dynamics.ode import grid_flow
+
         metrics = grid_flow(landscape, times, record, solver)
     else:
         if method in ("auto", "exact") and quad is not None:
             deltas = exact_quadratic_flow(quad[0], quad[1], times)
         else:
+            from geomsim.dynamics.ode import ode_flow
+
             deltas = ode_flow(landscape, times, rtol, atol)
         metrics = jax.vmap(record)(deltas)
     return Trajectory(time=times, steps=jnp.zeros_like(times), **metrics)
