@@ -48,10 +48,8 @@ def nonfinite_leaves(tree: Any) -> list[tuple[str, str]]:
     pairs = [(path, leaf) for path, leaf in pairs if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)]
     large = [i for i, (_, leaf) in enumerate(pairs) if np.size(leaf) > HOST_CHECK_SIZE
              or (isinstance(leaf, jax.Array) and not leaf.is_fully_addressable)]  # sharded over processes
-    counts = [None if i in large else _host_counts(leaf) for i, (_, leaf) in enumerate(pairs)]
-    if large:
-        for i, c in zip(large, jax.device_get(_counts([pairs[i][1] for i in large])), strict=True):
-            counts[i] = c
+    on_device = dict(zip(large, jax.device_get(_counts([pairs[i][1] for i in large])), strict=True)) if large else {}
+    counts = [on_device[i] if i in on_device else _host_counts(leaf) for i, (_, leaf) in enumerate(pairs)]
     found = []
     for (path, leaf), (nan, inf, first) in zip(pairs, counts, strict=True):
         if nan or inf:

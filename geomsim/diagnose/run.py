@@ -222,17 +222,21 @@ def _spread(config: DiagnoseConfig, c: _Compiled, model, key, times, lr, thresho
     # would hold R models' activations at once (R x the memory of one diagnosis).
     for k in jax.random.split(jax.random.fold_in(key, 1), config.resamples):
         k_aic, k_data = jax.random.split(k)
-        res, models, losses = host_values(watched("diagnose: a resample's measurement", _measure, c, _resampled(model, k_data), k_aic,
-                                                    threshold))
+        res, models, losses = _run("diagnose: a resample's measurement", _measure, c, _resampled(model, k_data),
+                                   k_aic, threshold)
         _check_measured(res, models, losses, "a resample")
-        curves, t_fail = host_values(watched("diagnose: a resample's forecasts", _forecasts, c, res, models, times,
-                                             lr, threshold))
+        curves, t_fail = _run("diagnose: a resample's forecasts", _forecasts, c, res, models, times, lr, threshold)
         _checked(curves, times)
         for name, value in t_fail.items():
             samples.setdefault(name, []).append(float(value))
     return {name: {"q05": float(np.quantile(v, 0.05)), "median": float(np.median(v)),
                    "q95": float(np.quantile(v, 0.95)), "never_fraction": float(np.mean(np.isinf(v)))}
             for name, v in samples.items()}
+
+
+def _run(what: str, program, *args):
+    """`program(*args)` under the stall watchdog, its results on every process's host."""
+    return host_values(watched(what, program, *args))
 
 
 def _scalar(value: float) -> Array:
@@ -287,7 +291,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     c = _Compiled(config.rank, num_eigs, m, config.trace_samples, config.operator, config.task_model,
                   config.optimizer)
     lr, threshold = _scalar(config.lr), _scalar(config.threshold)  # inputs of the programs, made once
-    res, models, losses = host_values(watched("diagnose: the measurement at theta0", _measure, c, model, key, threshold))
+    res, models, losses = _run("diagnose: the measurement at theta0", _measure, c, model, key, threshold)
     _check_measured(res, models, losses)
     task_norm = float(jnp.max(jnp.abs(models.ritz_values)))
     horizon = config.horizon or (10.0 / task_norm if task_norm > 0 else np.inf)
@@ -297,7 +301,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
     _say(f"[2/3] forecasts to t = {horizon:.3g}" + (f", {config.resamples} resamples" if config.resamples else ""),
          quiet)
-    curves, t_fail = host_values(watched("diagnose: the forecasts", _forecasts, c, res, models, times, lr, threshold))
+    curves, t_fail = _run("diagnose: the forecasts", _forecasts, c, res, models, times, lr, threshold)
     curves, t_fail = _checked(curves, times), {name: float(value) for name, value in t_fail.items()}
     _say("[3/3] report", quiet)
     report = {
