@@ -9,7 +9,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.layout_engine import ConstrainedLayoutEngine  # noqa: E402
 
 from geomsim.plotting.formats import current_formats  # noqa: E402
 
@@ -25,10 +24,7 @@ def save(fig, out_dir: str | Path, stem: str) -> list[Path]:
     paths = [out_dir / f"{stem}.{suffix}" for suffix in current_formats()]
     for path in paths:
         tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-        # A constrained layout already fits every artist in the figure; bbox_inches="tight" on top
-        # of it costs a second draw: 0.50 s instead of 0.37 s per simple PNG here.
-        fitted = isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
-        fig.savefig(tmp, dpi=130, bbox_inches=None if fitted else "tight")
+        fig.savefig(tmp, dpi=130, bbox_inches="tight")
         tmp.replace(path)
     plt.close(fig)
     return paths
