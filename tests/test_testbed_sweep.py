@@ -215,6 +215,37 @@ def test_static_projection_keeps_the_adam_path_out_of_s0(defended):
     assert np.max(curves["subspace_norm"][lora]) > 0  # LoRA is not a projection
 
 
+def test_a_rerun_reuses_each_finished_defense_and_redoes_a_stale_one(defended, tmp_path):
+    """Each defense's results (and its measured seconds) are cached under its own digest: a
+    rerun loads the finished ones; one whose settings changed (its digest) is recomputed,
+    to the same numbers (same program, same keys)."""
+    import dataclasses
+
+    from geomsim.io import read_csv
+    from geomsim.testbed.sweep.defenses import DEFENSE_FIELDS, DEFENSE_SETTINGS, run_testbed_defenses
+
+    config, first, fixture_out = defended
+    out = tmp_path / "rerun"
+    for name in ("checkpoints", "cache"):
+        shutil.copytree(fixture_out / name, out / name)
+    stale = out / "cache" / "defense_static_projection.json"
+    stale.write_text(stale.read_text().replace('"digest": "', '"digest": "stale-'))
+    again = run_testbed_defenses(config, out, progress=False, plots=False)
+    expected = {f"defense_{name}" for name in config.defenses if name != "static_projection"}
+    assert {r for r in again["reused"] if r.startswith("defense_")} == expected
+    for name in set(config.defenses) - {"static_projection"}:
+        assert again["defenses"][name]["seconds"] == first["defenses"][name]["seconds"]
+    old, new = read_csv(fixture_out / "defenses.csv"), read_csv(out / "defenses.csv")
+    for key in ("align_increase", "s_part", "subspace_norm", "harm_rate", "task_accuracy"):
+        np.testing.assert_array_equal(new[key], old[key])
+    # A defense's own settings change its digest only: lora_rank reaches lora alone.
+    changed = dataclasses.replace(config, lora_rank=config.lora_rank + 1)
+    for name, own in DEFENSE_SETTINGS.items():
+        same = config_layer.digest(config, (*DEFENSE_FIELDS, *own)) == config_layer.digest(changed, (*DEFENSE_FIELDS,
+                                                                                                        *own))
+        assert same == (name != "lora"), name
+
+
 def test_defense_cli_bad_input_is_one_line(capsys):
     from geomsim.testbed.sweep.defense_cli import main as defense_main
 
@@ -239,8 +270,11 @@ def test_readme_command_resumes_from_the_fixtures_folder(command, defended, tmp_
         shutil.copytree(fixture_out / name, out / name)
     check_command(command, tmp_path)
     summary = json.loads((out / "summary.json").read_text())
-    # The models were loaded, not retrained (measured: 56 s for the sweep command here, 223 s cold).
+    # The models were loaded, not retrained (measured: 56 s for the sweep command here, 223 s cold),
+    # and the defenses' results too.
     assert "pretrain" in summary["reused"] and summary["figures"], summary.get("reused")
+    if "defenses" in tokens:
+        assert {f"defense_{name}" for name in summary["defenses"]} <= set(summary["reused"])
 
 
 @pytest.fixture(scope="module")

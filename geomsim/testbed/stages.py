@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,7 +83,17 @@ def build(config: TestbedConfig) -> Testbed:
         vocab_size=lang.vocab_size, seq_len=lang.seq_len - 1, width=config.width,
         depth=config.depth, num_heads=config.heads,
     )
-    apply_fn, _ = as_functional(Transformer(model_config, key=jax.random.key(0)))
+    # The apply function needs the model's structure only (`init_params` makes the weights):
+    # shapes, no arrays, and none of the ~50 eager initialiser ops a fresh process compiles.
+    apply_fn, _ = as_functional(eqx.filter_eval_shape(Transformer, model_config, key=jax.random.key(0)))
+    # One program for every dataset: built op by op, the eager sampling ops cost a fresh process
+    # ~4 s of compiling (hundreds of tiny programs) before any stage starts.
+    harm, benign, task_train, task_eval = jax.jit(functools.partial(_datasets, config, lang))()
+    return Testbed(config, lang, model_config, apply_fn, harm, benign, task_train, task_eval)
+
+
+def _datasets(config: TestbedConfig, lang: Language) -> tuple[Batch, Batch, dict[str, Batch], dict[str, Batch]]:
+    """`build`'s harmful / benign evaluation sets and each fine-tuning task's train / eval sets."""
     root = jax.random.fold_in(jax.random.key(config.seed), EVAL_STREAM)
     k_harm, k_benign, k_tasks = jax.random.split(root, 3)
     per = -(-config.eval_size // len(PRETRAIN_TASKS))
@@ -95,7 +106,7 @@ def build(config: TestbedConfig) -> Testbed:
         k_train, k_eval = jax.random.split(jax.random.fold_in(k_tasks, i))
         task_train[task] = make_batch(lang, task, k_train, config.finetune_size)
         task_eval[task] = make_batch(lang, task, k_eval, config.eval_size)
-    return Testbed(config, lang, model_config, apply_fn, harm, benign, task_train, task_eval)
+    return harm, benign, task_train, task_eval
 
 
 def init_params(bed: Testbed, dtype=None) -> PyTree:

@@ -33,6 +33,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from geomsim import config as config_layer
 from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
 from geomsim.curvature import hessian_operator
 from geomsim.defenses import curvature_projection, static_projection, tracked_projection
@@ -41,13 +42,29 @@ from geomsim.models.lora import lora_init, lora_merge
 from geomsim.sweep.progress import Progress
 from geomsim.tasks import PRETRAIN_TASKS, concat, make_batch, refusal_kl
 from geomsim.testbed.sweep import law
+from geomsim.testbed.sweep.cache import cached_arrays
 from geomsim.testbed.sweep.config import TestbedSweepConfig
-from geomsim.testbed.sweep.run import _select, adam_inputs, begin_run, point_index, prepare_models, write_report
+from geomsim.testbed.sweep.run import (
+    ADAM_FIELDS,
+    _select,
+    adam_inputs,
+    begin_run,
+    point_index,
+    prepare_models,
+    write_report,
+)
 from geomsim.testbed.sweep.summary import adam_points
 from geomsim.watchdog import watched
 
 TESTBED_DEFENSES = ("none", "static_projection", "tracked_projection", "curvature_projection", "replay", "lora")
 DEFENSE_STREAM = 9
+# What every defense's runs depend on beyond the polished models (the Adam arm's inputs; not
+# its chunking), and each defense's own settings: the digests of the cached results.
+DEFENSE_FIELDS = tuple(f for f in ADAM_FIELDS if f != "chunk")
+DEFENSE_SETTINGS = {"none": (), "static_projection": (),
+                    "tracked_projection": ("defense_every", "tracked_tol", "tracked_matvecs"),
+                    "curvature_projection": ("defense_growth", "tracked_tol", "tracked_matvecs"),
+                    "replay": ("replay_fraction", "replay_batch"), "lora": ("lora_rank",)}
 
 
 @dataclass(frozen=True)
@@ -148,19 +165,28 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
     results, seconds = {}, {}
     for name in cfg.defenses:
 
-        def one(kw, name=name):
-            make = _finetune(cfg, data, name, kw["basis"].T, kw["target"], kw["base"], kw["other"], kw["mix"],
-                             jax.random.fold_in(kw["key"], DEFENSE_STREAM))
-            return law.adam_run(data, **kw, finetune=make)
+        def compute(name=name):
+            def one(kw):
+                make = _finetune(cfg, data, name, kw["basis"].T, kw["target"], kw["base"], kw["other"], kw["mix"],
+                                 jax.random.fold_in(kw["key"], DEFENSE_STREAM))
+                return law.adam_run(data, **kw, finetune=make)
 
-        # Compiled ahead of the timing, on the flat leaves (the pytree of `Compiled`'s
-        # argument info cannot be rebuilt into typed modules).
-        compiled = jax.jit(lambda flat, one=one: jax.vmap(one)(jax.tree.unflatten(treedef, flat))
-                           ).lower(leaves).compile()
-        t0 = time.perf_counter()
-        results[name] = jax.tree.map(np.asarray, watched(f"testbed defense {name}", compiled, leaves))
-        seconds[name] = time.perf_counter() - t0  # execution only: the overhead a user pays per run
-        bar.advance(1, name)
+            # Compiled ahead of the timing, on the flat leaves (the pytree of `Compiled`'s
+            # argument info cannot be rebuilt into typed modules).
+            compiled = jax.jit(lambda flat: jax.vmap(one)(jax.tree.unflatten(treedef, flat))).lower(leaves).compile()
+            t0 = time.perf_counter()
+            out = jax.tree.map(np.asarray, watched(f"testbed defense {name}", compiled, leaves))
+            return {**out, "seconds": np.asarray(time.perf_counter() - t0)}  # execution only: a user's overhead
+
+        # A rerun (--resume after a crash, a new figure) loads each finished defense, its
+        # measured seconds too, instead of tracing and running it again (6-10 s each here).
+        arrays, hit = cached_arrays(out_dir, f"defense_{name}",
+                                    config_layer.digest(cfg, (*DEFENSE_FIELDS, *DEFENSE_SETTINGS[name])), compute)
+        seconds[name] = float(arrays.pop("seconds"))
+        results[name] = arrays
+        if hit:
+            reused.append(f"defense_{name}")
+        bar.advance(1, f"{name} (cache)" if hit else name)
     tables = _tables(cfg, points, results)
     summary = summarise_defenses(cfg, tables, seconds)
     parameters = int(ravel_pytree(_select(models.polished, 0, 0))[0].shape[0])

@@ -96,6 +96,13 @@ def testbed_config(config: TestbedSweepConfig) -> TestbedConfig:
 
 def build(config: TestbedSweepConfig) -> SweepData:
     bed = testbed_stages.build(testbed_config(config))
+    # One program for the sweep's sets, as for the testbed's (`testbed.stages.build`).
+    prompts, hold, task_train, task_eval = jax.jit(lambda: _datasets(config, bed))()
+    return SweepData(config, bed, prompts, hold, task_train, task_eval)
+
+
+def _datasets(config: TestbedSweepConfig, bed: testbed_stages.Testbed):
+    """`build`'s alignment prompts, held benign set and per-role task sets (see `SweepData`)."""
     lang = bed.lang
     per = -(-config.align_set // len(PRETRAIN_TASKS))
     harmful = concat([make_batch(lang, t, bed.key(ALIGN_SET_STREAM, i), per, harmful=True)
@@ -108,7 +115,7 @@ def build(config: TestbedSweepConfig) -> SweepData:
         task_train[role] = jax.vmap(lambda k, task=task: make_batch(lang, task, k, config.task_size))(
             jax.vmap(lambda s, index=index: bed.key(TASK_TRAIN_STREAM, index, s))(jnp.arange(config.seeds)))
         task_eval[role] = make_batch(lang, task, bed.key(TASK_EVAL_STREAM, index), config.eval_size)
-    return SweepData(config, bed, prompts, hold, task_train, task_eval)
+    return prompts, hold, task_train, task_eval
 
 
 def targets(config: TestbedSweepConfig, dtype=float) -> np.ndarray:
