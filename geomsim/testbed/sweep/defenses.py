@@ -18,6 +18,9 @@ Outputs (`<out>`): `defenses.csv` (tidy: defense, point, step, Delta L_A, S-part
 rate, task accuracy), `defense_points.csv` (per defense and point: at the accuracy
 target and at the fixed step), `summary.json` (figures/manifest.json entry
 `testbed_defenses`: per defense medians and the overhead vs `none`), figures.
+Each defense's results and measured seconds are kept in `<out>/cache/defense_<name>` under
+the digest of the settings it depends on (`DEFENSE_FIELDS` plus its own, `DEFENSE_SETTINGS`):
+a rerun into the same folder loads the finished defenses and runs only the rest.
 """
 
 from __future__ import annotations
