@@ -89,7 +89,7 @@ def _masked_ols(x, y, mask):
 def local_slopes(
     t: Float[Array, " r"],
     y: Float[Array, " r"],
-    floor: Float[Array, " r"] | float = 0.0,
+    floor: Float[Array, " r"] | Float[Array, ""] | float = 0.0,
     half_width: int = 2,
 ) -> Float[Array, " r"]:
     """Local log-log slope at each point (NaN where its neighbourhood is unusable)."""
@@ -112,7 +112,7 @@ def local_slopes(
 def fit_onset(
     t: Float[Array, " r"],
     y: Float[Array, " r"],
-    floor: Float[Array, " r"] | float = 0.0,
+    floor: Float[Array, " r"] | Float[Array, ""] | float = 0.0,
     time_basis: Float[Array, "p r"] | None = None,
     slope_tol: float = 0.05,
     min_decades: float = 0.5,
