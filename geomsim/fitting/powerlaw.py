@@ -21,9 +21,9 @@ The onset window rule (documented, data-driven, no expected exponent):
    discrete-GD falling factorials.
 
 Everything is jnp, so fits `vmap` over a sweep's curves inside `jit`.  The two public
-functions are jitted themselves: called from the host (a summary vmapping them over a
-table's curves), op-by-op dispatch compiled ~100 one-primitive programs, 6.3 s of a
-resumed testbed sweep's 33 s, where one program now compiles in well under a second.
+functions are jitted themselves: a summary that vmaps them over a table's curves from the
+host otherwise dispatches op by op, one compiled program per primitive (about 140 in a
+resumed testbed sweep's report; benchmarks/bench_resume.py, RESULTS.md).
 """
 
 from __future__ import annotations

@@ -84,10 +84,11 @@ def build(config: TestbedConfig) -> Testbed:
         depth=config.depth, num_heads=config.heads,
     )
     # The apply function needs the model's structure only (`init_params` makes the weights):
-    # shapes, no arrays, and none of the ~50 eager initialiser ops a fresh process compiles.
+    # shapes, no arrays, so no eager initialiser ops, each compiled as a program of its own.
     apply_fn, _ = as_functional(eqx.filter_eval_shape(Transformer, model_config, key=jax.random.key(0)))
-    # One program for every dataset: built op by op, the eager sampling ops cost a fresh process
-    # ~4 s of compiling (hundreds of tiny programs) before any stage starts.
+    # One program for every dataset: op by op, the sampling compiled one program per primitive
+    # in every fresh process (with the jitted fits, a resumed tiny testbed sweep went from 440
+    # to 156 programs and 57 to 27 s: benchmarks/bench_resume.py).
     harm, benign, task_train, task_eval = jax.jit(functools.partial(_datasets, config, lang))()
     return Testbed(config, lang, model_config, apply_fn, harm, benign, task_train, task_eval)
 

@@ -19,6 +19,7 @@ Arrays carry leading `(level, seed)` axes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import jax
@@ -97,7 +98,7 @@ def testbed_config(config: TestbedSweepConfig) -> TestbedConfig:
 def build(config: TestbedSweepConfig) -> SweepData:
     bed = testbed_stages.build(testbed_config(config))
     # One program for the sweep's sets, as for the testbed's (`testbed.stages.build`).
-    prompts, hold, task_train, task_eval = jax.jit(lambda: _datasets(config, bed))()
+    prompts, hold, task_train, task_eval = jax.jit(functools.partial(_datasets, config, bed))()
     return SweepData(config, bed, prompts, hold, task_train, task_eval)
 
 
