@@ -11,8 +11,11 @@ from geomsim.dynamics.flow import exact_quadratic_flow
 from geomsim.landscapes import quadratic_cubic
 from geomsim.theory import align_coefficients
 from geomsim.theory.forecast import (
+    adam_sign,
+    adam_time_scale,
     alignment_risk,
     forecast_errors,
+    landscape_adam_model,
     local_models,
     paper_bound,
     quadratic_flow,
@@ -133,3 +136,40 @@ def test_forecast_errors_of_a_forecast_that_never_rises():
     t = jnp.geomspace(0.1, 10.0, 21)
     _, error, ratio = forecast_errors(t, t**2, t, jnp.zeros_like(t), jnp.asarray([1.0]))
     assert np.isinf(error[0]) and np.isinf(ratio[0])  # zero forecast: infinitely wrong, never fails
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3])
+def test_adam_sign_is_adams_first_step_exactly(weight_decay):
+    """Bias correction makes Adam's first update `-lr (g / (|g| + eps) + wd theta0)`; with a
+    quadratic L_A the forecast at t = lr is then the measured number to rounding."""
+    land = quadratic(5)
+    lr = 0.05
+    measured = descend(land, optax.adamw(lr, weight_decay=weight_decay), np.array([1]), lr).align_increase
+    forecast = adam_sign(landscape_adam_model(land, 1e-8, weight_decay), jnp.array([lr]))
+    np.testing.assert_allclose(forecast, measured, rtol=1e-10)
+
+
+def test_adam_sign_is_sign_descent_until_a_gradient_changes_sign():
+    """b1 = b2 = 0 makes Adam sign descent (`-lr g / (|g| + eps)`, its flow limit at every
+    step): the forecast is exact up to the first step at which a coordinate of the task
+    gradient changes sign; gradient descent's forecast at the same lr is not (the control)."""
+    land = quadratic(6)
+    lr = 1e-4  # the smallest coordinate of g changes sign after 19 steps at lr 1e-3
+    s = land.grad_task / (jnp.abs(land.grad_task) + 1e-8)
+    n = jnp.arange(1, 4001.0)
+    grads = land.grad_task[None, :] - lr * n[:, None] * (land.hess_task @ s)[None, :]  # along delta = -n lr s
+    flips = np.nonzero(np.any(np.sign(np.asarray(grads)) != np.sign(np.asarray(land.grad_task)), axis=1))[0]
+    last = int(flips[0]) if flips.size else 4000  # steps 1..last keep every sign
+    assert last >= 100, last  # enough steps for the comparison to mean something
+    steps = log_record_steps(last, 12)
+    # eps 1e-14: with optax's 1e-8 the step g_n / (|g_n| + eps) varies with |g_n| by ~1e-6.
+    measured = descend(land, optax.adam(lr, b1=0.0, b2=0.0, eps=1e-14), steps, lr).align_increase
+    model = landscape_adam_model(land, 1e-14)
+    np.testing.assert_allclose(adam_sign(model, jnp.asarray(steps * lr)), measured, rtol=1e-9)
+    gd = quadratic_gd(models_of(land), jnp.asarray(steps, jnp.float64), lr)
+    assert abs(np.log(float(gd[-1]) / float(measured[-1]))) > np.log(2.0)
+    # The default horizon's scale is within 2x of the crossing when the curve rises.
+    tau = float(measured[-1])
+    t_cross = float(time_to_failure(jnp.geomspace(1e-6, 10.0, 4000), adam_sign(model, jnp.geomspace(1e-6, 10.0,
+                                                                                                        4000)), tau))
+    assert 0.5 <= float(adam_time_scale(model, tau)) / t_cross <= 2.0

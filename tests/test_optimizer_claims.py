@@ -24,6 +24,7 @@ from geomsim.dynamics import descend, log_record_steps
 from geomsim.fitting import FIT_OK, MAX_POWER, fit_onset
 from geomsim.landscapes import quadratic_cubic
 from geomsim.theory import falling_factorial_basis
+from geomsim.theory.forecast import adam_sign, landscape_adam_model
 
 LR = 1e-5
 STEPS = 3000
@@ -101,6 +102,22 @@ def test_adam_on_coordinate_axes_moves_into_s_only_through_the_coupling():
     late = t >= 1e-3
     slope = np.polyfit(np.log(t[late]), np.log(y[late]), 1)[0]
     assert abs(slope - 2.0) < 0.2, slope
+
+
+def test_adams_forecast_on_coordinate_axes_moves_the_still_coordinates_and_errs_early():
+    """g is zero on S: `g / (|g| + eps)` alone would forecast no harm at all (infinitely late).
+    The forecast moves those coordinates along sign(H_F u) at sqrt(3): over the second
+    half of the run the measured Delta L_A is 0.59-0.71x the forecast (early), i.e.
+    the crossing within 2x; with no coupling both stay exactly 0 (the control)."""
+    control = axis_aligned(landscape(coupling=0.0))
+    t, y = run(control, optax.adam(LR))
+    np.testing.assert_array_equal(adam_sign(landscape_adam_model(control, 1e-8), jnp.asarray(t)), 0.0)
+    coupled = axis_aligned(landscape())
+    t, y = run(coupled, optax.adam(LR))
+    forecast = np.asarray(adam_sign(landscape_adam_model(coupled, 1e-8), jnp.asarray(t)))
+    late = t >= t[len(t) // 2]
+    ratio = y[late] / forecast[late]
+    assert np.all((ratio >= 0.25) & (ratio <= 1.0)), ratio  # t^2: a 4x amplitude is a 2x crossing time
 
 
 def test_momentum_runs_on_effective_time_t_over_one_minus_beta():

@@ -44,9 +44,15 @@ class DiagnoseConfig:
                            "AlignedModel: apply_fn, params and batches)", check=one_of("hessian", "ggn", "fisher"))
     task_model: str = option("hessian", help="local model of the task loss: hessian | gauss_newton (PSD, bounded "
                              "below; needs an AlignedModel)", check=one_of("hessian", "gauss_newton"))
-    optimizer: str = option("flow", help="forecast for gradient flow or gradient descent: flow | gd",
-                            check=one_of("flow", "gd"))
-    lr: float = option(1e-2, help="gd step size; time t = steps x lr (> 0)", check=positive)
+    optimizer: str = option("flow", help="the fine-tune to forecast: flow | gd | adam | adamw (optax's)",
+                            check=one_of("flow", "gd", "adam", "adamw"))
+    lr: float = option(1e-2, help="step size of gd, adam, adamw; time t = steps x lr (> 0)", check=positive)
+    adam_eps: float = option(1e-8, help="adam / adamw: eps of the update g / (sqrt(v) + eps) (optax's default) "
+                             "(> 0)", check=positive)
+    weight_decay: float = option(1e-4, help="adamw: decoupled weight decay (optax's default) (>= 0)",
+                                 check=at_least(0))
+    minibatch: bool = option(False, help="adam / adamw: each step takes one task batch, so Adam's second moment "
+                             "is E_b[g_b^2] over the batches (default: full batch, g^2)")
     horizon: float = option(0.0, help="last forecast time t (> 0; 0 = 10 / ||H_F||)", check=at_least(0))
     threshold: float = option(1e-2, help="alignment-loss increase that counts as failure, nats (> 0)",
                               check=positive)
@@ -75,6 +81,9 @@ class DiagnoseConfig:
             raise ConfigError(f"model: must be pkg.module:factory, or give --hf DIR (got {self.model!r})")
         elif self.align or self.task:
             raise ConfigError("align: --align and --task go with --hf (a --model factory brings its own data)")
+        if self.minibatch and self.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"minibatch: goes with --optimizer adam|adamw (got {self.optimizer}; gd and flow "
+                              "are forecast on the mean task gradient)")
         if self.mesh:
             self.mesh_shape()
 

@@ -33,8 +33,13 @@ from geomsim.plotting.formats import current_formats
 from geomsim.processes import current_group, host_values
 from geomsim.theory.aic import AICResult, aic_factory, landscape_aic
 from geomsim.theory.forecast import (
+    AdamModel,
     LocalModels,
+    adam_model,
+    adam_sign,
+    adam_time_scale,
     alignment_risk,
+    landscape_adam_model,
     landscape_local_models,
     local_models,
     paper_bound,
@@ -45,11 +50,15 @@ from geomsim.theory.forecast import (
 )
 from geomsim.watchdog import watched
 
-METHODS = ("taylor", "paper_bound", "alignment_risk")  # besides the bounded method (bounded_method)
+METHODS = ("taylor", "paper_bound", "alignment_risk")  # gradient flow's, besides the bounded method
+ADAMS = ("adam", "adamw")
 
 
 def bounded_method(config: DiagnoseConfig | _Compiled) -> str:
-    """Name of the bounded forecast: quadratic / gauss_newton task model x flow / gd."""
+    """Name of the verdict's forecast: quadratic / gauss_newton task model x flow / gd, or
+    `adam_sign` (Adam's flow limit, geomsim.theory.forecast) for adam and adamw."""
+    if config.optimizer in ADAMS:
+        return "adam_sign"
     task = "gauss_newton" if config.task_model == "gauss_newton" else "quadratic"
     return f"{task}_{config.optimizer}"
 
@@ -112,28 +121,49 @@ class _Compiled(NamedTuple):
     operator: str
     task_model: str
     optimizer: str
+    minibatch: bool
+
+
+class _Measured(NamedTuple):
+    """What `_measure` returns: the AIC, the Krylov local models, Adam's model (adam /
+    adamw only, else None) and both losses at theta0."""
+
+    aic: AICResult
+    models: LocalModels
+    adam: AdamModel | None
+    losses: dict[str, Array]
 
 
 @eqx.filter_jit
-def _measure(c: _Compiled, model: Landscape | AlignedModel, key, threshold
-             ) -> tuple[AICResult, LocalModels, dict[str, Array]]:
-    """The AIC, the local models and both losses at theta0 (one program; the key, the
-    threshold and the model's arrays are arguments, so resamples reuse it)."""
+def _measure(c: _Compiled, model: Landscape | AlignedModel, key, threshold, adam_eps, weight_decay) -> _Measured:
+    """Everything measured at theta0, in one program (the key, the threshold, Adam's
+    settings and the model's arrays are arguments, so resamples reuse it)."""
     # ||H_F|| comes from the local models' Ritz values (Lanczos on H_F from g: the same
     # extremes as a separate window solve, measured at no extra cost), so no window here.
     settings = dict(num_eigs=c.num_eigs, window=False, trace_samples=c.trace_samples)
+    decay = weight_decay if c.optimizer == "adamw" else 0.0
     if isinstance(model, Landscape):
         losses = {"L_A": model.align_loss(model.theta0), "L_F": model.task_loss(model.theta0)}
-        return (landscape_aic(model, c.rank, key=key, threshold=threshold, **settings),
-                landscape_local_models(model, c.krylov), losses)
+        adam = landscape_adam_model(model, adam_eps, decay) if c.optimizer in ADAMS else None
+        return _Measured(landscape_aic(model, c.rank, key=key, threshold=threshold, **settings),
+                         landscape_local_models(model, c.krylov), adam, losses)
     losses = {"L_A": model.align_loss(model.params), "L_F": model.task_loss(model.params)}
     operator = "hessian" if c.operator == "hessian" else model.operator(c.operator)
     result = aic_factory(c.rank, **settings)(
         model.batch_loss, model.batch_loss, model.params, align_batches=model.align_batches,
         task_batches=model.task_batches, operator=operator, key=key, threshold=threshold)
     task_op = model.operator("ggn" if c.task_model == "gauss_newton" else "hessian", "task")
-    grads = [ravel_pytree(model.operator("hessian", data).gradient())[0] for data in ("task", "align")]
-    return result, local_models(c.krylov)(task_op.mv_flat, model.operator(c.operator).mv_flat, *grads), losses
+    align_op = model.operator(c.operator)
+    g, ga = (ravel_pytree(model.operator("hessian", data).gradient())[0] for data in ("task", "align"))
+    adam = None
+    if c.optimizer in ADAMS:
+        second = g**2
+        if c.minibatch:  # E_b[g_b^2], one pass over the task batches
+            second = model.task_batches.mean(lambda b: ravel_pytree(
+                jax.grad(lambda p: model.batch_loss(p, b))(model.params))[0] ** 2)
+        adam = adam_model(align_op.mv_flat, model.operator("hessian", "task").mv_flat, ga, g, second,
+                          ravel_pytree(model.params)[0], adam_eps, decay)
+    return _Measured(result, local_models(c.krylov)(task_op.mv_flat, align_op.mv_flat, g, ga), adam, losses)
 
 
 def _resampled(model: Landscape | AlignedModel, key) -> Landscape | AlignedModel:
@@ -155,15 +185,19 @@ def _resampled(model: Landscape | AlignedModel, key) -> Landscape | AlignedModel
 
 
 @eqx.filter_jit
-def _forecasts(c: _Compiled, res: AICResult, models: LocalModels, times, lr, threshold
-               ) -> tuple[dict[str, Array], dict[str, Array]]:
+def _forecasts(c: _Compiled, measured: _Measured, times, lr, threshold) -> tuple[dict[str, Array], dict[str, Array]]:
     """Every forecast curve and its first crossing of the threshold, in one program
     (run op by op they were 7 s of compiling small kernels for a 12-parameter model)."""
-    curves = _curves(c, res, models, times, lr)
+    curves = _curves(c, measured, times, lr)
     return curves, {name: time_to_failure(times, curve, threshold) for name, curve in curves.items()}
 
 
-def _curves(c: _Compiled, res: AICResult, models: LocalModels, times, lr) -> dict[str, Any]:
+def _curves(c: _Compiled, measured: _Measured, times, lr) -> dict[str, Any]:
+    res, models = measured.aic, measured.models
+    if measured.adam is not None:
+        # Gradient flow's forecasts (Taylor, the quartic bound, alignment-risk's) are of
+        # another optimizer: only Adam's own model is drawn and scored.
+        return {bounded_method(c): adam_sign(measured.adam, times)}
     if c.optimizer == "gd":
         # Where lr h >= 1 for a Ritz value the iterates alternate and (1 - lr h)^n is
         # defined at whole steps only (nan between them): then the forecast at t is
@@ -192,8 +226,9 @@ def _check_inputs(model: Landscape | AlignedModel) -> None:
     require_finite(model.task_batches, "task_batches")
 
 
-def _check_measured(res: AICResult, models: LocalModels, losses: dict[str, Array], where: str = "theta0") -> None:
+def _check_measured(measured: _Measured, where: str = "theta0") -> None:
     """Losses, gradients and curvature at theta0 finite, and a task gradient that moves."""
+    res, models, losses = measured.aic, measured.models, measured.losses
     require_finite(losses, f"loss at {where}")
     require_finite({"grad L_F": res.grad_norm, "grad L_A": res.align_grad_norm}, f"gradient norm at {where}")
     if float(res.grad_norm) == 0.0:
@@ -202,6 +237,9 @@ def _check_measured(res: AICResult, models: LocalModels, losses: dict[str, Array
     require_finite({"alignment eigenvalues": res.eigenvalues, "eps": res.eps, "coupling gamma": res.coupling,
                     "Taylor coefficients": res.taylor, "H_F Ritz values": models.ritz_values,
                     "V grad L_A": models.align_grad, "V H_A V^T": models.align_hess}, f"curvature at {where}")
+    if measured.adam is not None:
+        require_finite({"slope": measured.adam.slope, "curvature u^T H_A u": measured.adam.curvature},
+                       f"Adam's model at {where}")
 
 
 def _checked(curves: dict[str, Any], times) -> dict[str, Any]:
@@ -214,7 +252,7 @@ def _checked(curves: dict[str, Any], times) -> dict[str, Any]:
     return curves
 
 
-def _spread(config: DiagnoseConfig, c: _Compiled, model, key, times, lr, threshold) -> dict[str, Any]:
+def _spread(config: DiagnoseConfig, c: _Compiled, model, key, times, inputs) -> dict[str, Any]:
     """t_fail per method over `config.resamples` new PRNG keys (Lanczos start, trace
     probes) and bootstrap draws of the batches: 5%, 50%, 95% quantiles (inf: never)."""
     samples: dict[str, list[float]] = {}
@@ -222,10 +260,11 @@ def _spread(config: DiagnoseConfig, c: _Compiled, model, key, times, lr, thresho
     # would hold R models' activations at once (R x the memory of one diagnosis).
     for k in jax.random.split(jax.random.fold_in(key, 1), config.resamples):
         k_aic, k_data = jax.random.split(k)
-        res, models, losses = _run("diagnose: a resample's measurement", _measure, c, _resampled(model, k_data),
-                                   k_aic, threshold)
-        _check_measured(res, models, losses, "a resample")
-        curves, t_fail = _run("diagnose: a resample's forecasts", _forecasts, c, res, models, times, lr, threshold)
+        measured = _run("diagnose: a resample's measurement", _measure, c, _resampled(model, k_data), k_aic,
+                        inputs["threshold"], inputs["adam_eps"], inputs["weight_decay"])
+        _check_measured(measured, "a resample")
+        curves, t_fail = _run("diagnose: a resample's forecasts", _forecasts, c, measured, times, inputs["lr"],
+                              inputs["threshold"])
         _checked(curves, times)
         for name, value in t_fail.items():
             samples.setdefault(name, []).append(float(value))
@@ -289,19 +328,28 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     _check_operators(config, model)
     num_eigs = min(dim, max(2 * config.rank + 1, 8))
     c = _Compiled(config.rank, num_eigs, m, config.trace_samples, config.operator, config.task_model,
-                  config.optimizer)
-    lr, threshold = _scalar(config.lr), _scalar(config.threshold)  # inputs of the programs, made once
-    res, models, losses = _run("diagnose: the measurement at theta0", _measure, c, model, key, threshold)
-    _check_measured(res, models, losses)
+                  config.optimizer, config.minibatch)
+    # inputs of the programs, made once
+    inputs = {name: _scalar(getattr(config, name)) for name in ("lr", "threshold", "adam_eps", "weight_decay")}
+    measured = _run("diagnose: the measurement at theta0", _measure, c, model, key, inputs["threshold"],
+                    inputs["adam_eps"], inputs["weight_decay"])
+    _check_measured(measured)
+    res, models, losses, adam = measured.aic, measured.models, measured.losses, measured.adam
     task_norm = float(jnp.max(jnp.abs(models.ritz_values)))
-    horizon = config.horizon or (10.0 / task_norm if task_norm > 0 else np.inf)
+    if adam is not None:  # Adam's steps are ~lr per coordinate, not lr ||g||: its own time scale
+        horizon = config.horizon or 100.0 * float(adam_time_scale(adam, config.threshold))
+        scale = "100 x the time Adam's model needs to reach the threshold"
+    else:
+        horizon = config.horizon or (10.0 / task_norm if task_norm > 0 else np.inf)
+        scale = "10 / ||H_F||"
     if not np.isfinite(horizon):
-        raise MeasurementError("horizon: 10 / ||H_F|| is not finite (||H_F|| = 0 on the Krylov space); "
+        raise MeasurementError(f"horizon: {scale} is not finite (nothing in the local model moves); "
                                "give --horizon T")
     times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
     _say(f"[2/3] forecasts to t = {horizon:.3g}" + (f", {config.resamples} resamples" if config.resamples else ""),
          quiet)
-    curves, t_fail = _run("diagnose: the forecasts", _forecasts, c, res, models, times, lr, threshold)
+    curves, t_fail = _run("diagnose: the forecasts", _forecasts, c, measured, times, inputs["lr"],
+                          inputs["threshold"])
     curves, t_fail = _checked(curves, times), {name: float(value) for name, value in t_fail.items()}
     _say("[3/3] report", quiet)
     report = {
@@ -312,7 +360,10 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
                      "align_increase": {name: np.asarray(curve).tolist() for name, curve in curves.items()},
                      "bounded_method": bounded_method(config)},
         "t_fail": t_fail,
-        "t_fail_spread": _spread(config, c, model, key, times, lr, threshold) if config.resamples else None,
+        "t_fail_spread": _spread(config, c, model, key, times, inputs) if config.resamples else None,
+        "adam": None if adam is None else {
+            "slope": float(adam.slope), "curvature": float(adam.curvature), "step_norm": float(adam.step_norm),
+            "second_moment": "E_b[g_b^2] over the task batches" if config.minibatch else "g^2 (full batch)"},
         "threshold": config.threshold,
         "horizon": horizon,
         "krylov_depth": int(m),
@@ -355,8 +406,7 @@ def _markdown(report: dict[str, Any]) -> str:
         for name, value in t_fail.items())
     return f"""# geomsim diagnosis of `{report['model']}`
 
-**Verdict:** {verdict} ({report['forecast']['bounded_method']} on the local quadratic models; docs/theory.md,
-section 10).
+**Verdict:** {verdict} ({_basis(report)}; docs/theory.md, section 10).
 
 | AIC quantity | value |
 | --- | --- |
@@ -371,10 +421,29 @@ section 10).
 | --- | --- | --- |
 {rows}
 
-`taylor` is exact as t -> 0 and unbounded past its radius; `paper_bound` is the
-quartic lower bound `lambda gamma^2 t^4 / 8`; `alignment_risk` is that package's
-formula. Figures: {', '.join(report['figures']) or 'none'}.
+{_method_notes(report)} Figures: {', '.join(report['figures']) or 'none'}.
 """
+
+
+def _basis(report: dict[str, Any]) -> str:
+    method = report["forecast"]["bounded_method"]
+    adam = report.get("adam")
+    if adam is None:
+        return f"{method} on the local quadratic models"
+    steps = report["t_fail"][method] / report["config"]["lr"]
+    when = f"{steps:.4g} steps at lr {report['config']['lr']:g}" if np.isfinite(steps) else "no crossing"
+    return (f"{method}: {report['config']['optimizer']} in its flow limit, `delta(t) = -t u`, slope "
+            f"{adam['slope']:.4g} nats per unit t, u^T H_A u = {adam['curvature']:.4g}, second moment "
+            f"{adam['second_moment']}; {when}")
+
+
+def _method_notes(report: dict[str, Any]) -> str:
+    if report.get("adam") is not None:
+        return ("`adam_sign` is `-t grad L_A . u + (t^2 / 2) u^T H_A u` with `u = g / (sqrt(v) + eps) + wd theta0`: "
+                "exact in Adam's first step, it ignores the task being learned (coordinates whose gradient changes "
+                "sign stall), so past the onset it errs early.")
+    return ("`taylor` is exact as t -> 0 and unbounded past its radius; `paper_bound` is the quartic lower bound "
+            "`lambda gamma^2 t^4 / 8`; `alignment_risk` is that package's formula.")
 
 
 def _figures(report: dict[str, Any], eigenvalues: np.ndarray, out_dir: Path) -> list[str]:

@@ -31,7 +31,14 @@ from geomsim.theory import (
     window_end,
 )
 from geomsim.theory.aic import landscape_aic
-from geomsim.theory.forecast import landscape_local_models, quadratic_flow, quadratic_gd, time_to_failure
+from geomsim.theory.forecast import (
+    adam_sign,
+    landscape_adam_model,
+    landscape_local_models,
+    quadratic_flow,
+    quadratic_gd,
+    time_to_failure,
+)
 
 STATUS_OK, STATUS_DIVERGED, STATUS_NAN, STATUS_NO_ONSET = 0, 1, 2, 3
 STATUS_NAMES = {STATUS_OK: "ok", STATUS_DIVERGED: "diverged", STATUS_NAN: "nan", STATUS_NO_ONSET: "no_onset"}
@@ -108,12 +115,12 @@ def make_point_function(config: SweepConfig) -> Callable[..., dict[str, jax.Arra
         # Bounded forecast: the run's optimizer on the local quadratic models (docs/theory.md, "Forecasts").
         models = landscape_local_models(landscape, config.dim, projector)
         # GD: exact on the models; momentum: flow at its effective time t / (1 - beta)
-        # (tests/test_optimizer_claims.py); Adam: out of scope (its step is not a function
-        # of H_F and g), reported as missing rather than as a wrong number.
+        # (tests/test_optimizer_claims.py); Adam: its flow limit delta = -t g / (|g| + eps)
+        # (no Krylov model applies: its step is not a function of H_F and g).
         if config.optimizer == "gd":
             forecast = quadratic_gd(models, steps, config.lr)
         elif config.optimizer == "adam":
-            forecast = jnp.full_like(traj.time, jnp.nan)
+            forecast = adam_sign(landscape_adam_model(landscape, 1e-8, projector=projector), traj.time)
         else:
             scale = 1.0 / (1.0 - config.momentum) if config.optimizer == "momentum" else 1.0
             forecast = quadratic_flow(models, traj.time * scale)

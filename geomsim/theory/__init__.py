@@ -3,9 +3,13 @@
 from geomsim.theory.aic import aic_factory
 from geomsim.theory.aic_dense import DenseAIC, dense_aic, dense_matrices
 from geomsim.theory.forecast import (
+    AdamModel,
     LocalModels,
+    adam_model,
+    adam_sign,
     alignment_risk,
     forecast_errors,
+    landscape_adam_model,
     landscape_local_models,
     local_models,
     paper_bound,
@@ -30,10 +34,14 @@ from geomsim.theory.laws import (
 from geomsim.theory.taylor import align_coefficients, path_coefficients
 
 __all__ = [
+    "AdamModel",
     "DenseAIC",
     "LocalModels",
+    "adam_model",
+    "adam_sign",
     "alignment_risk",
     "forecast_errors",
+    "landscape_adam_model",
     "landscape_local_models",
     "local_models",
     "paper_bound",
