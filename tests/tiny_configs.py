@@ -18,7 +18,8 @@ TESTBED_SWEEP = dict(
 TESTBED_DEFENSES = {**TESTBED_SWEEP, "defense_every": 3, "tracked_matvecs": 10}
 
 # The forecast validation on the same models.
-TESTBED_FORECAST = {**TESTBED_SWEEP, "gd_steps": 40, "gd_records": 8, "krylov": 8, "forecast_points": 32}
+TESTBED_FORECAST = {**TESTBED_SWEEP, "gd_steps": 40, "gd_records": 8, "krylov": 8, "forecast_points": 32,
+                    "adam_batches": 4}
 
 
 def as_flags(settings: dict) -> list[str]:

@@ -12,30 +12,37 @@ DAMAGE_LABEL = r"$\Delta L_A$ (nats)"
 
 
 def plot_examples(tables, summary, out_dir: Path) -> list[Path]:
-    """Measured GD curves against every forecast for four runs (the ones reaching the
-    highest level first, spread over the grid)."""
+    """Measured curves against the forecasts for four runs (the ones reaching the highest
+    level first, spread over the grid): GD's methods on the GD fine-tune (top row), Adam's
+    on the Adam fine-tune from the same theta0 (bottom row)."""
     runs, curves = tables["forecast_runs"], tables["forecast_curves"]
     top = f"steps_to_{summary['levels'][-1]:g}"
     order = np.argsort(np.where(np.isfinite(runs[top]), runs[top], np.inf))
     picks = order[np.linspace(0, len(order) - 1, min(4, len(order))).astype(int)]
-    fig, axes = plt.subplots(1, len(picks), figsize=(3.4 * len(picks), 3.6), constrained_layout=True, squeeze=False)
-    for ax, run in zip(axes[0], picks, strict=True):
-        mask = curves["run"] == run
-        for i, name in enumerate(["measured", *summary["methods"]]):
-            sel = mask & (curves["curve"] == name)
-            values = np.asarray(curves["align_increase"][sel], dtype=float)
-            style = dict(color="k", lw=2.0, marker="o", ms=3) if name == "measured" else dict(color=f"C{i - 1}", lw=1)
-            # Values far above the axes (an unbounded forecast reaches 1e80) are drawn at its top edge.
-            shown = np.where(values > 0, np.minimum(values, 1e3), np.nan)
-            ax.loglog(curves["step"][sel], shown, label=name.replace("_", " "), **style)
-        for level in summary["levels"]:
-            ax.axhline(level, color="0.6", ls=":", lw=0.8)
-        ax.set_ylim(1e-9, 10)
-        ax.set_xlabel("GD steps (lr = scale / ||H_F||)")
-        ax.set_title(f"level {runs['level'][run]}, mix {runs['mix'][run]:g}, seed {runs['seed'][run]}", fontsize=8)
-    axes[0][0].set_ylabel(DAMAGE_LABEL)
-    axes[0][0].legend(fontsize=6)
-    fig.suptitle("Forecasts from theta0 vs the measured fine-tune (dotted: scored levels)", fontsize=10)
+    rows = {"gd": ("measured", "GD steps (lr = scale / ||H_F||)"), "adam": ("adam_measured", "Adam steps")}
+    fig, axes = plt.subplots(len(rows), len(picks), figsize=(3.4 * len(picks), 3.3 * len(rows)),
+                             constrained_layout=True, squeeze=False)
+    for row, (against, (measured, xlabel)) in zip(axes, rows.items(), strict=True):
+        names = [measured, *(m for m, d in summary["methods"].items() if d["against"] == against)]
+        for ax, run in zip(row, picks, strict=True):
+            mask = curves["run"] == run
+            for i, name in enumerate(names):
+                sel = mask & (curves["curve"] == name)
+                values = np.asarray(curves["align_increase"][sel], dtype=float)
+                style = dict(color="k", lw=2.0, marker="o", ms=3) if name == measured else dict(color=f"C{i - 1}",
+                                                                                               lw=1)
+                # Values far above the axes (an unbounded forecast reaches 1e80) are drawn at its top edge.
+                shown = np.where(values > 0, np.minimum(values, 1e3), np.nan)
+                ax.loglog(curves["step"][sel], shown, label=name.replace("_", " "), **style)
+            for level in summary["levels"]:
+                ax.axhline(level, color="0.6", ls=":", lw=0.8)
+            ax.set_ylim(1e-9, 10)
+            ax.set_xlabel(xlabel)
+            ax.set_title(f"level {runs['level'][run]}, mix {runs['mix'][run]:g}, seed {runs['seed'][run]}",
+                         fontsize=8)
+        row[0].set_ylabel(DAMAGE_LABEL)
+        row[0].legend(fontsize=6)
+    fig.suptitle("Forecasts from theta0 vs the measured fine-tunes (dotted: scored levels)", fontsize=10)
     return save(fig, out_dir, "fig_forecast_examples")
 
 
@@ -62,8 +69,9 @@ def plot_ratios(tables, summary, out_dir: Path, *, extra=None, stem: str = "fig_
         ax.set_yscale("log")
         ax.set_xticks(range(len(columns)), [c.replace("_", "\n").replace(" (", "\n(") for c in columns],
                       fontsize=7 if len(columns) <= 5 else 6)
-        reached = summary["methods"][next(iter(summary["methods"]))]["levels"][f"{level:g}"]["reached_runs"]
-        ax.set_title(f"level {level:g} nats ({reached} runs reach it)", fontsize=9)
+        reached = {d["against"]: d["levels"][f"{level:g}"]["reached_runs"] for d in summary["methods"].values()}
+        ax.set_title(f"level {level:g} nats (runs reaching it: " + ", ".join(f"{k} {v}" for k, v in reached.items())
+                     + ")", fontsize=9)
         ax.set_ylabel("forecast / measured steps to the level (never: 1e4)")
     axes[0][0].legend(fontsize=7)
     if title:

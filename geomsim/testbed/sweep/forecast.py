@@ -19,9 +19,16 @@ task `L_F = (1 - a) L_base + a L_other`:
       paper_bound       lambda gamma^2 t^4 / 8
       alignment_risk    the alignment-risk package's formula (lambda_min, gamma, eps ||g||)
 
+* Adam, measured: the sweep's realistic Adam fine-tune (`law.adam_run`: float32,
+  lr `adam_lr`, a fresh batch of `adam_batch` examples of each component task
+  per step, `adam_steps` steps) from the same theta0; forecast: `adam_sign`, its
+  flow limit (geomsim.theory.forecast), with Adam's moments `E_b[g_b]`,
+  `E_b[g_b^2]` from the gradients of `adam_batches` fresh batches at theta0, on
+  a log grid of steps up to `forecast_span x adam_steps`;
 * scores (`geomsim.theory.forecast_errors`): at each level (nats) the measured
   curve crosses, `|log10(forecast / level)|`, and the ratio of the forecast's
-  crossing step to the measured one.
+  crossing step to the measured one (the GD methods against the GD fine-tune,
+  `adam_sign` against the Adam one).
 
 Outputs (`<out>`): `forecast_runs.csv` (per run: AIC quantities, lr, the most
 negative Ritz value of H_F, scores per method and level), `forecast_curves.csv`
@@ -55,9 +62,20 @@ from geomsim.tasks import Batch, answer_loss_of_logits
 from geomsim.testbed.sweep import law, stages
 from geomsim.testbed.sweep.config import POLISH_FIELDS, TestbedSweepConfig
 from geomsim.testbed.sweep.run import _run_chunks, _select, begin_run, prepare_models_once, write_report
-from geomsim.theory.forecast import alignment_risk, forecast_errors, local_models, paper_bound, quadratic_gd, taylor
+from geomsim.theory.forecast import (
+    adam_model,
+    adam_sign,
+    alignment_risk,
+    forecast_errors,
+    local_models,
+    paper_bound,
+    quadratic_gd,
+    taylor,
+)
 
-METHODS = ("quadratic_gd", "gauss_newton_gd", "taylor", "paper_bound", "alignment_risk")
+GD_METHODS = ("quadratic_gd", "gauss_newton_gd", "taylor", "paper_bound", "alignment_risk")
+ADAM_METHODS = ("adam_sign",)
+METHODS = (*GD_METHODS, *ADAM_METHODS)
 FORECAST_ARMS = ("polished", "as_trained")
 FORECAST_STREAM = 108
 
@@ -80,6 +98,8 @@ class TestbedForecastConfig(TestbedSweepConfig):
     forecast_span: float = option(4.0, help="forecasts run to this multiple of gd_steps (>= 1), so a late "
                                   "forecast still crosses", check=at_least(1))
     forecast_points: int = option(160, help="log-spaced forecast steps (16..5000)", check=in_range(16, 5000))
+    adam_batches: int = option(32, help="fresh Adam batches whose gradients at theta0 give Adam's moments for "
+                               "its forecast (2..4096)", check=in_range(2, 4096))
 
     def check(self) -> None:
         super().check()
@@ -93,7 +113,7 @@ class TestbedForecastConfig(TestbedSweepConfig):
 
 FORECAST_FIELDS = (*POLISH_FIELDS, "task_base", "task_other", "mix", "task_size", "rank", "num_eigs", "arms",
                    "gd_lr_scale", "gd_steps", "gd_records", "krylov", "levels", "forecast_span", "forecast_points",
-                   "chunk")
+                   "adam_lr", "adam_batch", "adam_steps", "adam_records", "adam_batches", "chunk")
 
 
 def _mixture_ggn(data: stages.SweepData, theta0: PyTree, base: Batch, other: Batch, mix: Array):
@@ -110,11 +130,31 @@ def _mixture_ggn(data: stages.SweepData, theta0: PyTree, base: Batch, other: Bat
     return ggn_operator(logits, loss, theta0, ((base, other), (base, other, mix)))
 
 
-def forecast_steps(cfg: TestbedForecastConfig) -> np.ndarray:
-    """The forecasts' GD step counts: integers, log-spaced from 1 to `forecast_span x gd_steps`
-    (GD's `(1 - lr h)^n` has no meaning between integers once `lr h > 1`)."""
-    grid = np.geomspace(1.0, cfg.forecast_span * cfg.gd_steps, cfg.forecast_points)
+def forecast_steps(cfg: TestbedForecastConfig, steps: int | None = None) -> np.ndarray:
+    """The forecasts' step counts: integers, log-spaced from 1 to `forecast_span x steps`
+    (default `gd_steps`; GD's `(1 - lr h)^n` has no meaning between integers once `lr h > 1`)."""
+    grid = np.geomspace(1.0, cfg.forecast_span * (steps or cfg.gd_steps), cfg.forecast_points)
     return np.unique(np.round(grid))
+
+
+def _adam_forecast(data: stages.SweepData, theta0: PyTree, task_op, align_op, align_grad: Array, mix: Array,
+                   key: PRNGKeyArray) -> Array:
+    """`adam_sign` at `forecast_steps(cfg, adam_steps)`: Adam's moments from `adam_batches`
+    fresh batches' gradients at theta0 (accumulated one batch at a time)."""
+    cfg: TestbedForecastConfig = data.config  # type: ignore[assignment]
+    flat0 = ravel_pytree(theta0)[0]
+
+    def moments(total, k):
+        k_base, k_other, _ = jax.random.split(k, 3)  # as law.adam_run draws a step's batch
+        grad = ravel_pytree(jax.grad(law.mixture_task(data, *law.adam_batch(data, k_base, k_other), mix))(theta0))[0]
+        return (total[0] + grad, total[1] + grad**2), None
+
+    zeros = jnp.zeros_like(flat0)
+    (first, second), _ = jax.lax.scan(moments, (zeros, zeros), jax.random.split(key, cfg.adam_batches))
+    model = adam_model(align_op.mv_flat, task_op.mv_flat, align_grad, first / cfg.adam_batches,
+                       second / cfg.adam_batches, flat0, 1e-8)  # optax.adam's eps, as law.plain_finetune
+    steps = jnp.asarray(forecast_steps(cfg, cfg.adam_steps), flat0.dtype)
+    return adam_sign(model, steps * cfg.adam_lr)
 
 
 def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Float[Array, " k"],
@@ -148,6 +188,8 @@ def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d 
 
     record = log_record_steps(cfg.gd_steps, cfg.gd_records)
     _, (align_increase, task_loss) = jax.lax.scan(segment, theta0, jnp.asarray(np.diff(record, prepend=0)))
+    # Adam's keys fold from the run's (whose own use, the Lanczos start, is unchanged).
+    adam = law.adam_run(data, theta0, basis, lam, target, base, other, mix, jax.random.fold_in(key, 1))
 
     steps = jnp.asarray(forecast_steps(cfg), flat0.dtype)
     coords_g, coords_hg = basis.T @ g, basis.T @ task_op.mv_flat(g)
@@ -172,6 +214,11 @@ def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d 
         gauss_newton_gd=quadratic_gd(gauss_newton_models, steps, lr),
         paper_bound=paper_bound(sharp, coupling, steps * lr),
         alignment_risk=alignment_risk(sharp, coupling, eps_abs, steps * lr),
+        adam_record_steps=adam["steps"].astype(flat0.dtype),
+        adam_align_increase=adam["align_increase"].astype(flat0.dtype),
+        adam_finite=jnp.all(jnp.isfinite(adam["align_increase"])),
+        adam_forecast_steps=jnp.asarray(forecast_steps(cfg, cfg.adam_steps), flat0.dtype),
+        adam_sign=_adam_forecast(data, theta0, task_op, align_op, ga, mix, jax.random.fold_in(key, 2)),
     )
 
 
@@ -185,11 +232,13 @@ def forecast_chunk(data: stages.SweepData, runs: dict[str, Any]) -> dict[str, Ar
     out["taylor"] = jax.vmap(lambda c, s, lr: taylor(c, s * lr))(coeffs, out["forecast_steps"], out["lr"])
     out.update({f"c{j}": coeffs[:, j] for j in range(1, 5)})
     levels = jnp.asarray(cfg.levels, coeffs.dtype)
-    for name in METHODS:
-        t_meas, error, ratio = jax.vmap(lambda s, a, fs, f: forecast_errors(s, a, fs, f, levels))(
-            out["record_steps"], out["align_increase"], out["forecast_steps"], out[name])
-        out[f"{name}_log10_error"], out[f"{name}_t_ratio"] = error, ratio
-    out["steps_to_level"] = t_meas
+    for prefix, names in (("", GD_METHODS), ("adam_", ADAM_METHODS)):
+        for name in names:
+            t_meas, error, ratio = jax.vmap(lambda s, a, fs, f: forecast_errors(s, a, fs, f, levels))(
+                out[f"{prefix}record_steps"], out[f"{prefix}align_increase"], out[f"{prefix}forecast_steps"],
+                out[name])
+            out[f"{name}_log10_error"], out[f"{name}_t_ratio"] = error, ratio
+        out[f"{prefix}steps_to_level"] = t_meas
     return out
 
 
@@ -251,10 +300,11 @@ def _tables(cfg: TestbedForecastConfig, runs, out: dict[str, np.ndarray]) -> dic
                     "level": np.array([r[1] for r in runs]), "sigma": sigma[[r[1] for r in runs]],
                     "mix": mix[[r[2] for r in runs]], "seed": np.array([r[3] for r in runs])}
     for key in ("task_sharpness", "lr", "task_ritz_min", "gauss_newton_ritz_min", "grad_norm", "eps", "sharpness",
-                "coupling", "c1", "c2", "c3", "c4", "task_loss_start", "task_loss_end", "finite"):
+                "coupling", "c1", "c2", "c3", "c4", "task_loss_start", "task_loss_end", "finite", "adam_finite"):
         table[key] = out[key]
     for j, level in enumerate(cfg.levels):
         table[f"steps_to_{level:g}"] = out["steps_to_level"][:, j]
+        table[f"adam_steps_to_{level:g}"] = out["adam_steps_to_level"][:, j]
         for name in METHODS:
             table[f"{name}_log10_error_{level:g}"] = out[f"{name}_log10_error"][:, j]
             table[f"{name}_t_ratio_{level:g}"] = out[f"{name}_t_ratio"][:, j]
@@ -264,11 +314,16 @@ def _tables(cfg: TestbedForecastConfig, runs, out: dict[str, np.ndarray]) -> dic
     blocks.append({"run": np.repeat(np.arange(n), r), "curve": np.full(n * r, "measured", dtype=object),
                    "step": out["record_steps"].ravel(), "align_increase": out["align_increase"].ravel(),
                    "task_loss": out["task_loss"].ravel()})
-    q = out["forecast_steps"].shape[1]
-    for name in METHODS:
-        blocks.append({"run": np.repeat(np.arange(n), q), "curve": np.full(n * q, name, dtype=object),
-                       "step": out["forecast_steps"].ravel(), "align_increase": out[name].ravel(),
-                       "task_loss": np.full(n * q, np.nan)})
+    r = out["adam_record_steps"].shape[1]
+    blocks.append({"run": np.repeat(np.arange(n), r), "curve": np.full(n * r, "adam_measured", dtype=object),
+                   "step": out["adam_record_steps"].ravel(), "align_increase": out["adam_align_increase"].ravel(),
+                   "task_loss": np.full(n * r, np.nan)})
+    for prefix, names in (("", GD_METHODS), ("adam_", ADAM_METHODS)):
+        q = out[f"{prefix}forecast_steps"].shape[1]
+        for name in names:
+            blocks.append({"run": np.repeat(np.arange(n), q), "curve": np.full(n * q, name, dtype=object),
+                           "step": out[f"{prefix}forecast_steps"].ravel(), "align_increase": out[name].ravel(),
+                           "task_loss": np.full(n * q, np.nan)})
     curves = {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
     return {"forecast_runs": table, "forecast_curves": curves}
 
@@ -283,17 +338,19 @@ def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table) -> dict[str, An
     """Per method and level: how many runs reached the level, the median |log10| error at
     the measured crossing, the median forecast/measured crossing-step ratio, and the
     fraction of reaching runs forecast within 2x; plus the headline at `threshold`."""
-    finite = np.asarray(runs["finite"], dtype=bool)
-    out: dict[str, Any] = {"runs": int(len(finite)), "finite_runs": int(finite.sum()),
+    finite = {"": np.asarray(runs["finite"], dtype=bool), "adam_": np.asarray(runs["adam_finite"], dtype=bool)}
+    out: dict[str, Any] = {"runs": int(len(finite[""])), "finite_runs": int(finite[""].sum()),
+                           "adam_finite_runs": int(finite["adam_"].sum()),
                            "grid": {"sharpness_levels": len(cfg.refusal_sigma), "coupling_levels": len(cfg.mix),
                                     "seeds": cfg.seeds, "arms": list(cfg.arms)},
                            "threshold": cfg.threshold, "levels": list(cfg.levels), "methods": {},
                            "task_hessian_indefinite_fraction": float(np.mean(np.asarray(runs["task_ritz_min"]) < 0))}
     for name in METHODS:
+        prefix = "adam_" if name in ADAM_METHODS else ""
         per_level = {}
         for level in cfg.levels:
-            steps = np.asarray(runs[f"steps_to_{level:g}"], dtype=float)
-            reached = finite & np.isfinite(steps)
+            steps = np.asarray(runs[f"{prefix}steps_to_{level:g}"], dtype=float)
+            reached = finite[prefix] & np.isfinite(steps)
             ratio = np.asarray(runs[f"{name}_t_ratio_{level:g}"], dtype=float)[reached]
             per_level[f"{level:g}"] = {
                 "reached_runs": int(reached.sum()),
@@ -302,7 +359,8 @@ def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table) -> dict[str, An
                 "within_2x_fraction": float(np.mean((ratio >= 0.5) & (ratio <= 2.0))) if ratio.size else None,
             }
         head = per_level[f"{cfg.threshold:g}"]
-        out["methods"][name] = {"t_fail_ratio_median": head["t_fail_ratio_median"],
+        out["methods"][name] = {"against": "adam" if prefix else "gd",
+                                "t_fail_ratio_median": head["t_fail_ratio_median"],
                                 "within_2x_fraction": head["within_2x_fraction"],
                                 "log10_error_median": {lv: d["log10_error_median"] for lv, d in per_level.items()},
                                 "levels": per_level}

@@ -168,6 +168,13 @@ def plain_finetune(config: TestbedSweepConfig, theta0: PyTree) -> Finetune:
     return Finetune(opt, jax.tree.map(jnp.zeros_like, theta0), opt.init(theta0), lambda z: z)
 
 
+def adam_batch(data: SweepData, k_base: PRNGKeyArray, k_other: PRNGKeyArray) -> tuple[Batch, Batch]:
+    """One Adam step's fresh batch: `adam_batch` examples of each component task."""
+    cfg = data.config
+    return (make_batch(data.lang, cfg.task_base, k_base, cfg.adam_batch),
+            make_batch(data.lang, cfg.task_other, k_other, cfg.adam_batch))
+
+
 def adam_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Float[Array, " k"], target: Array,
              base: Batch, other: Batch, mix: Array, key: PRNGKeyArray,
              finetune: Callable[[PyTree], Finetune] | None = None) -> dict[str, Array]:
@@ -194,9 +201,7 @@ def adam_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: F
     def batch_loss(z, step):
         k_base, k_other, k_extra = jax.random.split(jax.random.fold_in(key, step), 3)
         p = params_of(z)
-        fresh_base = make_batch(data.lang, cfg.task_base, k_base, cfg.adam_batch)
-        fresh_other = make_batch(data.lang, cfg.task_other, k_other, cfg.adam_batch)
-        loss = mixture_task(data, fresh_base, fresh_other, mix)(p)
+        loss = mixture_task(data, *adam_batch(data, k_base, k_other), mix)(p)
         return loss if spec.extra_loss is None else loss + spec.extra_loss(p, k_extra)
 
     def one_step(_, carry):
