@@ -167,8 +167,26 @@ REPORT_ONLY_KINDS = {
                          ("grid", "accuracy_target", "fixed_step", "defenses")),
     "testbed_forecast": ("geomsim.testbed.sweep.forecast", "TestbedForecastConfig", "run_testbed_forecast",
                          ("runs", "finite_runs", "grid", "threshold", "levels", "methods",
-                          "task_hessian_indefinite_fraction")),
+                          "task_hessian_indefinite_fraction", "verdict")),
 }
+
+
+def write_calibration(summary: dict, experiment: Path, target: Path) -> str:
+    """Ship the validation's per-level split-conformal calibration of every method as
+    diagnose's default (`geomsim.diagnose.verdict`): the GD methods for gd, adam_sign for
+    adam and adamw."""
+    from geomsim.diagnose.verdict import calibration_document
+    from geomsim.io import write_json
+    from geomsim.theory.calibration import LevelCalibrations
+
+    families = {family: {n: LevelCalibrations.from_dict(summary["methods"][n]["calibration"])
+                         for n in entry["methods"]} for family, entry in summary["verdict"].items()}
+    grid, runs = summary["grid"], summary["runs"]
+    source = (f"{experiment.relative_to(ROOT)}: the testbed transformer's {runs} GD fine-tunes (lr = 1/||H_F||, "
+              f"2000 steps) and {runs} Adam fine-tunes, {grid['sharpness_levels']} sharpness levels x "
+              f"{grid['coupling_levels']} mixtures x {grid['seeds']} seeds")
+    write_json(target, calibration_document(families, source))
+    return str(target.relative_to(ROOT))
 
 
 PACKAGE_FORECAST = ROOT / "benchmarks" / "results" / "alignment_risk_testbed.json"
@@ -245,13 +263,21 @@ def run_experiment(path: Path, runs_dir: Path, figures_dir: Path):
         module_name, cls_name, run_name, keys = REPORT_ONLY_KINDS[repro["kind"]]
         module = importlib.import_module(module_name)
         jax.config.update("jax_enable_x64", True)
+        if raw.get("calibration"):  # a calibration file scored on these runs: a path in this repository
+            raw["calibration"] = str(ROOT / raw["calibration"])
         summary = getattr(module, run_name)(build(getattr(module, cls_name), None, raw), out, progress=False,
                                             plots=True)
         files = _copy_figures(out, summary["figures"], figures_dir / name, figures_dir)
         numbers = {k: summary[k] for k in keys}
         if repro["kind"] == "testbed_forecast":
-            numbers.update(package_forecast_numbers())
-            files += draw_package_comparison(out, summary, figures_dir / name, figures_dir)
+            if "external_calibration" in summary:
+                numbers["external_calibration"] = {**summary["external_calibration"],
+                                                   "file": raw["calibration"].removeprefix(str(ROOT) + "/")}
+            if repro.get("write_calibration"):
+                files.append(write_calibration(summary, path, ROOT / repro["write_calibration"]))
+            if repro.get("package_comparison"):
+                numbers.update(package_forecast_numbers())
+                files += draw_package_comparison(out, summary, figures_dir / name, figures_dir)
         failures = [] if expect.get("report_only") else [f"{repro['kind']}: only report_only is supported"]
         wall, result = summary["wall_seconds"], summary
     elif repro.get("kind") == "testbed":

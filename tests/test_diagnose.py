@@ -110,6 +110,8 @@ def test_ggn_and_fisher_agree_for_a_categorical_model_and_resamples_spread(tmp_p
      "tokenizer.json: missing"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--lora-rank", "4"], "params"),
     (["--hf", "x", "--align", "a", "--task", "b", "--dtype", "float16"], "dtype"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--calibration", "no/such.json"], "calibration: file not found"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--calibration", "pyproject.toml"], "calibration: pyproject"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(flags, field, tmp_path, capsys):
     assert main([*flags, "--out", str(tmp_path), "--quiet"]) == 2

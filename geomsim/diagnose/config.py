@@ -53,6 +53,9 @@ class DiagnoseConfig:
                                  check=at_least(0))
     minibatch: bool = option(False, help="adam / adamw: each step takes one task batch, so Adam's second moment "
                              "is E_b[g_b^2] over the batches (default: full batch, g^2)")
+    calibration: str = option("", help="JSON of calibrated forecast errors the verdict's interval uses ('' = the one "
+                              "shipped, from the testbed's measured fine-tunes; none = uncalibrated; or your own, same "
+                              "schema)", shown="shipped")
     horizon: float = option(0.0, help="last forecast time t (> 0; 0 = 10 / ||H_F||)", check=at_least(0))
     threshold: float = option(1e-2, help="alignment-loss increase that counts as failure, nats (> 0)",
                               check=positive)

@@ -25,6 +25,7 @@ from geomsim.config import ConfigError
 from geomsim.curvature.sharding import device_mesh
 from geomsim.diagnose.config import DiagnoseConfig
 from geomsim.diagnose.model import AlignedModel
+from geomsim.diagnose.verdict import aic_conditions, load_calibration, verdict
 from geomsim.finite import MeasurementError, NonFiniteError, require_finite
 from geomsim.io import atomic_open, environment_versions, write_json
 from geomsim.landscapes.base import Landscape
@@ -273,6 +274,16 @@ def _spread(config: DiagnoseConfig, c: _Compiled, model, key, times, inputs) -> 
             for name, v in samples.items()}
 
 
+def _examples_per_step(config: DiagnoseConfig, model: Landscape | AlignedModel) -> int | None:
+    """Task examples one step of the fine-tune sees: every task batch (gd, full-batch
+    Adam) or one (`--minibatch`); None for a Landscape (no examples)."""
+    if isinstance(model, Landscape):
+        return None
+    leaves = jax.tree.leaves(model.task_batches.first())
+    per_batch = int(leaves[0].shape[0]) if leaves and leaves[0].ndim else 1
+    return per_batch if config.minibatch else per_batch * model.task_batches.count
+
+
 def _run(what: str, program, *args):
     """`program(*args)` under the stall watchdog, its results on every process's host."""
     return host_values(watched(what, program, *args))
@@ -314,6 +325,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     leader = current_group().leader
     if leader:
         out_dir.mkdir(parents=True, exist_ok=True)
+    calibration = load_calibration(config.calibration)  # a bad file fails before any measurement
     model = load_model(config)
     _check_inputs(model)
     model = _place(config, model)
@@ -352,6 +364,9 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
                           inputs["threshold"])
     curves, t_fail = _checked(curves, times), {name: float(value) for name, value in t_fail.items()}
     _say("[3/3] report", quiet)
+    spread = _spread(config, c, model, key, times, inputs) if config.resamples else None
+    chosen = verdict(config.optimizer, config.lr, config.threshold, t_fail, spread, calibration,
+                     bounded_method(config), _examples_per_step(config, model))
     report = {
         "model": config.model or config.hf,
         "aic": res.to_dict(),
@@ -360,7 +375,9 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
                      "align_increase": {name: np.asarray(curve).tolist() for name, curve in curves.items()},
                      "bounded_method": bounded_method(config)},
         "t_fail": t_fail,
-        "t_fail_spread": _spread(config, c, model, key, times, inputs) if config.resamples else None,
+        "t_fail_spread": spread,
+        "verdict": chosen,
+        "aic_conditions": aic_conditions(res.to_dict(), chosen["t_fail"], config.optimizer),
         "adam": None if adam is None else {
             "slope": float(adam.slope), "curvature": float(adam.curvature), "step_norm": float(adam.step_norm),
             "second_moment": "E_b[g_b^2] over the task batches" if config.minibatch else "g^2 (full batch)"},
@@ -395,18 +412,21 @@ def _fmt(value: float | None) -> str:
 
 def _markdown(report: dict[str, Any]) -> str:
     aic, t_fail = report["aic"], report["t_fail"]
-    main = t_fail[report["forecast"]["bounded_method"]]
-    verdict = (f"alignment loss is forecast to rise by {report['threshold']:g} nats at t = {_fmt(main)}"
-               if np.isfinite(main) else
-               f"alignment loss is not forecast to rise by {report['threshold']:g} nats before t = "
-               f"{report['horizon']:.4g}")
     spread = report.get("t_fail_spread") or {}
     rows = "\n".join(f"| {name} | {_fmt(value)} | " + (
         f"{_fmt(spread[name]['q05'])} .. {_fmt(spread[name]['q95'])}" if name in spread else "not resampled") + " |"
         for name, value in t_fail.items())
+    conditions = "\n".join(f"| {c['name']} | {'yes' if c['holds'] else 'no'} | {c['measured']} | {c['criterion']} |"
+                           for c in report["aic_conditions"])
     return f"""# geomsim diagnosis of `{report['model']}`
 
-**Verdict:** {verdict} ({_basis(report)}; docs/theory.md, section 10).
+**Verdict:** {_verdict_line(report)} ({_basis(report)}; docs/theory.md, section 10).
+
+{_interval_note(report)}
+
+| AIC condition | holds | measured | criterion |
+| --- | --- | --- | --- |
+{conditions}
 
 | AIC quantity | value |
 | --- | --- |
@@ -425,11 +445,49 @@ def _markdown(report: dict[str, Any]) -> str:
 """
 
 
+def _verdict_line(report: dict[str, Any]) -> str:
+    v, tau = report["verdict"], report["threshold"]
+    low = v["t_fail_low"]
+    if low is None or not np.isfinite(low):
+        return f"alignment loss is not forecast to rise by {tau:g} nats before t = {report['horizon']:.4g}"
+    if v["steps_low"] is None:  # gradient flow: no steps
+        return (f"alignment loss is forecast to rise by {tau:g} nats from t = {_fmt(low)} on (interval "
+                f"{_fmt(low)} .. {_fmt(v['t_fail_high'])}, point forecast {_fmt(v['t_fail'])})")
+    lr = report["config"]["lr"]
+    examples = f", about {v['examples_low']:.3g} task examples" if v["examples_low"] else ""
+    high = "unbounded" if v["steps_high"] is None or not np.isfinite(v["steps_high"]) else f"{v['steps_high']:.4g}"
+    return (f"alignment loss is forecast to rise by {tau:g} nats after **{v['steps_low']:.4g} steps** at lr {lr:g} "
+            f"at the earliest (t = {_fmt(low)}{examples}); interval {v['steps_low']:.4g} .. {high} steps, point "
+            f"forecast {_fmt(v['steps'])} steps")
+
+
+def _interval_note(report: dict[str, Any]) -> str:
+    v = report["verdict"]
+    cal = v["calibration"]
+    if cal is None:
+        alone = ("the 5%-95% spread over `--resamples` alone" if v["resampled"] else
+                 "the point forecast alone (`--resamples N` adds the measurement's spread)")
+        return (f"The interval is {alone}: no method here is calibrated for optimizer "
+                f"`{report['config']['optimizer']}`.")
+    low = "0 (too few calibration runs)" if cal["low"] is None else f"{10 ** cal['low']:.3g}x"
+    thin = " (too few crossings there: the lowest bound of all levels)" if cal["fallback"] else ""
+    high = ("no upper end: " + f"{cal['censored']} of its {cal['runs']} calibration fine-tunes never reached the "
+            "threshold within their measured steps" if cal["high"] is None else f"upper end {10 ** cal['high']:.3g}x")
+    spread = "its `--resamples` spread" if v["resampled"] else "its point forecast"
+    return (f"Interval: each calibrated method ({', '.join(cal['methods'])}) times its error on measured "
+            f"{cal['family']} fine-tunes at the nearest measured level, {cal['level']:g} nats{thin} (split-conformal, "
+            f"{cal['alpha']:.0%} per end; {cal['source']}). The earliest lower end binds: `{v['method']}`'s, "
+            f"{spread} times {low}, after which the measured crossing came in all but {cal['alpha']:.0%} of its "
+            f"calibration fine-tunes; {high}; {cal['missed']} crossed where it forecast none.")
+
+
 def _basis(report: dict[str, Any]) -> str:
-    method = report["forecast"]["bounded_method"]
+    method = report["verdict"]["method"]
     adam = report.get("adam")
     if adam is None:
-        return f"{method} on the local quadratic models"
+        described = {"taylor": "the Taylor polynomial c1..c4", "paper_bound": "the quartic bound",
+                     "alignment_risk": "alignment-risk's formula"}
+        return f"{method}: {described.get(method, 'the local quadratic models')}"
     steps = report["t_fail"][method] / report["config"]["lr"]
     when = f"{steps:.4g} steps at lr {report['config']['lr']:g}" if np.isfinite(steps) else "no crossing"
     return (f"{method}: {report['config']['optimizer']} in its flow limit, `delta(t) = -t u`, slope "

@@ -79,8 +79,43 @@ def plot_ratios(tables, summary, out_dir: Path, *, extra=None, stem: str = "fig_
     return save(fig, out_dir, stem)
 
 
+def plot_verdict(tables, summary, out_dir: Path) -> list[Path]:
+    """The verdict's early end (the earliest calibrated lower end over a family's methods;
+    cross-validated over seeds, or from an external calibration) against the measured
+    crossing, every run and level; a run that never reached the level is drawn at the end
+    of its measurement (open marker: only known to cross later)."""
+    runs = tables["forecast_runs"]
+    external = "external_calibration" in summary
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.4), constrained_layout=True)
+    for ax, (family, prefix, unit) in zip(axes, (("gd", "", "GD"), ("adam", "adam_", "Adam")), strict=True):
+        finite = np.asarray(runs[f"{prefix}finite"], dtype=bool)
+        end = np.asarray(runs[f"{prefix}measured_end"], dtype=float)
+        for i, level in enumerate(summary["levels"]):
+            meas = np.asarray(runs[f"{prefix}steps_to_{level:g}"], dtype=float)
+            low = np.asarray(runs[f"{family}_verdict_steps_{level:g}"], dtype=float)
+            reached = finite & np.isfinite(meas) & np.isfinite(low)
+            never = finite & ~np.isfinite(meas) & np.isfinite(low)
+            ax.scatter(meas[reached], low[reached], s=12, color=f"C{i}", label=f"{level:g} nats")
+            ax.scatter(end[never], low[never], s=12, facecolors="none", edgecolors=f"C{i}", marker=">")
+        lo, hi = ax.get_xlim()[0], max(ax.get_xlim()[1], ax.get_ylim()[1])
+        line = np.geomspace(max(min(lo, ax.get_ylim()[0]), 1e-1), hi, 2)
+        ax.loglog(line, line, color="0.3", lw=0.8, label="verdict = measured")
+        ax.loglog(line, 2 * line, color="C3", lw=0.8, ls="--", label="late by 2x")
+        scores = summary["verdict"][family]["external" if external else "cross_validated"]
+        late = "n/a" if scores["late"] is None else f"{scores['late']:.0%}"
+        ax.set_title(f"{unit}: early end after the measured crossing in {late} of {scores['runs']} crossings",
+                     fontsize=9)
+        ax.set_xlabel(f"measured {unit} steps to the level (open: not reached by then)")
+        ax.set_ylabel(f"verdict: earliest calibrated {unit} step")
+        ax.legend(fontsize=7)
+    how = ("calibration from " + summary["external_calibration"]["source"].split(":")[0] if external
+           else "calibrated on three seeds, scored on the fourth")
+    fig.suptitle(f"The verdict's early end vs the measured fine-tunes ({how})", fontsize=10)
+    return save(fig, out_dir, "fig_forecast_verdict")
+
+
 def forecast_figures(tables, summary, out_dir: Path) -> list[Path]:
     files: list[Path] = []
-    for draw in (plot_examples, plot_ratios):
+    for draw in (plot_examples, plot_ratios, plot_verdict):
         files += draw(tables, summary, out_dir)
     return files

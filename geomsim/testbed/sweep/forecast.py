@@ -62,6 +62,15 @@ from geomsim.tasks import Batch, answer_loss_of_logits
 from geomsim.testbed.sweep import law, stages
 from geomsim.testbed.sweep.config import POLISH_FIELDS, TestbedSweepConfig
 from geomsim.testbed.sweep.run import _run_chunks, _select, begin_run, prepare_models_once, write_report
+from geomsim.theory.calibration import (
+    ALPHA,
+    LevelCalibrations,
+    calibrate_levels,
+    combine,
+    evaluate_levels,
+    score_verdict,
+    verdict_ends,
+)
 from geomsim.theory.forecast import (
     adam_model,
     adam_sign,
@@ -72,6 +81,7 @@ from geomsim.theory.forecast import (
     quadratic_gd,
     taylor,
 )
+from geomsim.theory.laws import first_crossing
 
 GD_METHODS = ("quadratic_gd", "gauss_newton_gd", "taylor", "paper_bound", "alignment_risk")
 ADAM_METHODS = ("adam_sign",)
@@ -98,6 +108,8 @@ class TestbedForecastConfig(TestbedSweepConfig):
     forecast_span: float = option(4.0, help="forecasts run to this multiple of gd_steps (>= 1), so a late "
                                   "forecast still crosses", check=at_least(1))
     forecast_points: int = option(160, help="log-spaced forecast steps (16..5000)", check=in_range(16, 5000))
+    calibration: str = option("", help="a calibration JSON (diagnose's --calibration schema) also scored on these "
+                              "runs, e.g. geomsim/diagnose/calibration.json on runs it was not fitted on ('' = none)")
     adam_batches: int = option(32, help="fresh Adam batches whose gradients at theta0 give Adam's moments for "
                                "its forecast (2..4096)", check=in_range(2, 4096))
 
@@ -302,10 +314,19 @@ def _tables(cfg: TestbedForecastConfig, runs, out: dict[str, np.ndarray]) -> dic
     for key in ("task_sharpness", "lr", "task_ritz_min", "gauss_newton_ritz_min", "grad_norm", "eps", "sharpness",
                 "coupling", "c1", "c2", "c3", "c4", "task_loss_start", "task_loss_end", "finite", "adam_finite"):
         table[key] = out[key]
+    table["measured_end"] = np.full(n, float(cfg.gd_steps))
+    table["adam_measured_end"] = np.full(n, float(cfg.adam_steps))
+    levels = jnp.asarray(cfg.levels)
+    crossings = jax.jit(jax.vmap(jax.vmap(first_crossing, (None, None, 0)), (0, 0, None)))
     for j, level in enumerate(cfg.levels):
         table[f"steps_to_{level:g}"] = out["steps_to_level"][:, j]
         table[f"adam_steps_to_{level:g}"] = out["adam_steps_to_level"][:, j]
-        for name in METHODS:
+    for name in METHODS:
+        prefix = "adam_" if name in ADAM_METHODS else ""
+        # the forecast's own crossing step (inf: never within forecast_span x the measured steps)
+        steps = np.asarray(crossings(jnp.asarray(out[f"{prefix}forecast_steps"]), jnp.asarray(out[name]), levels))
+        for j, level in enumerate(cfg.levels):
+            table[f"{name}_steps_{level:g}"] = steps[:, j]
             table[f"{name}_log10_error_{level:g}"] = out[f"{name}_log10_error"][:, j]
             table[f"{name}_t_ratio_{level:g}"] = out[f"{name}_t_ratio"][:, j]
 
@@ -334,10 +355,69 @@ def _median(values) -> float | None:
     return float(np.median(values)) if values.size else None
 
 
+def _crossings(cfg: TestbedForecastConfig, runs: Table, name: str, keep: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`(t_meas, t_fcst, meas_end, level)` of `name` pooled over the levels (steps), for the
+    runs in `keep` whose measurement stayed finite."""
+    prefix = "adam_" if name in ADAM_METHODS else ""
+    finite = keep & np.asarray(runs[f"{prefix}finite"], dtype=bool)
+    columns = [(np.asarray(runs[f"{prefix}steps_to_{lv:g}"], dtype=float)[finite],
+                np.asarray(runs[f"{name}_steps_{lv:g}"], dtype=float)[finite],
+                np.asarray(runs[f"{prefix}measured_end"], dtype=float)[finite],
+                np.full(int(finite.sum()), lv)) for lv in cfg.levels]
+    return tuple(np.concatenate([c[i] for c in columns]) for i in range(4))  # type: ignore[return-value]
+
+
+def calibrate_methods(cfg: TestbedForecastConfig, runs: Table, alpha: float = ALPHA) -> dict[str, Any]:
+    """Each method's split-conformal calibration per level on every run
+    (`geomsim.theory.calibration.calibrate_levels`), and its cross-validated coverage:
+    calibrated on all seeds but one, evaluated on that one, pooled over the folds."""
+    seeds = np.asarray(runs["seed"])
+    out = {}
+    for name in METHODS:
+        fitted = calibrate_levels(*_crossings(cfg, runs, name, np.ones(len(seeds), dtype=bool)), alpha=alpha)
+        folds = [evaluate_levels(calibrate_levels(*_crossings(cfg, runs, name, seeds != seed), alpha=alpha),
+                                 *_crossings(cfg, runs, name, seeds == seed)) for seed in np.unique(seeds)]
+        cross = combine(folds)
+        cross["levels"] = {f"{lv:g}": combine([f["levels"][f"{lv:g}"] for f in folds if f"{lv:g}" in f["levels"]])
+                           for lv in cfg.levels}
+        out[name] = {"calibration": fitted.to_dict(), "cross_validated": cross}
+    return out
+
+
+def verdict_validation(cfg: TestbedForecastConfig, runs: Table, names: tuple[str, ...],
+                       calibrations: dict[str, LevelCalibrations] | None = None, alpha: float = ALPHA
+                       ) -> tuple[dict[str, Any], dict[float, np.ndarray]]:
+    """The verdict as a diagnosis forms it (`geomsim.theory.calibration.verdict_ends`: the
+    earliest calibrated lower end over `names`) on these runs: with `calibrations` given,
+    as they are; else cross-validated, calibrated on all seeds but one and applied to that
+    one. Returns its scores (`score_verdict`) and per level the early end of every run
+    (steps; nan where the fine-tune's measurement is not finite)."""
+    prefix = "adam_" if names[0] in ADAM_METHODS else ""
+    seeds = np.asarray(runs["seed"])
+    finite = np.asarray(runs[f"{prefix}finite"], dtype=bool)
+    lows = {lv: np.full(len(seeds), np.nan) for lv in cfg.levels}
+    highs = {lv: np.full(len(seeds), np.nan) for lv in cfg.levels}
+    for held in ([None] if calibrations is not None else list(np.unique(seeds))):
+        test = np.ones(len(seeds), dtype=bool) if held is None else seeds == held
+        cals = calibrations or {n: calibrate_levels(*_crossings(cfg, runs, n, ~test), alpha=alpha) for n in names}
+        rows = test & finite
+        for lv in cfg.levels:
+            fcst = {n: np.asarray(runs[f"{n}_steps_{lv:g}"], dtype=float)[rows] for n in names}
+            lows[lv][rows], highs[lv][rows], _ = verdict_ends(fcst, fcst, cals, np.full(int(rows.sum()), lv))
+    t_meas, low, high, end, level = (np.concatenate(c) for c in zip(*[
+        (np.asarray(runs[f"{prefix}steps_to_{lv:g}"], dtype=float)[finite], lows[lv][finite], highs[lv][finite],
+         np.asarray(runs[f"{prefix}measured_end"], dtype=float)[finite], np.full(int(finite.sum()), lv))
+        for lv in cfg.levels], strict=True))
+    return score_verdict(low, high, t_meas, end, level), lows
+
+
 def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table) -> dict[str, Any]:
     """Per method and level: how many runs reached the level, the median |log10| error at
     the measured crossing, the median forecast/measured crossing-step ratio, and the
-    fraction of reaching runs forecast within 2x; plus the headline at `threshold`."""
+    fraction of reaching runs forecast within 2x; plus the headline at `threshold`; each
+    method's calibration and the verdict's scores (`calibrate_methods`,
+    `verdict_validation`). Adds the verdict's early end per run and level to `runs`."""
     finite = {"": np.asarray(runs["finite"], dtype=bool), "adam_": np.asarray(runs["adam_finite"], dtype=bool)}
     out: dict[str, Any] = {"runs": int(len(finite[""])), "finite_runs": int(finite[""].sum()),
                            "adam_finite_runs": int(finite["adam_"].sum()),
@@ -364,4 +444,26 @@ def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table) -> dict[str, An
                                 "within_2x_fraction": head["within_2x_fraction"],
                                 "log10_error_median": {lv: d["log10_error_median"] for lv, d in per_level.items()},
                                 "levels": per_level}
+    for name, entry in calibrate_methods(cfg, runs).items():
+        out["methods"][name].update(entry)
+    # The verdict's early end per run: with an external calibration (runs it was not fitted
+    # on) from it, else cross-validated over seeds; the table gets it per level (steps).
+    doc = None
+    if cfg.calibration:
+        from geomsim.diagnose.verdict import load_calibration
+
+        doc = load_calibration(cfg.calibration)
+        out["external_calibration"] = {"file": cfg.calibration, "source": doc.get("source", "")}
+    out["verdict"] = {}
+    for family, names in (("gd", GD_METHODS), ("adam", ADAM_METHODS)):
+        scores, lows = verdict_validation(cfg, runs, names)
+        out["verdict"][family] = {"methods": list(names), "cross_validated": scores}
+        if doc is not None:
+            cals = doc["families"][family]["methods"]
+            everything = np.ones(len(runs["seed"]), dtype=bool)
+            for name in names:
+                out["methods"][name]["external"] = evaluate_levels(cals[name], *_crossings(cfg, runs, name, everything))
+            out["verdict"][family]["external"], lows = verdict_validation(cfg, runs, names, cals)
+        for lv, column in lows.items():
+            runs[f"{family}_verdict_steps_{lv:g}"] = column
     return out
