@@ -331,7 +331,7 @@ def test_forecast_cli_bad_input_is_one_line(capsys):
     from geomsim.testbed.sweep.forecast_cli import main as forecast_main
 
     for flags, field in ((["--threshold", "0.5"], "threshold"), (["--gd-lr-scale", "2.5"], "gd_lr_scale"),
-                         (["--arms", "polished,bogus"], "arms")):
+                         (["--arms", "polished,bogus"], "arms"), (["--calibration", "no/such.json"], "calibration")):
         assert forecast_main([*flags, "--quiet"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"python -m geomsim.testbed forecast: error: {field}"), err

@@ -90,16 +90,59 @@ def test_aic_conditions_name_the_numbers_behind_each():
 
 def test_a_diagnosis_uses_the_given_calibration_and_says_when_in_steps(tmp_path):
     file = tmp_path / "cal.json"
-    write_json(file, calibration_document({"gd": {"quadratic_gd": _levels(-1.0, -1.0, -1.0)}}, "my own fine-tunes"))
+    write_json(file, calibration_document({"gd": {"quadratic_gd": _levels(-0.5, -0.5, -0.5)}}, "my own fine-tunes"))
     assert main(["--model", "geomsim.diagnose.examples:quadratic", "--rank", "2", "--optimizer", "gd", "--lr",
                  "0.05", "--calibration", str(file), "--figures", "none", "--out", str(tmp_path), "--quiet"]) == 0
     report = loads_strict((tmp_path / "report.json").read_text())
     v = report["verdict"]
     assert v["method"] == "quadratic_gd" and v["calibration"]["source"] == "my own fine-tunes"
-    np.testing.assert_allclose(v["t_fail_low"], report["t_fail"]["quadratic_gd"] / 10, rtol=1e-12)
+    np.testing.assert_allclose(v["t_fail_low"], report["t_fail"]["quadratic_gd"] * 10**-0.5, rtol=1e-12)
     np.testing.assert_allclose(v["steps_low"], v["t_fail_low"] / 0.05, rtol=1e-12)
     assert [c["name"] for c in report["aic_conditions"]] == ["sharp, low-rank alignment", "first-order orthogonality",
                                                              "curvature coupling"]
     text = (tmp_path / "report.md").read_text()
     assert f"**{v['steps_low']:.4g} steps** at lr 0.05 at the earliest" in text
     assert "my own fine-tunes" in text and "| curvature coupling | yes |" in text
+
+
+def test_on_a_model_off_the_calibration_set_the_verdict_stays_early_where_one_method_is_late(tmp_path):
+    """The examples' classifier is not polished (grad L_A != 0): measured under GD (lr 0.05)
+    it crosses 0.01 nats at step 6. alignment-risk's formula, which ignores the first-order
+    terms, crosses 20x later; the verdict, the earliest calibrated lower end over every
+    method, does not."""
+    import jax
+    from jax.flatten_util import ravel_pytree
+
+    from geomsim.diagnose.examples import tiny_classifier
+
+    lr, tau = 0.05, 1e-2
+    assert main(["--model", "geomsim.diagnose.examples:tiny_classifier", "--rank", "2", "--operator", "fisher",
+                 "--optimizer", "gd", "--lr", str(lr), "--threshold", str(tau), "--figures", "none", "--out",
+                 str(tmp_path), "--quiet"]) == 0
+    report = loads_strict((tmp_path / "report.json").read_text())
+    model = tiny_classifier()
+    flat0, unravel = ravel_pytree(model.params)
+    a0 = model.align_loss(model.params)
+
+    def step(x, _):
+        x = x - lr * jax.grad(lambda y: model.task_loss(unravel(y)))(x)
+        return x, model.align_loss(unravel(x)) - a0
+
+    damage = np.asarray(jax.jit(lambda: jax.lax.scan(step, flat0, None, length=60)[1])())
+    measured = int(np.argmax(damage >= tau)) + 1  # steps until Delta L_A >= tau
+    assert damage.max() >= tau and 3 <= measured <= 12, measured
+    assert report["verdict"]["steps_low"] <= measured
+    assert report["t_fail"]["alignment_risk"] / lr > 2 * measured  # the late method, on its own
+
+
+def test_a_verdict_before_the_first_step_says_so():
+    from geomsim.diagnose.run import _verdict_line
+
+    v = {"t_fail": 0.05, "t_fail_low": 0.02, "t_fail_high": math.inf, "steps": 1.0, "steps_low": 0.4,
+         "steps_high": math.inf, "examples_low": None}
+    report = {"verdict": v, "threshold": 1e-2, "horizon": 1.0, "config": {"lr": 0.05}}
+    assert "**within the first step**" in _verdict_line(report) and "unbounded" in _verdict_line(report)
+    report["verdict"] = {**v, "steps_low": 4.0, "t_fail_low": 0.2}
+    assert "after **4 steps** at lr 0.05 at the earliest" in _verdict_line(report)
+    report["verdict"] = {**v, "t_fail_low": math.inf}
+    assert "is not forecast to rise" in _verdict_line(report)

@@ -456,6 +456,10 @@ def _verdict_line(report: dict[str, Any]) -> str:
     lr = report["config"]["lr"]
     examples = f", about {v['examples_low']:.3g} task examples" if v["examples_low"] else ""
     high = "unbounded" if v["steps_high"] is None or not np.isfinite(v["steps_high"]) else f"{v['steps_high']:.4g}"
+    if v["steps_low"] < 1:
+        return (f"alignment loss is forecast to rise by {tau:g} nats **within the first step** at lr {lr:g} (the "
+                f"early end is {v['steps_low']:.3g} steps, t = {_fmt(low)}; the late end {high} steps; point "
+                f"forecast {_fmt(v['steps'])} steps)")
     return (f"alignment loss is forecast to rise by {tau:g} nats after **{v['steps_low']:.4g} steps** at lr {lr:g} "
             f"at the earliest (t = {_fmt(low)}{examples}); interval {v['steps_low']:.4g} .. {high} steps, point "
             f"forecast {_fmt(v['steps'])} steps")

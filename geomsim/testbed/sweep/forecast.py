@@ -121,6 +121,8 @@ class TestbedForecastConfig(TestbedSweepConfig):
             raise ConfigError(f"threshold: must be one of levels={list(self.levels)} (got {self.threshold:g})")
         if list(self.levels) != sorted(set(self.levels)):
             raise ConfigError(f"levels: must be increasing and distinct (got {list(self.levels)})")
+        if self.calibration and not Path(self.calibration).is_file():  # before the runs, not after
+            raise ConfigError(f"calibration: file not found: {self.calibration}")
 
 
 FORECAST_FIELDS = (*POLISH_FIELDS, "task_base", "task_other", "mix", "task_size", "rank", "num_eigs", "arms",
