@@ -177,10 +177,11 @@ def write_calibration(summary: dict, experiment: Path, target: Path) -> str:
     adam and adamw."""
     from geomsim.diagnose.verdict import calibration_document
     from geomsim.io import write_json
+    from geomsim.testbed.sweep.forecast import ADAM_METHODS, GD_METHODS
     from geomsim.theory.calibration import LevelCalibrations
 
-    families = {family: {n: LevelCalibrations.from_dict(summary["methods"][n]["calibration"])
-                         for n in entry["methods"]} for family, entry in summary["verdict"].items()}
+    families = {family: {n: LevelCalibrations.from_dict(summary["methods"][n]["calibration"]) for n in names}
+                for family, names in (("gd", GD_METHODS), ("adam", ADAM_METHODS))}
     grid, runs = summary["grid"], summary["runs"]
     source = (f"{experiment.relative_to(ROOT)}: the testbed transformer's {runs} GD fine-tunes (lr = 1/||H_F||, "
               f"2000 steps) and {runs} Adam fine-tunes, {grid['sharpness_levels']} sharpness levels x "

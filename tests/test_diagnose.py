@@ -111,6 +111,9 @@ def test_ggn_and_fisher_agree_for_a_categorical_model_and_resamples_spread(tmp_p
     (["--model", "geomsim.diagnose.examples:quadratic", "--lora-rank", "4"], "params"),
     (["--hf", "x", "--align", "a", "--task", "b", "--dtype", "float16"], "dtype"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--calibration", "no/such.json"], "calibration: file not found"),
+    (["--model", "geomsim.diagnose.examples:tiny_classifier", "--task-model", "linearized"], "task_model: linearized"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--task-model", "linearized", "--optimizer", "gd"],
+     "task_model: linearized needs an AlignedModel"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--calibration", "pyproject.toml"], "calibration: pyproject"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(flags, field, tmp_path, capsys):

@@ -173,3 +173,65 @@ def test_adam_sign_is_sign_descent_until_a_gradient_changes_sign():
     t_cross = float(time_to_failure(jnp.geomspace(1e-6, 10.0, 4000), adam_sign(model, jnp.geomspace(1e-6, 10.0,
                                                                                                         4000)), tau))
     assert 0.5 <= float(adam_time_scale(model, tau)) / t_cross <= 2.0
+
+
+def _classifier(hidden: int | None, seed: int = 0):
+    """Softmax regression (hidden=None: logits linear in theta) or a tanh network on 24 points,
+    3 classes; L_A a cross-entropy on 8 other points. Returns (flat0, logits_fn, task, align)."""
+    k = jax.random.split(jax.random.key(seed), 5)
+    x, xa = jax.random.normal(k[0], (24, 4)), jax.random.normal(k[1], (8, 4))
+    y, ya = jax.random.randint(k[2], (24,), 0, 3), jax.random.randint(k[3], (8,), 0, 3)
+    shapes = [(4, 3)] if hidden is None else [(4, hidden), (hidden, 3)]
+    sizes = [a * b for a, b in shapes]
+    flat0 = 0.5 * jax.random.normal(k[4], (sum(sizes),))
+
+    def logits(flat, inputs):
+        mats = [m.reshape(s) for m, s in zip(jnp.split(flat, np.cumsum(sizes)[:-1]), shapes, strict=True)]
+        return inputs @ mats[0] if hidden is None else jnp.tanh(inputs @ mats[0]) @ mats[1]
+
+    def ce(z, labels):
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), labels[:, None], axis=1))
+
+    return (flat0, lambda f: logits(f, x), lambda z: ce(z, y), lambda f: ce(logits(f, xa), ya))
+
+
+def _gd_damage(flat0, task, align, lr, steps):
+    def step(f, _):
+        f = f - lr * jax.grad(task)(f)
+        return f, align(f) - align(flat0)
+
+    return jax.lax.scan(step, flat0, None, length=int(steps[-1]))[1][np.asarray(steps) - 1]
+
+
+def test_linearized_gd_is_exact_gd_on_a_model_linear_in_its_parameters():
+    """Softmax regression under cross-entropy: the linearisation is the model, so in the full
+    Krylov space the forecast is gradient descent itself, to a long reference run's 1e-10,
+    with L_A exact (a cross-entropy, not its quadratic model) along the path."""
+    from geomsim.theory.forecast import krylov_basis, linearized_gd
+
+    flat0, logits, ce, align = _classifier(None)
+    task = lambda f: ce(logits(f))  # noqa: E731
+    g = jax.grad(task)(flat0)
+    hvp = lambda v: jax.jvp(jax.grad(task), (flat0,), (v,))[1]  # noqa: E731  (= the GGN: logits linear)
+    basis = krylov_basis(flat0.shape[0])(hvp, g)  # the whole space (12 = d)
+    steps, lr = np.array([1, 3, 10, 40, 200, 1000]), 0.5
+    forecast = linearized_gd(logits, ce, align, flat0, basis, steps, lr)
+    np.testing.assert_allclose(forecast, _gd_damage(flat0, task, align, lr, steps), rtol=1e-9, atol=1e-12)
+
+
+def test_linearized_gd_on_a_network_is_exact_for_one_step_and_then_departs():
+    """A tanh network: one step is -lr g whatever the model (g is the Krylov space's first row),
+    so the first forecast is exact; by 2000 steps the linearisation has drifted (negative
+    control: a forecast that matched GD there would not be a linearisation)."""
+    from geomsim.theory.forecast import krylov_basis, linearized_gd
+
+    flat0, logits, ce, align = _classifier(8, seed=1)
+    task = lambda f: ce(logits(f))  # noqa: E731
+    g = jax.grad(task)(flat0)
+    hvp = lambda v: jax.jvp(jax.grad(task), (flat0,), (v,))[1]  # noqa: E731
+    basis = krylov_basis(16)(hvp, g)
+    steps, lr = np.array([1, 2000]), 0.5
+    forecast = linearized_gd(logits, ce, align, flat0, basis, steps, lr)
+    measured = _gd_damage(flat0, task, align, lr, steps)
+    np.testing.assert_allclose(forecast[0], measured[0], rtol=1e-10)
+    assert abs(forecast[1] - measured[1]) > 0.05 * abs(measured[1])

@@ -311,15 +311,19 @@ def test_forecast_validation_scores_every_method_at_every_level(forecasts):
     lr, stationary = runs["lr"], np.abs(runs["lr"] * runs["c1"]) < 1e-9 * one_step["quadratic_gd"]
     assert stationary.sum() >= len(stationary) // 2, runs["c1"]
     np.testing.assert_allclose(one_step["quadratic_gd"][stationary], (lr**2 * runs["c2"])[stationary], rtol=1e-6)
+    # The linearised network's first GD step is -lr g too, and its L_A is exact: the measured first step.
+    measured_first = curves["align_increase"][first & (curves["curve"] == "measured")]
+    np.testing.assert_allclose(curves["align_increase"][first & (curves["curve"] == "linearized_gd")],
+                               measured_first, rtol=1e-7, atol=1e-18)
     for stem in ("fig_forecast_examples", "fig_forecast_ratios", "fig_forecast_verdict"):
         assert (out / f"{stem}.png").exists()
     # Every method calibrated per level, and the verdict (the earliest calibrated lower end)
     # scored across seeds for both optimizer families, its early end in the table.
-    assert set(summary["verdict"]) == {"gd", "adam"}
+    assert set(summary["verdict"]) == {"gd", "gd_linearized", "adam"}
     for name, entry in summary["methods"].items():
         assert set(entry["calibration"]) == {f"{lv:g}" for lv in config.levels}, name
         assert set(entry["cross_validated"]["levels"]) == {f"{lv:g}" for lv in config.levels}, name
-    for family in ("gd", "adam"):
+    for family in ("gd", "gd_linearized", "adam"):
         scores = summary["verdict"][family]["cross_validated"]
         assert scores["runs"] + scores["censored_runs"] > 0
         for level in config.levels:

@@ -10,6 +10,7 @@ from geomsim.diagnose.verdict import (
     DEFAULT_CALIBRATION,
     aic_conditions,
     calibration_document,
+    diagnosis_methods,
     load_calibration,
     verdict,
 )
@@ -95,6 +96,7 @@ def test_a_diagnosis_uses_the_given_calibration_and_says_when_in_steps(tmp_path)
                  "0.05", "--calibration", str(file), "--figures", "none", "--out", str(tmp_path), "--quiet"]) == 0
     report = loads_strict((tmp_path / "report.json").read_text())
     v = report["verdict"]
+    assert set(report["t_fail"]) == set(diagnosis_methods("gd", "hessian"))
     assert v["method"] == "quadratic_gd" and v["calibration"]["source"] == "my own fine-tunes"
     np.testing.assert_allclose(v["t_fail_low"], report["t_fail"]["quadratic_gd"] * 10**-0.5, rtol=1e-12)
     np.testing.assert_allclose(v["steps_low"], v["t_fail_low"] / 0.05, rtol=1e-12)
@@ -109,7 +111,7 @@ def test_on_a_model_off_the_calibration_set_the_verdict_stays_early_where_one_me
     """The examples' classifier is not polished (grad L_A != 0): measured under GD (lr 0.05)
     it crosses 0.01 nats at step 6. alignment-risk's formula, which ignores the first-order
     terms, crosses 20x later; the verdict, the earliest calibrated lower end over every
-    method, does not."""
+    method, does not. (`--task-model linearized` adds the linearised network's forecast.)"""
     import jax
     from jax.flatten_util import ravel_pytree
 
@@ -117,8 +119,8 @@ def test_on_a_model_off_the_calibration_set_the_verdict_stays_early_where_one_me
 
     lr, tau = 0.05, 1e-2
     assert main(["--model", "geomsim.diagnose.examples:tiny_classifier", "--rank", "2", "--operator", "fisher",
-                 "--optimizer", "gd", "--lr", str(lr), "--threshold", str(tau), "--figures", "none", "--out",
-                 str(tmp_path), "--quiet"]) == 0
+                 "--optimizer", "gd", "--lr", str(lr), "--threshold", str(tau), "--task-model", "linearized",
+                 "--figures", "none", "--out", str(tmp_path), "--quiet"]) == 0
     report = loads_strict((tmp_path / "report.json").read_text())
     model = tiny_classifier()
     flat0, unravel = ravel_pytree(model.params)
@@ -133,6 +135,9 @@ def test_on_a_model_off_the_calibration_set_the_verdict_stays_early_where_one_me
     assert damage.max() >= tau and 3 <= measured <= 12, measured
     assert report["verdict"]["steps_low"] <= measured
     assert report["t_fail"]["alignment_risk"] / lr > 2 * measured  # the late method, on its own
+    assert set(report["t_fail"]) == set(diagnosis_methods("gd", "linearized"))  # what the validation scores
+    # the linearised network with L_A exact along its path, at whole steps: within 2x here
+    assert measured / 2 <= report["t_fail"]["linearized_gd"] / lr <= 2 * measured
 
 
 def test_a_verdict_before_the_first_step_says_so():

@@ -43,7 +43,10 @@ class DiagnoseConfig:
     operator: str = option("hessian", help="alignment curvature: hessian | ggn | fisher (ggn and fisher need an "
                            "AlignedModel: apply_fn, params and batches)", check=one_of("hessian", "ggn", "fisher"))
     task_model: str = option("hessian", help="local model of the task loss: hessian | gauss_newton (PSD, bounded "
-                             "below; needs an AlignedModel)", check=one_of("hessian", "gauss_newton"))
+                             "below) | linearized (the network linearised at theta0 under its true loss, L_A exact "
+                             "along the path; gd only, small models: it stores Krylov-depth copies of the task "
+                             "outputs) (gauss_newton and linearized need an AlignedModel)",
+                             check=one_of("hessian", "gauss_newton", "linearized"))
     optimizer: str = option("flow", help="the fine-tune to forecast: flow | gd | adam | adamw (optax's)",
                             check=one_of("flow", "gd", "adam", "adamw"))
     lr: float = option(1e-2, help="step size of gd, adam, adamw; time t = steps x lr (> 0)", check=positive)
@@ -84,6 +87,12 @@ class DiagnoseConfig:
             raise ConfigError(f"model: must be pkg.module:factory, or give --hf DIR (got {self.model!r})")
         elif self.align or self.task:
             raise ConfigError("align: --align and --task go with --hf (a --model factory brings its own data)")
+        if self.task_model == "linearized" and self.optimizer != "gd":
+            raise ConfigError(f"task_model: linearized forecasts gradient descent steps; give --optimizer gd "
+                              f"(got {self.optimizer})")
+        if self.task_model == "linearized" and self.hf:
+            raise ConfigError("task_model: linearized stores Krylov-depth copies of the task logits, too large for "
+                              "an --hf model's vocabulary; use hessian or gauss_newton")
         if self.minibatch and self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"minibatch: goes with --optimizer adam|adamw (got {self.optimizer}; gd and flow "
                               "are forecast on the mean task gradient)")

@@ -40,8 +40,10 @@ from geomsim.theory.forecast import (
     adam_sign,
     adam_time_scale,
     alignment_risk,
+    krylov_basis,
     landscape_adam_model,
     landscape_local_models,
+    linearized_gd,
     local_models,
     paper_bound,
     quadratic_flow,
@@ -53,13 +55,17 @@ from geomsim.watchdog import watched
 
 METHODS = ("taylor", "paper_bound", "alignment_risk")  # gradient flow's, besides the bounded method
 ADAMS = ("adam", "adamw")
+LINEARIZED_BYTES = 2 * 2**30  # the linearised network's stored tangents, m x the task outputs
 
 
 def bounded_method(config: DiagnoseConfig | _Compiled) -> str:
-    """Name of the verdict's forecast: quadratic / gauss_newton task model x flow / gd, or
-    `adam_sign` (Adam's flow limit, geomsim.theory.forecast) for adam and adamw."""
+    """Name of the bounded forecast: quadratic / gauss_newton task model x flow / gd,
+    `linearized_gd`, or `adam_sign` (Adam's flow limit, geomsim.theory.forecast) for adam
+    and adamw."""
     if config.optimizer in ADAMS:
         return "adam_sign"
+    if config.task_model == "linearized":
+        return "linearized_gd"
     task = "gauss_newton" if config.task_model == "gauss_newton" else "quadratic"
     return f"{task}_{config.optimizer}"
 
@@ -108,6 +114,14 @@ def _check_operators(config: DiagnoseConfig, model: Landscape | AlignedModel) ->
             if value != "hessian":
                 raise ConfigError(f"{field}: {value} needs an AlignedModel (apply_fn, params and batches); "
                                   f"{config.model}() returned a Landscape, which has Hessians only")
+    elif config.task_model == "linearized":
+        out = jax.eval_shape(model.model_fn, model.params, model.task_batches.first()[0])
+        size = model.task_batches.count * sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(out))
+        depth = min(config.krylov or 32, int(ravel_pytree(model.params)[0].shape[0]))
+        if depth * size > LINEARIZED_BYTES:
+            raise ConfigError(f"task_model: linearized would store {depth} copies of the task outputs "
+                              f"({depth * size / 2**30:.1f} GiB > {LINEARIZED_BYTES / 2**30:.0f} GiB); use "
+                              "gauss_newton, or fewer task examples or a smaller --krylov")
 
 
 class _Compiled(NamedTuple):
@@ -153,7 +167,7 @@ def _measure(c: _Compiled, model: Landscape | AlignedModel, key, threshold, adam
     result = aic_factory(c.rank, **settings)(
         model.batch_loss, model.batch_loss, model.params, align_batches=model.align_batches,
         task_batches=model.task_batches, operator=operator, key=key, threshold=threshold)
-    task_op = model.operator("ggn" if c.task_model == "gauss_newton" else "hessian", "task")
+    task_op = model.operator("hessian" if c.task_model == "hessian" else "ggn", "task")
     align_op = model.operator(c.operator)
     g, ga = (ravel_pytree(model.operator("hessian", data).gradient())[0] for data in ("task", "align"))
     adam = None
@@ -208,12 +222,52 @@ def _curves(c: _Compiled, measured: _Measured, times, lr) -> dict[str, Any]:
         bounded = quadratic_gd(models, steps, lr)
     else:
         bounded = quadratic_flow(models, times)
+    # with the linearised network, its Gauss-Newton quadratic model is drawn beside it
+    quadratic = "gauss_newton_gd" if c.task_model == "linearized" else bounded_method(c)
     return {
-        bounded_method(c): bounded,
+        quadratic: bounded,
         "taylor": taylor(res.taylor, times),
         "paper_bound": paper_bound(res.sharpness, res.coupling, times),
         "alignment_risk": alignment_risk(res.sharpness, res.coupling, res.eps * res.grad_norm, times),
     }
+
+
+@eqx.filter_jit
+def _linearized(c: _Compiled, model: AlignedModel, times, lr) -> Array:
+    """`linearized_gd` at whole steps `floor(t / lr)`: the network linearised at theta0 under
+    its true task loss, GD in the Krylov space of the task's Gauss-Newton matrix from g (depth
+    `krylov`), `L_A` exact along the path (geomsim.theory.forecast)."""
+    flat0, unravel = ravel_pytree(model.params)
+    batches = model.task_batches
+    g = ravel_pytree(model.operator("hessian", "task").gradient())[0]
+    basis = krylov_basis(c.krylov)(model.operator("ggn", "task").mv_flat, g)
+
+    def outputs(flat):
+        p = unravel(flat)
+        if batches.stacked:
+            return jax.lax.map(lambda b: model.model_fn(p, b[0]), batches.data)
+        return tuple(model.model_fn(p, b[0]) for b in batches.data)
+
+    def loss(outs):
+        if batches.stacked:
+            per = jax.vmap(model.output_loss)(outs, batches.data[1])
+            return jnp.sum(batches.weights.astype(per.dtype) * per)
+        return sum(w * model.output_loss(o, b[1]) for w, o, b in zip(batches.weights, outs, batches.data,
+                                                                      strict=True))
+
+    return linearized_gd(outputs, loss, lambda f: model.align_loss(unravel(f)), flat0, basis,
+                         jnp.floor(times / lr), lr)
+
+
+def _all_forecasts(c: _Compiled, model, measured: _Measured, times, inputs) -> tuple[dict, dict]:
+    """`_forecasts`, plus the linearised network's (a program of its own: it needs the model)."""
+    curves, t_fail = _run("diagnose: the forecasts", _forecasts, c, measured, times, inputs["lr"],
+                          inputs["threshold"])
+    if c.task_model == "linearized":
+        curve = _run("diagnose: the linearised network's forecast", _linearized, c, model, times, inputs["lr"])
+        curves["linearized_gd"] = curve
+        t_fail["linearized_gd"] = np.asarray(time_to_failure(times, jnp.asarray(curve), inputs["threshold"]))
+    return curves, t_fail
 
 
 def _check_inputs(model: Landscape | AlignedModel) -> None:
@@ -261,11 +315,11 @@ def _spread(config: DiagnoseConfig, c: _Compiled, model, key, times, inputs) -> 
     # would hold R models' activations at once (R x the memory of one diagnosis).
     for k in jax.random.split(jax.random.fold_in(key, 1), config.resamples):
         k_aic, k_data = jax.random.split(k)
-        measured = _run("diagnose: a resample's measurement", _measure, c, _resampled(model, k_data), k_aic,
-                        inputs["threshold"], inputs["adam_eps"], inputs["weight_decay"])
+        drawn = _resampled(model, k_data)
+        measured = _run("diagnose: a resample's measurement", _measure, c, drawn, k_aic, inputs["threshold"],
+                        inputs["adam_eps"], inputs["weight_decay"])
         _check_measured(measured, "a resample")
-        curves, t_fail = _run("diagnose: a resample's forecasts", _forecasts, c, measured, times, inputs["lr"],
-                              inputs["threshold"])
+        curves, t_fail = _all_forecasts(c, drawn, measured, times, inputs)
         _checked(curves, times)
         for name, value in t_fail.items():
             samples.setdefault(name, []).append(float(value))
@@ -360,8 +414,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
     _say(f"[2/3] forecasts to t = {horizon:.3g}" + (f", {config.resamples} resamples" if config.resamples else ""),
          quiet)
-    curves, t_fail = _run("diagnose: the forecasts", _forecasts, c, measured, times, inputs["lr"],
-                          inputs["threshold"])
+    curves, t_fail = _all_forecasts(c, model, measured, times, inputs)
     curves, t_fail = _checked(curves, times), {name: float(value) for name, value in t_fail.items()}
     _say("[3/3] report", quiet)
     spread = _spread(config, c, model, key, times, inputs) if config.resamples else None

@@ -35,6 +35,17 @@ GAP_MAX = 0.1
 EPS_MAX = 0.1
 
 
+def diagnosis_methods(optimizer: str, task_model: str) -> tuple[str, ...]:
+    """The forecasts a diagnosis makes (and so the methods its verdict ranges over), by
+    optimizer and task model; the testbed's validation scores the verdict of each set."""
+    if optimizer in ("adam", "adamw"):
+        return ("adam_sign",)
+    if task_model == "linearized":
+        return ("gauss_newton_gd", "linearized_gd", "taylor", "paper_bound", "alignment_risk")
+    bounded = "gauss_newton" if task_model == "gauss_newton" else "quadratic"
+    return (f"{bounded}_{optimizer}", "taylor", "paper_bound", "alignment_risk")
+
+
 def load_calibration(path: str) -> dict[str, Any] | None:
     """The calibration document: `path`, the shipped one for '' or None for 'none';
     one-line ConfigError naming `calibration` when it cannot be read."""

@@ -86,8 +86,11 @@ def plot_verdict(tables, summary, out_dir: Path) -> list[Path]:
     of its measurement (open marker: only known to cross later)."""
     runs = tables["forecast_runs"]
     external = "external_calibration" in summary
-    fig, axes = plt.subplots(1, 2, figsize=(9.6, 4.4), constrained_layout=True)
-    for ax, (family, prefix, unit) in zip(axes, (("gd", "", "GD"), ("adam", "adam_", "Adam")), strict=True):
+    panels = [(verdict, "adam_" if verdict == "adam" else "", {"gd": "GD", "gd_linearized": "GD",
+                                                                "adam": "Adam"}[verdict])
+              for verdict in summary["verdict"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.4), constrained_layout=True)
+    for ax, (family, prefix, unit) in zip(axes, panels, strict=True):
         finite = np.asarray(runs[f"{prefix}finite"], dtype=bool)
         end = np.asarray(runs[f"{prefix}measured_end"], dtype=float)
         for i, level in enumerate(summary["levels"]):
@@ -103,7 +106,8 @@ def plot_verdict(tables, summary, out_dir: Path) -> list[Path]:
         ax.loglog(line, 2 * line, color="C3", lw=0.8, ls="--", label="late by 2x")
         scores = summary["verdict"][family]["external" if external else "cross_validated"]
         late = "n/a" if scores["late"] is None else f"{scores['late']:.0%}"
-        ax.set_title(f"{unit}: early end after the measured crossing in {late} of {scores['runs']} crossings",
+        which = " (--task-model linearized)" if family == "gd_linearized" else ""
+        ax.set_title(f"{unit}{which}: early end after the\nmeasured crossing in {late} of {scores['runs']} crossings",
                      fontsize=9)
         ax.set_xlabel(f"measured {unit} steps to the level (open: not reached by then)")
         ax.set_ylabel(f"verdict: earliest calibrated {unit} step")

@@ -15,6 +15,8 @@ task `L_F = (1 - a) L_base + a L_other`:
                         into the local quadratic model of L_A (geomsim.theory.forecast)
       gauss_newton_gd   the same with the Gauss-Newton matrix of L_F (PSD: the model of L_F
                         is bounded below, the forecast stays bounded)
+      linearized_gd     GD on the network linearised at theta0 under its true cross-entropy, in
+                        the Krylov space of the Gauss-Newton matrix, L_A exact along the path
       taylor            c1 t + ... + c4 t^4 (exact Taylor coefficients, t = steps x lr)
       paper_bound       lambda gamma^2 t^4 / 8
       alignment_risk    the alignment-risk package's formula (lambda_min, gamma, eps ||g||)
@@ -54,6 +56,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 from geomsim import config as config_layer
 from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
 from geomsim.curvature import eigsh, ggn_operator, hessian_operator
+from geomsim.diagnose.verdict import diagnosis_methods
 from geomsim.dynamics import log_record_steps
 from geomsim.io import Table
 from geomsim.processes import current_group
@@ -76,6 +79,8 @@ from geomsim.theory.forecast import (
     adam_sign,
     alignment_risk,
     forecast_errors,
+    krylov_basis,
+    linearized_gd,
     local_models,
     paper_bound,
     quadratic_gd,
@@ -83,11 +88,18 @@ from geomsim.theory.forecast import (
 )
 from geomsim.theory.laws import first_crossing
 
-GD_METHODS = ("quadratic_gd", "gauss_newton_gd", "taylor", "paper_bound", "alignment_risk")
+GD_METHODS = ("quadratic_gd", "gauss_newton_gd", "linearized_gd", "taylor", "paper_bound", "alignment_risk")
 ADAM_METHODS = ("adam_sign",)
 METHODS = (*GD_METHODS, *ADAM_METHODS)
 FORECAST_ARMS = ("polished", "as_trained")
+# The verdicts scored: over the methods a diagnosis forecasts with GD's default task model,
+# with --task-model linearized, and with Adam.
+VERDICTS = {"gd": diagnosis_methods("gd", "hessian"), "gd_linearized": diagnosis_methods("gd", "linearized"),
+            "adam": diagnosis_methods("adam", "hessian")}
 FORECAST_STREAM = 108
+# What a cached chunk holds changes with the code, not the config: bump this when forecast_run
+# gains or changes an output, so old chunks are recomputed instead of reused (2: linearized_gd).
+CHUNK_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -130,18 +142,22 @@ FORECAST_FIELDS = (*POLISH_FIELDS, "task_base", "task_other", "mix", "task_size"
                    "adam_lr", "adam_batch", "adam_steps", "adam_records", "adam_batches", "chunk")
 
 
+def _mixture_logits(data: stages.SweepData, p: PyTree, sets) -> tuple[Array, ...]:
+    """The logits of each component task's set (the outputs half of the mixture task)."""
+    return tuple(data.apply_fn(p, b.tokens[:, :-1]) for b in sets)
+
+
+def _mixture_loss(outputs, sets) -> Array:
+    """`(1 - a) CE_base + a CE_other` of the component logits; `sets = (base, other, a)`."""
+    weights = (1.0 - sets[2], sets[2])
+    return sum(w * answer_loss_of_logits(o, b) for w, o, b in zip(weights, outputs, sets[:2], strict=True))
+
+
 def _mixture_ggn(data: stages.SweepData, theta0: PyTree, base: Batch, other: Batch, mix: Array):
     """Gauss-Newton matrix of the mixture task: logits of both component sets, then the
     two answer cross-entropies (PSD: cross-entropy is convex in the logits)."""
-
-    def logits(p, sets):
-        return tuple(data.apply_fn(p, b.tokens[:, :-1]) for b in sets)
-
-    def loss(outputs, sets):
-        weights = (1.0 - sets[2], sets[2])
-        return sum(w * answer_loss_of_logits(o, b) for w, o, b in zip(weights, outputs, sets[:2], strict=True))
-
-    return ggn_operator(logits, loss, theta0, ((base, other), (base, other, mix)))
+    return ggn_operator(lambda p, sets: _mixture_logits(data, p, sets), _mixture_loss, theta0,
+                        ((base, other), (base, other, mix)))
 
 
 def forecast_steps(cfg: TestbedForecastConfig, steps: int | None = None) -> np.ndarray:
@@ -171,6 +187,18 @@ def _adam_forecast(data: stages.SweepData, theta0: PyTree, task_op, align_op, al
     return adam_sign(model, steps * cfg.adam_lr)
 
 
+def _linearized(data: stages.SweepData, theta0: PyTree, ggn, g: Array, target: Array, base: Batch, other: Batch,
+                mix: Array, steps: Array, lr: Array) -> Array:
+    """`linearized_gd` of the mixture task in the Krylov space of its Gauss-Newton matrix
+    (the same depth as the local models), `L_A` exact along the path."""
+    cfg: TestbedForecastConfig = data.config  # type: ignore[assignment]
+    flat0, unravel = ravel_pytree(theta0)
+    basis = krylov_basis(min(cfg.krylov, flat0.shape[0]))(ggn.mv_flat, g)
+    return linearized_gd(lambda f: _mixture_logits(data, unravel(f), (base, other)),
+                         lambda outputs: _mixture_loss(outputs, (base, other, mix)),
+                         lambda f: data.align_loss(unravel(f), target), flat0, basis, steps, lr)
+
+
 def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Float[Array, " k"],
                  target: Array, base: Batch, other: Batch, mix: Array, key: PRNGKeyArray) -> dict[str, Array]:
     """Measure one GD fine-tune and build every forecast but Taylor's (pure; vmap it)."""
@@ -188,8 +216,8 @@ def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d 
     lr = cfg.gd_lr_scale / task_sharpness
     m = min(cfg.krylov, flat0.shape[0])
     hessian_models = local_models(m)(task_op.mv_flat, align_op.mv_flat, g, ga)
-    gauss_newton_models = local_models(m)(_mixture_ggn(data, theta0, base, other, mix).mv_flat, align_op.mv_flat,
-                                          g, ga)
+    ggn = _mixture_ggn(data, theta0, base, other, mix)
+    gauss_newton_models = local_models(m)(ggn.mv_flat, align_op.mv_flat, g, ga)
 
     a0 = align(theta0)
 
@@ -226,6 +254,7 @@ def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d 
         forecast_steps=steps,
         quadratic_gd=quadratic_gd(hessian_models, steps, lr),
         gauss_newton_gd=quadratic_gd(gauss_newton_models, steps, lr),
+        linearized_gd=_linearized(data, theta0, ggn, g, target, base, other, mix, steps, lr),
         paper_bound=paper_bound(sharp, coupling, steps * lr),
         alignment_risk=alignment_risk(sharp, coupling, eps_abs, steps * lr),
         adam_record_steps=adam["steps"].astype(flat0.dtype),
@@ -295,7 +324,7 @@ def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, 
     )
     t0 = time.perf_counter()
     out = _run_chunks("forecast", lambda chunk: forecast_chunk(data, chunk), inputs, len(runs), cfg,
-                      config_layer.digest(cfg, FORECAST_FIELDS), out_dir, bar, reused, group)
+                      f"{config_layer.digest(cfg, FORECAST_FIELDS)}-{CHUNK_VERSION}", out_dir, bar, reused, group)
     timings["forecast_runs"] = round(time.perf_counter() - t0, 2)
     if out is None:  # not process 0: it writes the report
         return None
@@ -456,16 +485,19 @@ def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table) -> dict[str, An
 
         doc = load_calibration(cfg.calibration)
         out["external_calibration"] = {"file": cfg.calibration, "source": doc.get("source", "")}
+    everything = np.ones(len(runs["seed"]), dtype=bool)
+    if doc is not None:
+        for name in METHODS:
+            family = "adam" if name in ADAM_METHODS else "gd"
+            out["methods"][name]["external"] = evaluate_levels(doc["families"][family]["methods"][name],
+                                                               *_crossings(cfg, runs, name, everything))
     out["verdict"] = {}
-    for family, names in (("gd", GD_METHODS), ("adam", ADAM_METHODS)):
+    for verdict, names in VERDICTS.items():
         scores, lows = verdict_validation(cfg, runs, names)
-        out["verdict"][family] = {"methods": list(names), "cross_validated": scores}
+        out["verdict"][verdict] = {"methods": list(names), "cross_validated": scores}
         if doc is not None:
-            cals = doc["families"][family]["methods"]
-            everything = np.ones(len(runs["seed"]), dtype=bool)
-            for name in names:
-                out["methods"][name]["external"] = evaluate_levels(cals[name], *_crossings(cfg, runs, name, everything))
-            out["verdict"][family]["external"], lows = verdict_validation(cfg, runs, names, cals)
+            cals = doc["families"]["adam" if verdict == "adam" else "gd"]["methods"]
+            out["verdict"][verdict]["external"], lows = verdict_validation(cfg, runs, names, cals)
         for lv, column in lows.items():
-            runs[f"{family}_verdict_steps_{lv:g}"] = column
+            runs[f"{verdict}_verdict_steps_{lv:g}"] = column
     return out
