@@ -115,6 +115,11 @@ def test_ggn_and_fisher_agree_for_a_categorical_model_and_resamples_spread(tmp_p
     (["--model", "geomsim.diagnose.examples:quadratic", "--task-model", "linearized", "--optimizer", "gd"],
      "task_model: linearized needs an AlignedModel"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--calibration", "pyproject.toml"], "calibration: pyproject"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--defenses", "none,replay"], "defenses: none means"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--defenses", "lora"], "defenses"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--defenses", "replay,replay"], "defenses: each at most"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--replay", "0"], "replay"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--min-task-progress", "1.5"], "min_task_progress"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(flags, field, tmp_path, capsys):
     assert main([*flags, "--out", str(tmp_path), "--quiet"]) == 2

@@ -6,20 +6,25 @@ import numpy as np
 import optax
 import pytest
 
+from geomsim.defenses import project_off, static_projection
 from geomsim.dynamics import descend, log_record_steps
 from geomsim.dynamics.flow import exact_quadratic_flow
 from geomsim.landscapes import quadratic_cubic
 from geomsim.theory import align_coefficients
 from geomsim.theory.forecast import (
+    adam_model,
     adam_sign,
+    adam_task,
     adam_time_scale,
     alignment_risk,
     forecast_errors,
     landscape_adam_model,
+    landscape_local_models,
     local_models,
     paper_bound,
     quadratic_flow,
     quadratic_gd,
+    task_change_gd,
     taylor,
     time_to_failure,
 )
@@ -147,6 +152,65 @@ def test_adam_sign_is_adams_first_step_exactly(weight_decay):
     measured = descend(land, optax.adamw(lr, weight_decay=weight_decay), np.array([1]), lr).align_increase
     forecast = adam_sign(landscape_adam_model(land, 1e-8, weight_decay), jnp.array([lr]))
     np.testing.assert_allclose(forecast, measured, rtol=1e-10)
+
+
+def _defended_gd(land, basis, beta, lr, steps):
+    """An independent loop: GD on L_F + beta L_A with each step projected off `basis`
+    (rows; zero rows for none), returning (Delta L_A, Delta L_F) after each of `steps`."""
+    def grad(d):
+        return jax.grad(lambda x: land.displaced_task_loss(x) + beta * land.align_increase(x))(d)
+
+    def step(d, _):
+        d = d - lr * project_off(basis, grad(d))
+        return d, (land.align_increase(d), land.displaced_task_loss(d) - land.displaced_task_loss(jnp.zeros(DIM)))
+
+    _, (align, task) = jax.lax.scan(step, jnp.zeros(DIM), None, length=steps)
+    return align, task
+
+
+@pytest.mark.parametrize(("defense", "beta"), [("none", 0.0), ("static_projection", 0.0), ("replay", 0.3),
+                                               ("both", 0.3)])
+def test_defended_gd_forecast_is_exact_gradient_descent_under_the_defense(defense, beta):
+    """The defense table's models: GD under a static projection (off the top-2 H_A
+    eigenvectors) and / or replay of L_A with weight beta, on a quadratic landscape, to
+    rounding, for both L_A and L_F (the task model from the same Krylov space)."""
+    land, lr, n = quadratic(6), 0.05, 300
+    top = jnp.linalg.eigh(land.hess_align)[1][:, -2:].T
+    basis = top if defense in ("static_projection", "both") else jnp.zeros_like(top)
+    align, task = _defended_gd(land, basis, beta, lr, n)
+    projector = None if defense in ("none", "replay") else (lambda v: project_off(top, v))
+    models = landscape_local_models(land, DIM, projector, beta)
+    steps = jnp.arange(1, n + 1, dtype=jnp.float64)
+    np.testing.assert_allclose(quadratic_gd(models, steps, lr), align, rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(task_change_gd(models, steps, lr, beta), task, rtol=1e-8, atol=1e-14)
+    if beta:  # negative control: L_F's model without the replay correction is not L_F's
+        assert np.max(np.abs(task_change_gd(models, steps, lr) - task)) > 1e-3 * np.max(np.abs(task))
+    if defense == "static_projection":  # and the defense matters: the undefended path is elsewhere
+        assert np.max(np.abs(quadratic_gd(landscape_local_models(land, DIM), steps, lr) - align)) > 0.1 * np.max(
+            np.abs(align))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3])
+def test_defended_adam_model_is_the_defended_first_step_exactly(weight_decay):
+    """Adam(W) on L_F + beta L_A chained with a static projection: its first step is
+    `-lr P u` (bias correction), so on a quadratic landscape both L_A's and L_F's model at
+    t = lr are the measured numbers to rounding."""
+    land, lr, beta = quadratic(7), 0.05, 0.2
+    top = jnp.linalg.eigh(land.hess_align)[1][:, -2:].T
+    opt = optax.chain(optax.adamw(lr, weight_decay=weight_decay), static_projection(top))
+    theta0 = 0.3 * jnp.ones(DIM)  # parameters theta0 + delta (AdamW's decay pulls on theta0)
+    loss = lambda x: land.displaced_task_loss(x - theta0) + beta * land.align_increase(x - theta0)  # noqa: E731
+    g = jax.grad(loss)(theta0)
+    update, _ = opt.update(g, opt.init(theta0), theta0)
+    delta = optax.apply_updates(theta0, update) - theta0
+    ga = jax.grad(land.align_increase)(jnp.zeros(DIM))
+    model = adam_model(lambda v: land.hess_align @ v, lambda v: land.hess_task @ v, ga, land.grad_task,
+                       (land.grad_task + beta * ga) ** 2, theta0, 1e-8, weight_decay,
+                       lambda v: project_off(top, v), beta)
+    t = jnp.array([lr])
+    np.testing.assert_allclose(adam_sign(model, t), land.align_increase(delta), rtol=1e-10)
+    np.testing.assert_allclose(adam_task(model, t), land.displaced_task_loss(delta), rtol=1e-10)
+    assert np.max(np.abs(top @ delta)) < 1e-12  # the projection held
 
 
 def test_adam_sign_is_sign_descent_until_a_gradient_changes_sign():

@@ -203,6 +203,27 @@ def test_defenses_run_from_the_sweeps_models_and_report_every_defense(defended):
     assert np.all(np.isfinite(curves["align_increase"]))
 
 
+def test_the_diagnosis_forecast_ranks_the_defenses_it_models(defended):
+    """Each point's forecast of the defenses the diagnosis models (geomsim.diagnose.defenses),
+    beside the measured damage at the fixed step, and the ranking scored."""
+    from geomsim.io import read_csv
+
+    config, summary, out = defended
+    ranking = summary["forecast_ranking"]
+    modelled = sorted(set(config.defenses) & {"none", "static_projection", "curvature_projection", "replay"})
+    assert ranking["defenses"] == modelled and ranking["points"] == 8  # 2 levels x 2 mixes x 2 seeds
+    assert -1 <= ranking["spearman_median"] <= 1 and 0 <= ranking["same_best_fraction"] <= 1
+    table, points = read_csv(out / "defense_forecast.csv"), read_csv(out / "defense_points.csv")
+    for name in modelled:  # the measured column is the point's own reading
+        mine, theirs = table["defense"] == name, points["defense"] == name
+        np.testing.assert_array_equal(table["align_increase_at_fixed"][mine][np.argsort(table["point"][mine])],
+                                      points["align_increase_at_fixed"][theirs][np.argsort(points["point"][theirs])])
+    forecast = {n: table["forecast_align_at_fixed"][table["defense"] == n] for n in modelled}
+    assert np.all(np.isfinite(np.concatenate(list(forecast.values()))))
+    for name in set(modelled) - {"none"}:  # each defense changes the forecast
+        assert not np.allclose(forecast[name], forecast["none"], rtol=1e-6), name
+
+
 def test_static_projection_keeps_the_adam_path_out_of_s0(defended):
     from geomsim.io import read_csv
 

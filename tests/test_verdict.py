@@ -35,34 +35,44 @@ def test_the_earliest_calibrated_lower_end_binds_at_the_nearest_level():
     doc = _doc(alignment_risk=_levels(-0.1, -0.1, -0.1), taylor=_levels(-1.0, -0.2, -0.3),
                quadratic_gd=_levels(-2.0, -0.05, -2.0))
     # at 2e-2 nats the nearest level is 1e-2: taylor 1.0 x 10^-0.2 against quadratic_gd 2.0 x 10^-0.05
-    v = verdict("gd", 0.1, 2e-2, T_FAIL, None, doc, "quadratic_gd", 32)
+    v = verdict("gd", 0.1, 2e-2, T_FAIL, None, doc, 32)
     assert v["method"] == "taylor" and v["calibration"]["level"] == 1e-2 and v["t_fail"] == 1.0
     np.testing.assert_allclose([v["t_fail_low"], v["steps_low"], v["examples_low"]],
                                [10**-0.2, 10**-0.2 / 0.1, 320 * 10**-0.2], rtol=1e-12)
     assert v["t_fail_high"] == math.inf  # alignment_risk never crosses: no upper end
     assert v["calibration"]["methods"] == ["alignment_risk", "quadratic_gd", "taylor"] and v["pilot_steps"] == 0
     # at 1e-3 quadratic_gd's bound is the earlier one
-    v = verdict("gd", 0.1, 1e-3, T_FAIL, None, doc, "quadratic_gd", None)
+    v = verdict("gd", 0.1, 1e-3, T_FAIL, None, doc, None)
     assert v["method"] == "quadratic_gd" and v["t_fail_low"] == 2.0 * 10**-2.0
     # halfway between two levels in log10: the one with the lower bound
     assert verdict("gd", 0.1, 10**-1.5, T_FAIL, None, _doc(taylor=_levels(-1.0, -0.2, -0.3)),
-                   "quadratic_gd", None)["calibration"]["level"] == 1e-1
+                   None)["calibration"]["level"] == 1e-1
     # the resamples' spread widens the interval before the calibration does
     spread = {"taylor": {"q05": 0.5, "median": 1.0, "q95": 3.0}}
-    v = verdict("gd", 0.1, 1e-2, {"taylor": 1.0}, spread, doc, "quadratic_gd", None)
+    v = verdict("gd", 0.1, 1e-2, {"taylor": 1.0}, spread, doc, None)
     np.testing.assert_allclose([v["t_fail_low"], v["t_fail_high"]], [0.5 * 10**-0.2, 3.0 * 10**0.5], rtol=1e-12)
     assert v["examples_low"] is None and v["resampled"]
 
 
-def test_without_a_calibration_for_the_optimizer_the_interval_is_the_measurements_own():
+def test_without_a_calibration_the_earliest_forecast_of_all_methods_binds():
     doc = _doc(quadratic_gd=_levels(-1.0, -1.0, -1.0))
     for optimizer, calibration in (("flow", doc), ("gd", None), ("adam", doc)):
-        v = verdict(optimizer, 0.1, 1e-2, T_FAIL, None, calibration, "quadratic_gd", None)
-        assert v["calibration"] is None and v["t_fail_low"] == v["t_fail"] == v["t_fail_high"] == 2.0
-    assert verdict("flow", 0.1, 1e-2, T_FAIL, None, doc, "quadratic_gd", 8)["steps_low"] is None
+        v = verdict(optimizer, 0.1, 1e-2, T_FAIL, None, calibration, None)
+        assert v["calibration"] is None and v["method"] == "taylor"
+        assert v["t_fail_low"] == v["t_fail"] == 1.0 and v["t_fail_high"] == math.inf  # alignment_risk: never
+    assert verdict("flow", 0.1, 1e-2, T_FAIL, None, doc, 8)["steps_low"] is None
+    # A tiny Llama under gradient flow: the bounded model never crosses, the others do (the
+    # verdict used to be the bounded method's "not forecast to rise").
+    v = verdict("flow", 0.01, 1e-2, {"quadratic_flow": math.inf, "taylor": 0.846, "paper_bound": 0.911,
+                                     "alignment_risk": 1.199}, None, None, None)
+    assert (v["method"], v["t_fail_low"]) == ("taylor", 0.846)
+    # with resamples, each method's 5% quantile: the one with the earlier quantile binds
+    spread = {"taylor": {"q05": 0.9, "median": 1.0, "q95": 1.1}, "quadratic_gd": {"q05": 0.5, "median": 2.0, "q95": 4.0}}
+    v = verdict("gd", 0.1, 1e-2, {"taylor": 1.0, "quadratic_gd": 2.0}, spread, None, None)
+    assert (v["method"], v["t_fail_low"], v["t_fail_high"], v["resampled"]) == ("quadratic_gd", 0.5, 4.0, True)
     # no lower bound (too few calibration runs anywhere): 0, never a late one
     v = verdict("gd", 0.1, 1e-2, T_FAIL, None, _doc(quadratic_gd=_levels(-math.inf, -math.inf, -math.inf)),
-                "quadratic_gd", None)
+                None)
     assert v["t_fail_low"] == 0.0
 
 

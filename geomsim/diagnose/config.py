@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from geomsim.config import ConfigError, at_least, in_range, one_of, option, positive
+from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,18 @@ class DiagnoseConfig:
     calibration: str = option("", help="JSON of calibrated forecast errors the verdict's interval uses ('' = the one "
                               "shipped, from the testbed's measured fine-tunes; none = uncalibrated; or your own, same "
                               "schema)", shown="shipped")
+    defenses: tuple[str, ...] = option(
+        ("static_projection", "curvature_projection", "replay"), shown="static_projection,curvature_projection,replay",
+        help="defenses forecast beside the undefended fine-tune, a comma list of static_projection, "
+        "curvature_projection, replay (none = no defense table)",
+        check=each(one_of("none", "static_projection", "curvature_projection", "replay")))
+    replay: float = option(0.1, help="replay defense: weight beta of the alignment loss added to the task loss (> 0)",
+                           check=positive)
+    defense_growth: int = option(1, help="curvature_projection: growth directions of D^3 L_A added to S0 (>= 1)",
+                                 check=at_least(1))
+    min_task_progress: float = option(0.5, help="a defense is recommended only if it keeps this fraction of the "
+                                      "undefended task-loss decrease at the undefended crossing (0..1)",
+                                      check=in_range(0, 1))
     horizon: float = option(0.0, help="last forecast time t (> 0; 0 = 10 / ||H_F||)", check=at_least(0))
     threshold: float = option(1e-2, help="alignment-loss increase that counts as failure, nats (> 0)",
                               check=positive)
@@ -96,6 +108,10 @@ class DiagnoseConfig:
         if self.minibatch and self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"minibatch: goes with --optimizer adam|adamw (got {self.optimizer}; gd and flow "
                               "are forecast on the mean task gradient)")
+        if "none" in self.defenses and len(self.defenses) > 1:
+            raise ConfigError(f"defenses: none means no defense table and goes alone (got {','.join(self.defenses)})")
+        if len(set(self.defenses)) < len(self.defenses):
+            raise ConfigError(f"defenses: each at most once (got {','.join(self.defenses)})")
         if self.mesh:
             self.mesh_shape()
 

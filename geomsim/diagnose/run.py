@@ -24,7 +24,9 @@ from geomsim import config as config_layer
 from geomsim.config import ConfigError
 from geomsim.curvature.sharding import device_mesh
 from geomsim.diagnose.config import DiagnoseConfig
+from geomsim.diagnose.defenses import Settings, bounded_curves, defense_markdown, defense_program, defense_table
 from geomsim.diagnose.model import AlignedModel
+from geomsim.diagnose.products import products, second_moment
 from geomsim.diagnose.verdict import aic_conditions, load_calibration, verdict
 from geomsim.finite import MeasurementError, NonFiniteError, require_finite
 from geomsim.io import atomic_open, environment_versions, write_json
@@ -41,13 +43,9 @@ from geomsim.theory.forecast import (
     adam_time_scale,
     alignment_risk,
     krylov_basis,
-    landscape_adam_model,
-    landscape_local_models,
     linearized_gd,
     local_models,
     paper_bound,
-    quadratic_flow,
-    quadratic_gd,
     taylor,
     time_to_failure,
 )
@@ -159,26 +157,20 @@ def _measure(c: _Compiled, model: Landscape | AlignedModel, key, threshold, adam
     decay = weight_decay if c.optimizer == "adamw" else 0.0
     if isinstance(model, Landscape):
         losses = {"L_A": model.align_loss(model.theta0), "L_F": model.task_loss(model.theta0)}
-        adam = landscape_adam_model(model, adam_eps, decay) if c.optimizer in ADAMS else None
-        return _Measured(landscape_aic(model, c.rank, key=key, threshold=threshold, **settings),
-                         landscape_local_models(model, c.krylov), adam, losses)
-    losses = {"L_A": model.align_loss(model.params), "L_F": model.task_loss(model.params)}
-    operator = "hessian" if c.operator == "hessian" else model.operator(c.operator)
-    result = aic_factory(c.rank, **settings)(
-        model.batch_loss, model.batch_loss, model.params, align_batches=model.align_batches,
-        task_batches=model.task_batches, operator=operator, key=key, threshold=threshold)
-    task_op = model.operator("hessian" if c.task_model == "hessian" else "ggn", "task")
-    align_op = model.operator(c.operator)
-    g, ga = (ravel_pytree(model.operator("hessian", data).gradient())[0] for data in ("task", "align"))
+        result = landscape_aic(model, c.rank, key=key, threshold=threshold, **settings)
+    else:
+        losses = {"L_A": model.align_loss(model.params), "L_F": model.task_loss(model.params)}
+        operator = "hessian" if c.operator == "hessian" else model.operator(c.operator)
+        result = aic_factory(c.rank, **settings)(
+            model.batch_loss, model.batch_loss, model.params, align_batches=model.align_batches,
+            task_batches=model.task_batches, operator=operator, key=key, threshold=threshold)
+    pieces = products(model, c.task_model, c.operator)
     adam = None
     if c.optimizer in ADAMS:
-        second = g**2
-        if c.minibatch:  # E_b[g_b^2], one pass over the task batches
-            second = model.task_batches.mean(lambda b: ravel_pytree(
-                jax.grad(lambda p: model.batch_loss(p, b))(model.params))[0] ** 2)
-        adam = adam_model(align_op.mv_flat, model.operator("hessian", "task").mv_flat, ga, g, second,
-                          ravel_pytree(model.params)[0], adam_eps, decay)
-    return _Measured(result, local_models(c.krylov)(task_op.mv_flat, align_op.mv_flat, g, ga), adam, losses)
+        adam = adam_model(pieces.align_matvec, pieces.hessian_task_matvec, pieces.align_grad, pieces.grad,
+                          second_moment(model, pieces.grad, c.minibatch), pieces.params, adam_eps, decay)
+    models = local_models(c.krylov)(pieces.task_matvec, pieces.align_matvec, pieces.grad, pieces.align_grad)
+    return _Measured(result, models, adam, losses)
 
 
 def _resampled(model: Landscape | AlignedModel, key) -> Landscape | AlignedModel:
@@ -213,15 +205,7 @@ def _curves(c: _Compiled, measured: _Measured, times, lr) -> dict[str, Any]:
         # Gradient flow's forecasts (Taylor, the quartic bound, alignment-risk's) are of
         # another optimizer: only Adam's own model is drawn and scored.
         return {bounded_method(c): adam_sign(measured.adam, times)}
-    if c.optimizer == "gd":
-        # Where lr h >= 1 for a Ritz value the iterates alternate and (1 - lr h)^n is
-        # defined at whole steps only (nan between them): then the forecast at t is
-        # the state after floor(t / lr) steps, as gradient descent has it.
-        steps = times / lr
-        steps = jnp.where(jnp.any(lr * models.ritz_values >= 1), jnp.floor(steps), steps)
-        bounded = quadratic_gd(models, steps, lr)
-    else:
-        bounded = quadratic_flow(models, times)
+    bounded, _ = bounded_curves(c.optimizer, models, times, lr)
     # with the linearised network, its Gauss-Newton quadratic model is drawn beside it
     quadratic = "gauss_newton_gd" if c.task_model == "linearized" else bounded_method(c)
     return {
@@ -328,6 +312,24 @@ def _spread(config: DiagnoseConfig, c: _Compiled, model, key, times, inputs) -> 
             for name, v in samples.items()}
 
 
+def _defenses(config: DiagnoseConfig, c: _Compiled, model, measured: _Measured, key, times, inputs,
+              t_fail: dict[str, float], horizon: float) -> dict[str, Any]:
+    """The defense table (geomsim.diagnose.defenses): the bounded method under each defense,
+    from the undefended crossing's time (or the horizon) on, in one program."""
+    reference = "gauss_newton_gd" if c.task_model == "linearized" else bounded_method(c)
+    t_ref = t_fail[reference] if np.isfinite(t_fail[reference]) else horizon
+    settings = Settings(config.defenses, config.defense_growth, c.krylov, c.optimizer, c.task_model, c.operator,
+                        c.minibatch)
+    undefended = measured.adam if measured.adam is not None else measured.models
+    out = _run("diagnose: the defenses' forecasts", defense_program, settings, model, undefended,
+               measured.aic.basis, key, times, _scalar(t_ref), inputs["lr"], inputs["threshold"],
+               _scalar(config.replay), inputs["adam_eps"], inputs["weight_decay"])
+    _checked({f"{name} (defended)": row["curve"] for name, row in out.items()}, times)
+    table = defense_table(out, t_ref, reference, config.min_task_progress, config.replay)
+    table["align_increase"] = {name: np.asarray(row["curve"]).tolist() for name, row in out.items()}
+    return table
+
+
 def _examples_per_step(config: DiagnoseConfig, model: Landscape | AlignedModel) -> int | None:
     """Task examples one step of the fine-tune sees: every task batch (gd, full-batch
     Adam) or one (`--minibatch`); None for a Landscape (no examples)."""
@@ -389,7 +391,8 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
         raise ConfigError(f"rank: must be in [1, d - 1] = [1, {dim - 1}] for this model (got {config.rank})")
     key = jax.random.key(config.seed)
     m = min(config.krylov or 32, dim)
-    _say(f"[1/3] AIC at theta0 and local models (d = {dim}, k = {config.rank}, {config.operator}, "
+    stages = 3 if config.defenses == ("none",) else 4
+    _say(f"[1/{stages}] AIC at theta0 and local models (d = {dim}, k = {config.rank}, {config.operator}, "
          f"Krylov depth {m})", quiet)
     _check_operators(config, model)
     num_eigs = min(dim, max(2 * config.rank + 1, 8))
@@ -412,14 +415,18 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
         raise MeasurementError(f"horizon: {scale} is not finite (nothing in the local model moves); "
                                "give --horizon T")
     times = jnp.geomspace(horizon * 1e-4, horizon, config.points)
-    _say(f"[2/3] forecasts to t = {horizon:.3g}" + (f", {config.resamples} resamples" if config.resamples else ""),
+    _say(f"[2/{stages}] forecasts to t = {horizon:.3g}" + (f", {config.resamples} resamples" if config.resamples else ""),
          quiet)
     curves, t_fail = _all_forecasts(c, model, measured, times, inputs)
     curves, t_fail = _checked(curves, times), {name: float(value) for name, value in t_fail.items()}
-    _say("[3/3] report", quiet)
     spread = _spread(config, c, model, key, times, inputs) if config.resamples else None
+    defenses = None
+    if config.defenses != ("none",):
+        _say(f"[3/{stages}] the forecast under {', '.join(config.defenses)}", quiet)
+        defenses = _defenses(config, c, model, measured, key, times, inputs, t_fail, horizon)
+    _say(f"[{stages}/{stages}] report", quiet)
     chosen = verdict(config.optimizer, config.lr, config.threshold, t_fail, spread, calibration,
-                     bounded_method(config), _examples_per_step(config, model))
+                     _examples_per_step(config, model))
     report = {
         "model": config.model or config.hf,
         "aic": res.to_dict(),
@@ -431,6 +438,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
         "t_fail_spread": spread,
         "verdict": chosen,
         "aic_conditions": aic_conditions(res.to_dict(), chosen["t_fail"], config.optimizer),
+        "defenses": defenses,
         "adam": None if adam is None else {
             "slope": float(adam.slope), "curvature": float(adam.curvature), "step_norm": float(adam.step_norm),
             "second_moment": "E_b[g_b^2] over the task batches" if config.minibatch else "g^2 (full batch)"},
@@ -495,7 +503,7 @@ def _markdown(report: dict[str, Any]) -> str:
 {rows}
 
 {_method_notes(report)} Figures: {', '.join(report['figures']) or 'none'}.
-"""
+{defense_markdown(report.get("defenses"))}"""
 
 
 def _verdict_line(report: dict[str, Any]) -> str:
@@ -522,10 +530,11 @@ def _interval_note(report: dict[str, Any]) -> str:
     v = report["verdict"]
     cal = v["calibration"]
     if cal is None:
-        alone = ("the 5%-95% spread over `--resamples` alone" if v["resampled"] else
-                 "the point forecast alone (`--resamples N` adds the measurement's spread)")
-        return (f"The interval is {alone}: no method here is calibrated for optimizer "
-                f"`{report['config']['optimizer']}`.")
+        each = ("each method's 5%-95% spread over `--resamples`" if v["resampled"] else
+                "each method's point forecast (`--resamples N` adds the measurement's spread)")
+        return (f"No method here is calibrated for optimizer `{report['config']['optimizer']}`, so the verdict "
+                f"takes the earliest forecast of all methods, `{v['method']}`'s, uncorrected; the interval runs "
+                f"from it to the latest, over {each}.")
     low = "0 (too few calibration runs)" if cal["low"] is None else f"{10 ** cal['low']:.3g}x"
     thin = " (too few crossings there: the lowest bound of all levels)" if cal["fallback"] else ""
     high = ("no upper end: " + f"{cal['censored']} of its {cal['runs']} calibration fine-tunes never reached the "

@@ -43,6 +43,11 @@ def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, np.sum(rx * ry, axis=1) / denom, np.nan)
 
 
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho of two `(n,)` samples (average ranks for ties; NaN if one is constant)."""
+    return float(_rowwise_spearman(np.asarray(x)[None], np.asarray(y)[None])[0])
+
+
 def spearman_with_ci(x: np.ndarray, y: np.ndarray, seeds: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
     """Rank correlation of a diagnostic with the measured degradation.
 

@@ -160,23 +160,47 @@ def _landscape_gradients(landscape: Landscape) -> tuple[Array, Callable[[Array],
     return zero, flat_grad(landscape.displaced_task_loss), flat_grad(landscape.align_increase)
 
 
-def landscape_local_models(landscape: Landscape, num_matvecs: int,
-                           projector: Callable[[Array], Array] | None = None) -> LocalModels:
-    """`local_models` of a landscape at theta0 (Hessians by forward-over-reverse products).
-
-    With `projector` P (a static projection defense) the task model is the
-    projected one, `P H_F P` and `P g`: the forecast of the defended flow.
-    """
+def landscape_products(landscape: Landscape) -> tuple[Array, Array, Callable[[Array], Array], Callable[[Array], Array]]:
+    """`(g, grad L_A, v -> H_F v, v -> H_A v)` of a landscape at theta0, flat (Hessians by
+    forward-over-reverse products)."""
     zero, task_grad, align_grad = _landscape_gradients(landscape)
+
+    def product(grad_fn):
+        return lambda v: jax.jvp(grad_fn, (zero,), (v,))[1]
+
+    return task_grad(zero), align_grad(zero), product(task_grad), product(align_grad)
+
+
+def defended_products(task_matvec: Callable[[Array], Array], align_matvec: Callable[[Array], Array],
+                      g: Float[Array, " d"], align_grad: Float[Array, " d"],
+                      projector: Callable[[Array], Array] | None = None, replay: ArrayLike = 0.0
+                      ) -> tuple[Callable[[Array], Array], Float[Array, " d"]]:
+    """`(v -> H v, g)` of the fine-tune a defense runs, for `local_models`.
+
+    A static projection P chained after the optimizer moves along `-P grad`, so its
+    local model is `P H_F P` and `P g`; replay of alignment data with weight beta
+    descends `L_F + beta L_A`: `H_F + beta H_A` and `g + beta grad L_A` (both together:
+    `P (H_F + beta H_A) P`, `P (g + beta grad L_A)`). `task_change_*` recover `L_F`'s own
+    model from the same Krylov space.
+    """
     project = projector if projector is not None else (lambda v: v)
+    replay = jnp.asarray(replay, g.dtype)  # a float64 beta would promote float32 vectors (and their jvps)
 
-    def task_matvec(v):
-        return project(jax.jvp(task_grad, (zero,), (project(v),))[1])
+    def matvec(v):
+        pv = project(v)
+        return project(task_matvec(pv) + replay * align_matvec(pv))
 
-    def align_matvec(v):
-        return jax.jvp(align_grad, (zero,), (v,))[1]
+    return matvec, project(g + replay * align_grad)
 
-    return local_models(num_matvecs)(task_matvec, align_matvec, project(task_grad(zero)), align_grad(zero))
+
+def landscape_local_models(landscape: Landscape, num_matvecs: int,
+                           projector: Callable[[Array], Array] | None = None, replay: ArrayLike = 0.0
+                           ) -> LocalModels:
+    """`local_models` of a landscape at theta0, of the fine-tune a defense runs
+    (`defended_products`: a static projection P and / or replay weight beta)."""
+    g, align_grad, task_matvec, align_matvec = landscape_products(landscape)
+    matvec, grad = defended_products(task_matvec, align_matvec, g, align_grad, projector, replay)
+    return local_models(num_matvecs)(matvec, align_matvec, grad, align_grad)
 
 
 class AdamModel(eqx.Module):
@@ -184,12 +208,16 @@ class AdamModel(eqx.Module):
 
     slope: `-grad L_A . u` (nats per unit t); curvature: `u^T H_A u` (nats per t^2);
     step_norm: `||u||`, the displacement per unit t (Adam's is ~sqrt(d), GD's `||g||`);
+    task_slope, task_curvature: `-g . u` and `u^T H_F u`, the same model of `L_F`
+    (`adam_task`: the task progress);
     where `u = g / (sqrt(v) + eps) + wd theta0` is Adam's update per unit lr.
     """
 
     slope: Float[Array, ""]
     curvature: Float[Array, ""]
     step_norm: Float[Array, ""]
+    task_slope: Float[Array, ""]
+    task_curvature: Float[Array, ""]
 
 
 # A coordinate whose gradient is zero at theta0 gets one from the task curvature,
@@ -204,8 +232,8 @@ STILL_SPEED = 3.0**0.5
 def adam_model(align_matvec: Callable[[Array], Array], task_matvec: Callable[[Array], Array],
                align_grad: Float[Array, " d"], grad: Float[Array, " d"], second_moment: Float[Array, " d"],
                params: Float[Array, " d"], eps: ArrayLike, weight_decay: ArrayLike = 0.0,
-               projector: Callable[[Array], Array] | None = None) -> AdamModel:
-    """`AdamModel` from flat `(d,)` vectors at theta0 (two products: one with H_F, one with H_A).
+               projector: Callable[[Array], Array] | None = None, replay: ArrayLike = 0.0) -> AdamModel:
+    """`AdamModel` from flat `(d,)` vectors at theta0 (three products: two with H_F, one with H_A).
 
     Args:
         align_matvec: `v -> H_A v` (the Hessian of L_A, or its GGN / Fisher).
@@ -219,31 +247,34 @@ def adam_model(align_matvec: Callable[[Array], Array], task_matvec: Callable[[Ar
         params: theta0 (flat), which AdamW's decoupled weight decay pulls on.
         eps: Adam's eps (optax's default 1e-8); weight_decay: AdamW's (0 = Adam).
         projector: optional P of a static projection chained after Adam: the step is `P u`.
+        replay: weight beta of alignment data replayed into every batch: Adam's gradient is
+            `g + beta grad L_A` (`second_moment` must be that gradient's); the task model
+            stays `L_F`'s.
     """
     root = jnp.sqrt(second_moment)
-    u = grad / (root + eps)
+    u = (grad + jnp.asarray(replay, grad.dtype) * align_grad) / (root + eps)
     u = jnp.where(root <= eps, -STILL_SPEED * jnp.sign(task_matvec(u)), u) + weight_decay * params
     if projector is not None:
         u = projector(u)
-    return AdamModel(-(align_grad @ u), u @ align_matvec(u), jnp.linalg.norm(u))
+    return AdamModel(-(align_grad @ u), u @ align_matvec(u), jnp.linalg.norm(u), -(grad @ u), u @ task_matvec(u))
 
 
 def landscape_adam_model(landscape: Landscape, eps: ArrayLike, weight_decay: ArrayLike = 0.0,
                          projector: Callable[[Array], Array] | None = None) -> AdamModel:
     """`adam_model` of full-batch Adam / AdamW on a landscape at theta0 (v = g^2)."""
-    zero, task_grad, align_grad = _landscape_gradients(landscape)
-    g = task_grad(zero)
-
-    def product(grad_fn):
-        return lambda v: jax.jvp(grad_fn, (zero,), (v,))[1]
-
-    return adam_model(product(align_grad), product(task_grad), align_grad(zero), g, g**2,
-                      ravel_pytree(landscape.theta0)[0], eps, weight_decay, projector)
+    g, align_grad, task_matvec, align_matvec = landscape_products(landscape)
+    return adam_model(align_matvec, task_matvec, align_grad, g, g**2, ravel_pytree(landscape.theta0)[0], eps,
+                      weight_decay, projector)
 
 
 def adam_sign(model: AdamModel, times: Float[Array, " r"]) -> Float[Array, " r"]:
     """Forecast `Delta L_A(t) = slope t + curvature t^2 / 2` of Adam / AdamW (t = steps x lr)."""
     return model.slope * times + 0.5 * model.curvature * times**2
+
+
+def adam_task(model: AdamModel, times: Float[Array, " r"]) -> Float[Array, " r"]:
+    """`Delta L_F(t) = task_slope t + task_curvature t^2 / 2` on the same path (negative: progress)."""
+    return model.task_slope * times + 0.5 * model.task_curvature * times**2
 
 
 def adam_time_scale(model: AdamModel, threshold: ArrayLike) -> Array:
@@ -269,6 +300,30 @@ def gd_factor(values: Float[Array, " m"], steps: Float[Array, " r"], lr: ArrayLi
     one_minus_power = jnp.where(stable, -jnp.expm1(n * jnp.log1p(-jnp.where(stable, x, 0.0))),
                                 1.0 - jnp.power(1.0 - x, n))
     return jnp.where(h == 0, n * lr, one_minus_power / jnp.where(h == 0, 1.0, h))
+
+
+def _task_change(models: LocalModels, factors: Float[Array, "r m"], replay: ArrayLike) -> Float[Array, " r"]:
+    """`Delta L_F` on the same path as `_align_increase`, for models built by
+    `defended_products`: on their Krylov space (inside range(P)) `V grad L_F = ||g_def|| e_1 -
+    beta V grad L_A` and `V H_F V^T = T - beta V H_A V^T`, so no further products."""
+    q, theta = models.ritz_vectors, models.ritz_values
+    ys = -models.grad_norm * (factors * q[0][None, :]) @ q.T
+    e1 = jnp.zeros_like(models.align_grad).at[0].set(1.0)
+    grad = models.grad_norm * e1 - replay * models.align_grad
+    hess = (q * theta[None, :]) @ q.T - replay * models.align_hess
+    return ys @ grad + 0.5 * jnp.einsum("ri,ij,rj->r", ys, hess, ys)
+
+
+def task_change_gd(models: LocalModels, steps: Float[Array, " r"], lr: ArrayLike,
+                   replay: ArrayLike = 0.0) -> Float[Array, " r"]:
+    """`Delta L_F` after `steps` GD steps on the local models (negative: task progress); `replay`:
+    the beta the models were built with (`defended_products`)."""
+    return _task_change(models, gd_factor(models.ritz_values, jnp.asarray(steps, models.grad_norm.dtype), lr), replay)
+
+
+def task_change_flow(models: LocalModels, times: Float[Array, " r"], replay: ArrayLike = 0.0) -> Float[Array, " r"]:
+    """`Delta L_F(t)` under gradient flow on the local models (as `task_change_gd`)."""
+    return _task_change(models, flow_factor(models.ritz_values, times), replay)
 
 
 def quadratic_flow(models: LocalModels, times: Float[Array, " r"]) -> Float[Array, " r"]:

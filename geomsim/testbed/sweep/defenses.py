@@ -18,6 +18,11 @@ Outputs (`<out>`): `defenses.csv` (tidy: defense, point, step, Delta L_A, S-part
 rate, task accuracy), `defense_points.csv` (per defense and point: at the accuracy
 target and at the fixed step), `summary.json` (figures/manifest.json entry
 `testbed_defenses`: per defense medians and the overhead vs `none`), figures.
+`defense_forecast.csv` and `summary.json`'s `forecast_ranking`: the diagnosis's forecast of
+each defense it models (`geomsim.diagnose.defenses`: Adam's flow-limit model under the
+projection or the replay term, on each point's polished model) at the fixed step, against
+the measured `Delta L_A` there: the rank correlation over the defenses per point and how
+often the forecast names the measured best.
 Each defense's results and measured seconds are kept in `<out>/cache/defense_<name>` under
 the digest of the settings it depends on (`DEFENSE_FIELDS` plus its own, `DEFENSE_SETTINGS`):
 a rerun into the same folder loads the finished defenses and runs only the rest.
@@ -40,10 +45,14 @@ from geomsim import config as config_layer
 from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
 from geomsim.curvature import hessian_operator
 from geomsim.defenses import curvature_projection, static_projection, tracked_projection
+from geomsim.diagnose.defenses import DEFENSES as FORECAST_DEFENSES
+from geomsim.diagnose.defenses import Settings, defended_models
 from geomsim.io import Table
+from geomsim.landscapes import FunctionLandscape
 from geomsim.models.lora import lora_init, lora_merge
 from geomsim.sweep.progress import Progress
 from geomsim.tasks import PRETRAIN_TASKS, concat, make_batch, refusal_kl
+from geomsim.testbed.summary import spearman
 from geomsim.testbed.sweep import law
 from geomsim.testbed.sweep.cache import cached_arrays
 from geomsim.testbed.sweep.config import TestbedSweepConfig
@@ -191,12 +200,68 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
             reused.append(f"defense_{name}")
         bar.advance(1, f"{name} (cache)" if hit else name)
     tables = _tables(cfg, points, results)
+    forecast, hit = cached_arrays(out_dir, "forecast_defenses", config_layer.digest(
+        cfg, (*DEFENSE_FIELDS, "defenses", "defense_growth", "replay_fraction")),
+        lambda: _forecast(cfg, data, inputs))
+    if hit:
+        reused.append("forecast_defenses")
+    tables["defense_forecast"] = _forecast_table(tables["defense_points"], forecast)
     summary = summarise_defenses(cfg, tables, seconds)
     parameters = int(ravel_pytree(_select(models.polished, 0, 0))[0].shape[0])
     from geomsim.plotting.testbed_defense_figures import defense_figures
 
     return write_report(out_dir, cfg, tables, summary, defense_figures if plots else None,
                         timings=timings, reused=reused, parameters=parameters, t_start=t_start, bar=bar)
+
+
+def _forecast(cfg: TestbedDefenseConfig, data, inputs) -> dict[str, np.ndarray]:
+    """`Delta L_A` at the fixed step forecast for each defense the diagnosis models, per
+    point: full-batch Adam's flow-limit model (v = g^2 of the run's task loss on its fixed
+    sets) on the polished model, replay as `replay_fraction x L_A` on the alignment set (the
+    run replays fresh harmful prompts: the same loss family)."""
+    names = tuple(n for n in cfg.defenses if n == "none" or n in FORECAST_DEFENSES)
+    settings = Settings(names, cfg.defense_growth, 1, "adam", "hessian", "hessian", False)
+    t = cfg.adam_steps * cfg.adam_lr
+
+    def one(kw):
+        land = FunctionLandscape(theta0=kw["theta0"], align_fn=lambda p: data.align_loss(p, kw["target"]),
+                                 task_fn=law.mixture_task(data, kw["base"], kw["other"], kw["mix"]))
+        models = defended_models(settings, land, kw["basis"].T, jax.random.fold_in(kw["key"], DEFENSE_STREAM),
+                                 cfg.replay_fraction, 1e-8, 0.0)  # optax.adam's eps
+        return {name: m.slope * t + 0.5 * m.curvature * t**2 for name, m in models.items()}
+
+    return jax.tree.map(np.asarray, watched("testbed defense forecasts", jax.jit(jax.vmap(one)), inputs))
+
+
+def _forecast_table(points_table: Table, forecast: dict[str, np.ndarray]) -> Table:
+    """Per forecast defense and point: forecast and measured `Delta L_A` at the fixed step."""
+    rows = {"defense": [], "point": [], "forecast_align_at_fixed": [], "align_increase_at_fixed": []}
+    for name, values in forecast.items():
+        mask = points_table["defense"] == name
+        measured = np.asarray(points_table["align_increase_at_fixed"])[mask][np.argsort(points_table["point"][mask])]
+        rows["defense"] += [name] * len(values)
+        rows["point"] += list(range(len(values)))
+        rows["forecast_align_at_fixed"] += list(np.asarray(values, dtype=np.float64))
+        rows["align_increase_at_fixed"] += list(measured)
+    return {k: np.asarray(v, dtype=object if k == "defense" else None) for k, v in rows.items()}
+
+
+def forecast_ranking(table: Table) -> dict[str, Any]:
+    """Per point, Spearman's rho between the forecast and the measured damage over the
+    defenses, and whether the forecast's least damaging defense is the measured one."""
+    names = sorted(set(table["defense"]))
+    points = sorted(set(int(p) for p in table["point"]))
+    rhos, same = [], []
+    for p in points:
+        at = table["point"] == p
+        f = np.array([table["forecast_align_at_fixed"][at & (table["defense"] == n)][0] for n in names], float)
+        m = np.array([table["align_increase_at_fixed"][at & (table["defense"] == n)][0] for n in names], float)
+        if np.all(np.isfinite(f)) and np.all(np.isfinite(m)):
+            rhos.append(spearman(f, m))
+            same.append(bool(np.argmin(f) == np.argmin(m)))
+    return {"defenses": names, "points": len(rhos), "method": "adam_sign (full-batch v = g^2)",
+            "spearman_median": _median(rhos), "spearman_per_point": [float(r) for r in rhos],
+            "same_best_fraction": float(np.mean(same)) if same else None}
 
 
 def _tables(cfg: TestbedDefenseConfig, points, results: dict[str, dict[str, np.ndarray]]) -> dict[str, Table]:
@@ -246,5 +311,6 @@ def summarise_defenses(cfg: TestbedDefenseConfig, tables: dict[str, Table], seco
             "overhead_ratio": seconds[name] / seconds["none"],
             "seconds": round(seconds[name], 2),
         }
+    out["forecast_ranking"] = forecast_ranking(tables["defense_forecast"])
     return out
 
