@@ -164,7 +164,7 @@ def _copy_figures(out: Path, names: list[str], target: Path, figures_dir: Path) 
 # summary keys that go into the manifest).
 REPORT_ONLY_KINDS = {
     "testbed_defenses": ("geomsim.testbed.sweep.defenses", "TestbedDefenseConfig", "run_testbed_defenses",
-                         ("grid", "accuracy_target", "fixed_step", "defenses")),
+                         ("grid", "accuracy_target", "fixed_step", "defenses", "forecast_ranking")),
     "testbed_forecast": ("geomsim.testbed.sweep.forecast", "TestbedForecastConfig", "run_testbed_forecast",
                          ("runs", "finite_runs", "grid", "threshold", "levels", "methods",
                           "task_hessian_indefinite_fraction", "verdict")),

@@ -9,7 +9,7 @@ import numpy as np
 
 from geomsim.defenses import project_off
 from geomsim.diagnose.cli import main
-from geomsim.diagnose.defenses import defense_table
+from geomsim.diagnose.defenses import DEFENSES, defense_table, forecastable
 from geomsim.diagnose.examples import quadratic
 from geomsim.io import loads_strict
 from geomsim.theory.forecast import landscape_local_models, quadratic_gd, task_change_gd, time_to_failure
@@ -86,6 +86,9 @@ def test_the_recommendation_is_the_latest_crossing_that_keeps_the_task_progress(
     table = defense_table(_measured(none=(math.inf, -1.0), replay=(math.inf, -0.9)), 2.0, "q", 0.5, 0.1)
     assert table["recommended"] is None and "not forecast to cross" in table["reason"]
     assert table["rows"][1]["delay"] is None
+    # Adam's model has no restoring force: replay is not forecast for it, and the table says why
+    assert forecastable("gd")[0] == DEFENSES and "replay" not in forecastable("adamw")[0]
+    assert "restoring force" in forecastable("adam")[1]["replay"]
     # a task model that does not fall has no progress to keep
     table = defense_table(_measured(none=(1.0, 0.2), replay=(5.0, 0.1)), 1.0, "q", 0.5, 0.1)
     assert table["rows"][1]["task_progress"] is None and table["recommended"] is None

@@ -210,7 +210,7 @@ def test_the_diagnosis_forecast_ranks_the_defenses_it_models(defended):
 
     config, summary, out = defended
     ranking = summary["forecast_ranking"]
-    modelled = sorted(set(config.defenses) & {"none", "static_projection", "curvature_projection", "replay"})
+    modelled = sorted(set(config.defenses) & {"none", "static_projection", "curvature_projection"})  # Adam: no replay
     assert ranking["defenses"] == modelled and ranking["points"] == 8  # 2 levels x 2 mixes x 2 seeds
     assert -1 <= ranking["spearman_median"] <= 1 and 0 <= ranking["same_best_fraction"] <= 1
     table, points = read_csv(out / "defense_forecast.csv"), read_csv(out / "defense_points.csv")

@@ -13,7 +13,8 @@ Each defense changes the fine-tune, so its local model (docs/theory.md, section 
     replay                `L_F + beta L_A` (alignment data replayed with weight `--replay`)
 
 `tracked_projection` is not forecast: it re-solves S along the path, which a local model at
-theta0 cannot see (to the local model's order it is `static_projection`).
+theta0 cannot see (to the local model's order it is `static_projection`); nor is `replay` for
+Adam (`NOT_FORECAST_ADAM`: measured, its forecast was the undefended one).
 
 Each row: the forecast crossing `t_fail`, its delay over `none`, and at `t_ref` (none's
 crossing, or the horizon when it never crosses) `Delta L_A` and `Delta L_F` on the same local
@@ -57,6 +58,22 @@ from geomsim.theory.forecast import (
 DEFENSES = ("static_projection", "curvature_projection", "replay")
 NOT_FORECAST = {"tracked_projection": "re-solves S along the path, which a local model at theta0 does not see "
                                       "(to its order it is static_projection)"}
+# Adam's flow-limit model moves along a fixed `u`: replay enters it only through `beta grad L_A`,
+# which vanishes at a stationary aligned model, while its restoring force `beta H_A delta` grows
+# along the path and flips the sign of Adam's steps in S. Measured on the 12 testbed points
+# (python -m paper_repro --only testbed_defenses): the replay forecast equalled the undefended
+# one to rounding, while replay's measured damage at step 200 was 3e-5-7e-3 nats against
+# 4e-3-2.4 undefended. So it is not forecast for Adam (the model supports it: adam_model's replay).
+NOT_FORECAST_ADAM = {"replay": "acts through its restoring force beta H_A delta along the path, which Adam's "
+                               "flow-limit model (a fixed step direction) does not have; at a stationary aligned "
+                               "model its forecast is the undefended one"}
+
+
+def forecastable(optimizer: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """`(the defenses the table forecasts for this optimizer, {defense: why not} for the rest)`."""
+    if optimizer in ("adam", "adamw"):
+        return tuple(d for d in DEFENSES if d not in NOT_FORECAST_ADAM), {**NOT_FORECAST, **NOT_FORECAST_ADAM}
+    return DEFENSES, dict(NOT_FORECAST)
 GROWTH_STREAM = 5  # fold_in(key, 5): the growth directions' Lanczos start (the AIC uses the key itself)
 # The growth solve as the testbed's defenses run it (tracked_tol, tracked_matvecs): a 1e-2 residual
 # in at most 40 third-derivative products (each about two HVPs).
@@ -98,29 +115,44 @@ def defended_models(s: Settings, model: Landscape | AlignedModel, basis, key, re
     unravel = ravel_pytree(tree)[1]
     adam = s.optimizer in ("adam", "adamw")
     second = second_moment(model, pieces.grad, s.minibatch) if adam else None
+    if not s.names:
+        return {}
     replay = jnp.asarray(replay, pieces.grad.dtype)  # float32 models stay float32 (their jvps need it)
-    out = {}
+    dtype = pieces.grad.dtype
+    width = basis.shape[0] + s.growth  # every defense's projection as rows of one shape (zero rows: no-ops)
+    rows, betas = [], []
     for name in s.names:
-        beta = replay if name == "replay" else 0.0
-        rows = None
+        pad = jnp.zeros((width, pieces.grad.shape[0]), dtype)
         if name == "static_projection":
-            rows = basis
+            pad = pad.at[: basis.shape[0]].set(basis.astype(dtype))
         elif name == "curvature_projection":
-            _, rows, _ = curvature_projection(
-                pieces.align_operator_at, tree, unravel(pieces.grad), basis, s.growth,
+            _, pad, _ = curvature_projection(
+                pieces.align_operator_at, tree, unravel(pieces.grad), basis.astype(dtype), s.growth,
                 jax.random.fold_in(key, GROWTH_STREAM), tol=GROWTH_TOL, max_matvecs=GROWTH_MATVECS)
-        projector = None if rows is None else (lambda v, rows=rows: project_off(rows, v))
+        rows.append(pad)
+        betas.append(replay if name == "replay" else jnp.zeros((), dtype))
+    decay = weight_decay if s.optimizer == "adamw" else 0.0
+
+    def one(args):
+        rows, beta = args
+
+        def projector(v):
+            return project_off(rows, v)
+
         if adam:
             # E_b[(g_b + beta ga)^2] = E_b[g_b^2] + 2 beta ga g + beta^2 ga^2 (E_b[g_b] = g, same weights)
             replayed = second + 2 * beta * pieces.align_grad * pieces.grad + beta**2 * pieces.align_grad**2
-            decay = weight_decay if s.optimizer == "adamw" else 0.0
-            out[name] = adam_model(pieces.align_matvec, pieces.hessian_task_matvec, pieces.align_grad, pieces.grad,
-                                   replayed, pieces.params, adam_eps, decay, projector, beta)
-        else:
-            matvec, grad = defended_products(pieces.task_matvec, pieces.align_matvec, pieces.grad,
-                                             pieces.align_grad, projector, beta)
-            out[name] = local_models(s.krylov)(matvec, pieces.align_matvec, grad, pieces.align_grad)
-    return out
+            return adam_model(pieces.align_matvec, pieces.hessian_task_matvec, pieces.align_grad, pieces.grad,
+                              replayed, pieces.params, adam_eps, decay, projector, beta)
+        matvec, grad = defended_products(pieces.task_matvec, pieces.align_matvec, pieces.grad, pieces.align_grad,
+                                         projector, beta)
+        return local_models(s.krylov)(matvec, pieces.align_matvec, grad, pieces.align_grad)
+
+    # One traced (and compiled) model build for all defenses, run one after another (lax.map,
+    # not vmap: a vmap would hold every defense's activations at once). Unrolled per defense,
+    # the program took 6 s more to compile for the 12-parameter example (2x its cold diagnosis).
+    stacked = jax.lax.map(one, (jnp.stack(rows), jnp.stack(betas)))
+    return {name: jax.tree.map(lambda x, i=i: x[i], stacked) for i, name in enumerate(s.names)}
 
 
 @eqx.filter_jit
@@ -140,7 +172,7 @@ def defense_program(s: Settings, model: Landscape | AlignedModel, undefended: Lo
 
 
 def defense_table(measured: dict[str, dict[str, Any]], t_ref: float, reference: str, min_progress: float,
-                  replay: float) -> dict[str, Any]:
+                  replay: float, not_forecast: dict[str, str] | None = None) -> dict[str, Any]:
     """The report's `defenses` entry from the program's host values: rows, the
     recommendation and its reason."""
     none = measured["none"]
@@ -173,7 +205,7 @@ def defense_table(measured: dict[str, dict[str, Any]], t_ref: float, reference: 
         why = (f"the latest forecast crossing ({when}, against t = {base_fail:.4g} undefended) among the defenses "
                f"keeping >= {min_progress:.0%} of the task progress ({best['task_progress']:.0%} at t_ref)")
     return {"method": reference, "t_ref": t_ref, "min_task_progress": min_progress, "rows": rows,
-            "recommended": pick, "reason": why, "not_forecast": NOT_FORECAST}
+            "recommended": pick, "reason": why, "not_forecast": NOT_FORECAST if not_forecast is None else not_forecast}
 
 
 def defense_markdown(table: dict[str, Any] | None) -> str:

@@ -24,7 +24,15 @@ from geomsim import config as config_layer
 from geomsim.config import ConfigError
 from geomsim.curvature.sharding import device_mesh
 from geomsim.diagnose.config import DiagnoseConfig
-from geomsim.diagnose.defenses import Settings, bounded_curves, defense_markdown, defense_program, defense_table
+from geomsim.diagnose.defenses import (
+    NOT_FORECAST,
+    Settings,
+    bounded_curves,
+    defense_markdown,
+    defense_program,
+    defense_table,
+    forecastable,
+)
 from geomsim.diagnose.model import AlignedModel
 from geomsim.diagnose.products import products, second_moment
 from geomsim.diagnose.verdict import aic_conditions, load_calibration, verdict
@@ -318,14 +326,16 @@ def _defenses(config: DiagnoseConfig, c: _Compiled, model, measured: _Measured, 
     from the undefended crossing's time (or the horizon) on, in one program."""
     reference = "gauss_newton_gd" if c.task_model == "linearized" else bounded_method(c)
     t_ref = t_fail[reference] if np.isfinite(t_fail[reference]) else horizon
-    settings = Settings(config.defenses, config.defense_growth, c.krylov, c.optimizer, c.task_model, c.operator,
-                        c.minibatch)
+    modelled, skipped = forecastable(c.optimizer)
+    names = tuple(n for n in config.defenses if n in modelled)
+    settings = Settings(names, config.defense_growth, c.krylov, c.optimizer, c.task_model, c.operator, c.minibatch)
     undefended = measured.adam if measured.adam is not None else measured.models
     out = _run("diagnose: the defenses' forecasts", defense_program, settings, model, undefended,
                measured.aic.basis, key, times, _scalar(t_ref), inputs["lr"], inputs["threshold"],
                _scalar(config.replay), inputs["adam_eps"], inputs["weight_decay"])
     _checked({f"{name} (defended)": row["curve"] for name, row in out.items()}, times)
-    table = defense_table(out, t_ref, reference, config.min_task_progress, config.replay)
+    table = defense_table(out, t_ref, reference, config.min_task_progress, config.replay,
+                          {n: why for n, why in skipped.items() if n in config.defenses or n in NOT_FORECAST})
     table["align_increase"] = {name: np.asarray(row["curve"]).tolist() for name, row in out.items()}
     return table
 

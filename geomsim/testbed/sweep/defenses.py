@@ -45,8 +45,7 @@ from geomsim import config as config_layer
 from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
 from geomsim.curvature import hessian_operator
 from geomsim.defenses import curvature_projection, static_projection, tracked_projection
-from geomsim.diagnose.defenses import DEFENSES as FORECAST_DEFENSES
-from geomsim.diagnose.defenses import Settings, defended_models
+from geomsim.diagnose.defenses import Settings, defended_models, forecastable
 from geomsim.io import Table
 from geomsim.landscapes import FunctionLandscape
 from geomsim.models.lora import lora_init, lora_merge
@@ -201,7 +200,7 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
         bar.advance(1, f"{name} (cache)" if hit else name)
     tables = _tables(cfg, points, results)
     forecast, hit = cached_arrays(out_dir, "forecast_defenses", config_layer.digest(
-        cfg, (*DEFENSE_FIELDS, "defenses", "defense_growth", "replay_fraction")),
+        cfg, (*DEFENSE_FIELDS, "defenses", "defense_growth")),
         lambda: _forecast(cfg, data, inputs))
     if hit:
         reused.append("forecast_defenses")
@@ -217,9 +216,8 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
 def _forecast(cfg: TestbedDefenseConfig, data, inputs) -> dict[str, np.ndarray]:
     """`Delta L_A` at the fixed step forecast for each defense the diagnosis models, per
     point: full-batch Adam's flow-limit model (v = g^2 of the run's task loss on its fixed
-    sets) on the polished model, replay as `replay_fraction x L_A` on the alignment set (the
-    run replays fresh harmful prompts: the same loss family)."""
-    names = tuple(n for n in cfg.defenses if n == "none" or n in FORECAST_DEFENSES)
+    sets) on the polished model (replay is not forecast for Adam: `NOT_FORECAST_ADAM`)."""
+    names = tuple(n for n in cfg.defenses if n == "none" or n in forecastable("adam")[0])
     settings = Settings(names, cfg.defense_growth, 1, "adam", "hessian", "hessian", False)
     t = cfg.adam_steps * cfg.adam_lr
 
@@ -227,7 +225,7 @@ def _forecast(cfg: TestbedDefenseConfig, data, inputs) -> dict[str, np.ndarray]:
         land = FunctionLandscape(theta0=kw["theta0"], align_fn=lambda p: data.align_loss(p, kw["target"]),
                                  task_fn=law.mixture_task(data, kw["base"], kw["other"], kw["mix"]))
         models = defended_models(settings, land, kw["basis"].T, jax.random.fold_in(kw["key"], DEFENSE_STREAM),
-                                 cfg.replay_fraction, 1e-8, 0.0)  # optax.adam's eps
+                                 0.0, 1e-8, 0.0)  # optax.adam's eps
         return {name: m.slope * t + 0.5 * m.curvature * t**2 for name, m in models.items()}
 
     return jax.tree.map(np.asarray, watched("testbed defense forecasts", jax.jit(jax.vmap(one)), inputs))
