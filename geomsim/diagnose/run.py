@@ -1,7 +1,8 @@
 """Diagnose an aligned model before fine-tuning: AIC, forecasts, time to failure, report.
 
 Writes `report.json` (strict JSON: `aic`, `forecast` {t, align_increase per
-method}, `t_fail` per method, `threshold`, `config`, versions, timing),
+method}, `t_fail` per method, `verdict`, `aic_conditions`, `defenses` (the forecast
+under each defense: geomsim.diagnose.defenses), `threshold`, `config`, versions, timing),
 `report.md` (a page a person reads), then the figures `fig_forecast` /
 `fig_spectrum` (as `--figures` says: PNG by default, none with `--figures none`).
 """
