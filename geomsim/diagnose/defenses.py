@@ -67,6 +67,10 @@ NOT_FORECAST = {"tracked_projection": "re-solves S along the path, which a local
 NOT_FORECAST_ADAM = {"replay": "acts through its restoring force beta H_A delta along the path, which Adam's "
                                "flow-limit model (a fixed step direction) does not have; at a stationary aligned "
                                "model its forecast is the undefended one"}
+GROWTH_STREAM = 5  # fold_in(key, 5): the growth directions' Lanczos start (the AIC uses the key itself)
+# The growth solve as the testbed's defenses run it (tracked_tol, tracked_matvecs): a 1e-2 residual
+# in at most 40 third-derivative products (each about two HVPs).
+GROWTH_TOL, GROWTH_MATVECS = 1e-2, 40
 
 
 def forecastable(optimizer: str) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -74,10 +78,6 @@ def forecastable(optimizer: str) -> tuple[tuple[str, ...], dict[str, str]]:
     if optimizer in ("adam", "adamw"):
         return tuple(d for d in DEFENSES if d not in NOT_FORECAST_ADAM), {**NOT_FORECAST, **NOT_FORECAST_ADAM}
     return DEFENSES, dict(NOT_FORECAST)
-GROWTH_STREAM = 5  # fold_in(key, 5): the growth directions' Lanczos start (the AIC uses the key itself)
-# The growth solve as the testbed's defenses run it (tracked_tol, tracked_matvecs): a 1e-2 residual
-# in at most 40 third-derivative products (each about two HVPs).
-GROWTH_TOL, GROWTH_MATVECS = 1e-2, 40
 
 
 class Settings(NamedTuple):
@@ -110,13 +110,13 @@ def defended_models(s: Settings, model: Landscape | AlignedModel, basis, key, re
     """The local model (LocalModels for gd and flow, AdamModel for adam and adamw) of the
     fine-tune under each defense in `s.names` (`none` included: no projection, no replay);
     `basis`: S0 as `(k, d)` rows. Pure: jits and vmaps over models."""
+    if not s.names:
+        return {}
     pieces = products(model, s.task_model, s.operator)
     tree = model.theta0 if isinstance(model, Landscape) else model.params
     unravel = ravel_pytree(tree)[1]
     adam = s.optimizer in ("adam", "adamw")
     second = second_moment(model, pieces.grad, s.minibatch) if adam else None
-    if not s.names:
-        return {}
     replay = jnp.asarray(replay, pieces.grad.dtype)  # float32 models stay float32 (their jvps need it)
     dtype = pieces.grad.dtype
     width = basis.shape[0] + s.growth  # every defense's projection as rows of one shape (zero rows: no-ops)
@@ -149,8 +149,9 @@ def defended_models(s: Settings, model: Landscape | AlignedModel, basis, key, re
         return local_models(s.krylov)(matvec, pieces.align_matvec, grad, pieces.align_grad)
 
     # One traced (and compiled) model build for all defenses, run one after another (lax.map,
-    # not vmap: a vmap would hold every defense's activations at once). Unrolled per defense,
-    # the program took 6 s more to compile for the 12-parameter example (2x its cold diagnosis).
+    # not vmap: a vmap would hold every defense's activations at once). Unrolled per defense, the
+    # 12-parameter example's cold diagnosis took 12.1 s, mapped 10.2-11.5 s (single runs; 6.1 s
+    # without the table: the rest is the growth solve's and the curves' compilation).
     stacked = jax.lax.map(one, (jnp.stack(rows), jnp.stack(betas)))
     return {name: jax.tree.map(lambda x, i=i: x[i], stacked) for i, name in enumerate(s.names)}
 
