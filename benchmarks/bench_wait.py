@@ -1,6 +1,7 @@
 """Where a person waits (issue 21): the README's default sweep and two diagnoses, cold and warm.
 
   python benchmarks/bench_wait.py --before 39ce978 --repeats 3
+  python benchmarks/bench_wait.py --hf --repeats 3     # the README's tiny Llama, with and without the defense table
 
 Each repeat of each command, per code tree: a fresh process with a new, empty compilation
 cache ("cold"), then a second fresh process with the cache the first one filled ("warm",
@@ -34,6 +35,14 @@ COMMANDS = {
 }
 
 
+def hf_commands(folder: Path) -> dict[str, list[str]]:
+    """The README's first `--hf` diagnosis (figures off), with and without the defense table."""
+    examples = Path(__file__).resolve().parents[1] / "examples" / "hf"
+    base = ["geomsim.diagnose", "--hf", str(folder), "--align", str(examples / "align.jsonl"), "--task",
+            str(examples / "task.jsonl"), "--rank", "2", "--figures", "none", "--quiet"]
+    return {"diagnose --hf tiny Llama": base, "diagnose --hf tiny Llama --defenses none": [*base, "--defenses", "none"]}
+
+
 def once(tree: Path, command: list[str], cache: Path, out: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(tree), "GEOMSIM_JAX_CACHE": str(cache)}
     t0 = time.perf_counter()
@@ -48,12 +57,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", metavar="REV")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--hf", action="store_true", help="time the README's tiny-Llama diagnosis instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, code_trees(args.before, Path(tmp)) as trees:
         tmp = Path(tmp)
-        times = {(name, tree): {"cold": [], "warm": []} for name in COMMANDS for tree in trees}
+        commands = COMMANDS
+        if args.hf:
+            examples = Path(__file__).resolve().parents[1] / "examples" / "hf"
+            subprocess.run([sys.executable, "-m", "geomsim.models.hf.tiny", str(tmp / "tiny-llama"), "--texts",
+                            str(examples / "align.jsonl"), str(examples / "task.jsonl")], check=True,
+                           capture_output=True)
+            commands = hf_commands(tmp / "tiny-llama")
+        times = {(name, tree): {"cold": [], "warm": []} for name in commands for tree in trees}
         for r in range(args.repeats):
-            for name, command in COMMANDS.items():
+            for name, command in commands.items():
                 for tree_name, tree in trees.items():
                     work = tmp / f"{tree_name}-{r}-{len(times)}-{abs(hash(name))}"
                     work.mkdir()
@@ -62,7 +79,8 @@ def main() -> None:
                         times[(name, tree_name)][kind].append(wall)
                         print(f"{name} [{tree_name}] {kind}: {wall:.1f} s", file=sys.stderr, flush=True)
     print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores: "
-          f"`python benchmarks/bench_wait.py{' --before ' + args.before if args.before else ''} "
+          f"`python benchmarks/bench_wait.py{' --before ' + args.before if args.before else ''}"
+          f"{' --hf' if args.hf else ''} "
           f"--repeats {args.repeats}`\n")
     print("| command | code | cold (median) | warm (median) | cold runs | warm runs |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -101,6 +101,11 @@ def test_diagnosis_over_two_processes_devices_equals_one_device(tmp_path):
         np.testing.assert_allclose(report["t_fail"][name], value, rtol=1e-8, err_msg=name)
     for field in ("sharpness", "eps", "coupling", "taylor", "eigenvalues"):
         np.testing.assert_allclose(report["aic"][field], one["aic"][field], rtol=1e-8, atol=1e-12, err_msg=field)
+    # the defense table too (its growth solve and defended local models on the mesh)
+    assert [r["defense"] for r in report["defenses"]["rows"]] == [r["defense"] for r in one["defenses"]["rows"]]
+    for mine, theirs in zip(report["defenses"]["rows"], one["defenses"]["rows"], strict=True):
+        np.testing.assert_allclose([mine["t_fail"], mine["task_at_ref"]], [theirs["t_fail"], theirs["task_at_ref"]],
+                                   rtol=1e-6, err_msg=mine["defense"])
 
 
 @pytest.mark.parametrize("mesh, message", [
