@@ -19,10 +19,10 @@ rate, task accuracy), `defense_points.csv` (per defense and point: at the accura
 target and at the fixed step), `summary.json` (figures/manifest.json entry
 `testbed_defenses`: per defense medians and the overhead vs `none`), figures.
 `defense_forecast.csv` and `summary.json`'s `forecast_ranking`: the diagnosis's forecast of
-each defense it models (`geomsim.diagnose.defenses`: Adam's flow-limit model under the
-projection or the replay term, on each point's polished model) at the fixed step, against
-the measured `Delta L_A` there: the rank correlation over the defenses per point and how
-often the forecast names the measured best.
+each defense it models for Adam (`geomsim.diagnose.defenses`: the flow-limit model under each
+projection, on each point's polished model; not replay, `NOT_FORECAST_ADAM`) at the fixed
+step, against the measured `Delta L_A` there: the rank correlation over the defenses per
+point and how often the forecast names the measured best.
 Each defense's results and measured seconds are kept in `<out>/cache/defense_<name>` under
 the digest of the settings it depends on (`DEFENSE_FIELDS` plus its own, `DEFENSE_SETTINGS`):
 a rerun into the same folder loads the finished defenses and runs only the rest.
@@ -65,10 +65,12 @@ from geomsim.testbed.sweep.run import (
     write_report,
 )
 from geomsim.testbed.sweep.summary import adam_points
+from geomsim.theory.forecast import adam_sign
 from geomsim.watchdog import watched
 
 TESTBED_DEFENSES = ("none", "static_projection", "tracked_projection", "curvature_projection", "replay", "lora")
 DEFENSE_STREAM = 9
+FORECAST_VERSION = 1  # bump when the defense forecast's code changes (its cache key)
 # What every defense's runs depend on beyond the polished models (the Adam arm's inputs; not
 # its chunking), and each defense's own settings: the digests of the cached results.
 DEFENSE_FIELDS = tuple(f for f in ADAM_FIELDS if f != "chunk")
@@ -199,9 +201,9 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
             reused.append(f"defense_{name}")
         bar.advance(1, f"{name} (cache)" if hit else name)
     tables = _tables(cfg, points, results)
-    forecast, hit = cached_arrays(out_dir, "forecast_defenses", config_layer.digest(
-        cfg, (*DEFENSE_FIELDS, "defenses", "defense_growth")),
-        lambda: _forecast(cfg, data, inputs))
+    # the code's version in the key: a changed forecast must not reuse a stale cache
+    digest = f"{config_layer.digest(cfg, (*DEFENSE_FIELDS, 'defenses', 'defense_growth'))}-v{FORECAST_VERSION}"
+    forecast, hit = cached_arrays(out_dir, "forecast_defenses", digest, lambda: _forecast(cfg, data, inputs))
     if hit:
         reused.append("forecast_defenses")
     tables["defense_forecast"] = _forecast_table(tables["defense_points"], forecast)
@@ -226,7 +228,7 @@ def _forecast(cfg: TestbedDefenseConfig, data, inputs) -> dict[str, np.ndarray]:
                                  task_fn=law.mixture_task(data, kw["base"], kw["other"], kw["mix"]))
         models = defended_models(settings, land, kw["basis"].T, jax.random.fold_in(kw["key"], DEFENSE_STREAM),
                                  0.0, 1e-8, 0.0)  # optax.adam's eps
-        return {name: m.slope * t + 0.5 * m.curvature * t**2 for name, m in models.items()}
+        return {name: adam_sign(m, jnp.asarray([t], m.slope.dtype))[0] for name, m in models.items()}
 
     return jax.tree.map(np.asarray, watched("testbed defense forecasts", jax.jit(jax.vmap(one)), inputs))
 
