@@ -165,10 +165,10 @@ def defense_program(s: Settings, model: Landscape | AlignedModel, undefended: Lo
     out = {}
     for name, local in models.items():
         beta = replay if name == "replay" else 0.0
-        curve, _ = bounded_curves(s.optimizer, local, times, lr, beta)
-        align_ref, task_ref = bounded_curves(s.optimizer, local, t_ref[None], lr, beta)
-        out[name] = {"t_fail": time_to_failure(times, curve, threshold), "align_at_ref": align_ref[0],
-                     "task_at_ref": task_ref[0], "curve": curve}
+        align, task = bounded_curves(s.optimizer, local, jnp.append(times, t_ref), lr, beta)  # t_ref last
+        curve = align[:-1]
+        out[name] = {"t_fail": time_to_failure(times, curve, threshold), "align_at_ref": align[-1],
+                     "task_at_ref": task[-1], "curve": curve}
     return out
 
 

@@ -284,10 +284,14 @@ def adam_time_scale(model: AdamModel, threshold: ArrayLike) -> Array:
     return jnp.where(rate > 0, threshold / jnp.where(rate > 0, rate, 1.0), jnp.inf)
 
 
+def _path(models: LocalModels, factors: Float[Array, "r m"]) -> Float[Array, "r m"]:
+    """`y = -||g|| Q diag(factor) Q^T e_1` for each row of factors: the displacement in the Krylov basis."""
+    return -models.grad_norm * (factors * models.ritz_vectors[0][None, :]) @ models.ritz_vectors.T
+
+
 def _align_increase(models: LocalModels, factors: Float[Array, "r m"]) -> Float[Array, " r"]:
     """`b.y + y^T M y / 2` with `y = -||g|| Q diag(factor) Q^T e_1` for each row of factors."""
-    first_row = models.ritz_vectors[0]  # Q^T e_1
-    ys = -models.grad_norm * (factors * first_row[None, :]) @ models.ritz_vectors.T
+    ys = _path(models, factors)
     return ys @ models.align_grad + 0.5 * jnp.einsum("ri,ij,rj->r", ys, models.align_hess, ys)
 
 
@@ -307,7 +311,7 @@ def _task_change(models: LocalModels, factors: Float[Array, "r m"], replay: Arra
     `defended_products`: on their Krylov space (inside range(P)) `V grad L_F = ||g_def|| e_1 -
     beta V grad L_A` and `V H_F V^T = T - beta V H_A V^T`, so no further products."""
     q, theta = models.ritz_vectors, models.ritz_values
-    ys = -models.grad_norm * (factors * q[0][None, :]) @ q.T
+    ys = _path(models, factors)
     e1 = jnp.zeros_like(models.align_grad).at[0].set(1.0)
     grad = models.grad_norm * e1 - replay * models.align_grad
     hess = (q * theta[None, :]) @ q.T - replay * models.align_hess
