@@ -87,7 +87,7 @@ from geomsim.sweep.progress import Progress  # noqa: E402
 from geomsim.tasks.language import REFUSE  # noqa: E402
 from geomsim.testbed.sweep import law, stages  # noqa: E402
 from geomsim.testbed.sweep.forecast import FORECAST_FIELDS, TestbedForecastConfig, run_index  # noqa: E402
-from geomsim.testbed.sweep.run import _select, prepare_models  # noqa: E402
+from geomsim.testbed.sweep.run import prepare_models, select  # noqa: E402
 from geomsim.theory.forecast import alignment_risk, forecast_errors  # noqa: E402
 
 MODEL_STAGES = ("pretrain", "sweep_align", "sweep_polish", "spectrum")
@@ -135,7 +135,7 @@ def run_inputs(cfg: TestbedForecastConfig, models, index: int, run: tuple[str, i
     return dict(
         theta0=jax.tree.map(lambda p: p[level, seed], models.polished),
         target=float(stages.targets(cfg)[level]),
-        base=_select(data.task_train["base"], seed), other=_select(data.task_train["other"], seed),
+        base=select(data.task_train["base"], seed), other=select(data.task_train["other"], seed),
         mix=float(np.asarray(cfg.mix)[mix_i]),
         basis=np.asarray(models.spec["polished_basis"][level, seed, 0]),  # geomsim's top Hessian direction of L_A
     )

@@ -48,15 +48,15 @@ from geomsim.dynamics import log_record_steps  # noqa: E402
 from geomsim.io import read_table  # noqa: E402
 from geomsim.sweep.progress import Progress  # noqa: E402
 from geomsim.tasks import answer_loss_of_logits  # noqa: E402
+from geomsim.testbed.streams import Stream  # noqa: E402
 from geomsim.testbed.sweep import law, stages  # noqa: E402
 from geomsim.testbed.sweep.forecast import (  # noqa: E402
-    FORECAST_STREAM,
     TestbedForecastConfig,
     _mixture_ggn,
     forecast_steps,
     run_index,
 )
-from geomsim.testbed.sweep.run import _select, prepare_models  # noqa: E402
+from geomsim.testbed.sweep.run import prepare_models, select  # noqa: E402
 from geomsim.theory.laws import first_crossing  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,9 +141,9 @@ def main(argv=None):
         if sd not in seeds:
             continue
         t0 = time.perf_counter()
-        res = jax.tree.map(np.asarray, fn(_select(models.polished, lv, sd), jnp.asarray(stages.targets(cfg)[lv]),
-                                          _select(data.task_train["base"], sd), _select(data.task_train["other"], sd),
-                                          jnp.asarray(cfg.mix[mx]), data.key(FORECAST_STREAM, i)))
+        res = jax.tree.map(np.asarray, fn(select(models.polished, lv, sd), jnp.asarray(stages.targets(cfg)[lv]),
+                                          select(data.task_train["base"], sd), select(data.task_train["other"], sd),
+                                          jnp.asarray(cfg.mix[mx]), data.key(Stream.SWEEP_FORECAST, i)))
         seconds.append(time.perf_counter() - t0)
         lr_ratio.append(float(res["lr"] / table["lr"][i]))
         sel = (curves["run"] == i) & (curves["curve"] == "measured")

@@ -7,7 +7,10 @@ spectra), `theory` (Taylor coefficients, laws, AIC, forecasts), `fitting`
 CLI), `diagnose` (the forecast CLI), `testbed` (the transformer), `models`
 (equinox models; `models.hf`: Hugging Face checkpoints, tokenizers, JSONL data),
 `tasks` (the synthetic language), `plotting`, `io`, `processes` (several
-processes, one job: `jax.distributed`), `chunking` (rows in fixed-size chunks).
+processes, one job: `jax.distributed`), `chunking` (rows in fixed-size chunks);
+modules `config` (typed settings from flags and TOML), `watchdog` (a stalled
+chunk becomes a one-line error) and `finite` (non-finite inputs named, never a
+verdict).
 """
 
 from geomsim._runtime import configure_runtime

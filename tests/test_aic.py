@@ -12,7 +12,7 @@ from geomsim import align_coefficients, dense_aic, quadratic_cubic
 from geomsim.curvature import dense_ggn, fisher_operator, ggn_operator
 from geomsim.io import loads_strict
 from geomsim.models import MLP, Transformer, TransformerConfig, as_functional, cross_entropy
-from geomsim.theory import aic_factory
+from geomsim.theory import Subspace, aic_factory, dense_matrices
 from geomsim.theory.aic import AICResult, aic, landscape_aic
 from geomsim.theory.aic_dense import dense_model_aic
 
@@ -91,6 +91,32 @@ def test_negative_control_and_update_overlap():
     inside = run(land.basis @ jnp.array([1.0, -2.0]))
     np.testing.assert_allclose(inside.update_overlap, 1.0, rtol=1e-12)
     assert np.isnan(float(res.tail_mass))
+
+
+def test_a_given_subspace_gives_the_task_side_and_the_s_part_coefficients(landscape_results):
+    """`subspace=` skips the spectrum: with the Lanczos S it reproduces every task-side
+    field, and the S coordinates and S-part coefficients equal the dense ones."""
+    cfg, land, res = landscape_results["overlap_mu"]
+    given = jax.jit(lambda land, s: landscape_aic(land, 3, key=KEY, subspace=s))(
+        land, Subspace(res.basis, res.eigenvalues[:3]))
+    assert given.operator == "subspace" and int(given.rank) == 3 and given.eigenvalues.shape == (3,)
+    for field in ("sharpness", "eps", "coupling", "coupling_fisher", "grad_norm", "align_grad_norm", "grad_coords",
+                  "task_hg_coords", "taylor", "c4_bound", "c4_bound_fisher", "t_fail", "window_end"):
+        np.testing.assert_allclose(getattr(given, field), getattr(res, field), rtol=1e-12, atol=1e-15, err_msg=field)
+    assert all(np.all(np.isnan(getattr(given, f))) for f in ("mu", "gap_ratio", "tail_mass", "trace", "residuals"))
+    hess_a, g, hess_f = dense_matrices(land)
+    evals, evecs = np.linalg.eigh(np.asarray(hess_a))
+    top, rows = evals[::-1][:3], evecs[:, ::-1][:, :3].T
+    np.testing.assert_allclose(given.c2_s, 0.5 * np.sum(top * (rows @ g) ** 2), rtol=1e-10)
+    np.testing.assert_allclose(given.c4_s, 0.125 * np.sum(top * (rows @ (hess_f @ g)) ** 2), rtol=1e-10)
+    np.testing.assert_allclose(np.linalg.norm(given.grad_coords), cfg["eps"], rtol=1e-10)  # ||P_S g||, ||g|| = 1
+    np.testing.assert_allclose(given.c4_s, given.c4_bound_fisher, rtol=1e-12)  # F = A on S
+    # Negative control: the next three eigenvectors are not S; eps and gamma there are not the configured ones.
+    outside = landscape_aic(land, 3, key=KEY, subspace=Subspace(evecs[:, ::-1][:, 3:6].T, evals[::-1][3:6]))
+    assert abs(float(outside.eps) - cfg["eps"]) > 0.1 * cfg["eps"]
+    assert abs(float(outside.coupling) - cfg["coupling"]) > 0.1 * cfg["coupling"]
+    with pytest.raises(ValueError, match=r"^subspace: basis must be \(k, d\) = \(3, 24\)"):
+        landscape_aic(land, 3, key=KEY, subspace=Subspace(res.basis.T, res.eigenvalues[:3]))
 
 
 def test_vmap_over_a_landscape_grid():

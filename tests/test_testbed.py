@@ -93,16 +93,66 @@ def test_flax_twin_gives_the_same_diagnostics():
     flax_apply, flax_params = as_functional(module, {"params": flax_weights})
     flax_bed = dataclasses.replace(bed, apply_fn=flax_apply)
     add_axis = lambda tree: jax.tree.map(lambda x: x[None], tree)  # noqa: E731
-    spec = diagnostics.spectrum(bed, add_axis(eqx_params))
-    # The S basis is only used for `s_grad`, `s_hg` (flat coordinates, which differ between the
-    # two pytrees); each model finds its own top-k (sharpness, eps, coupling) by Lanczos.
-    diag_e = diagnostics.task_diagnostics(bed, add_axis(eqx_params), spec, taylor_order=2)
-    diag_f = diagnostics.task_diagnostics(flax_bed, add_axis(flax_params), spec, taylor_order=2)
+    # Each model its own S (flat coordinates differ between the two pytrees).
+    diag_e, diag_f = (diagnostics.task_diagnostics(b, add_axis(p), diagnostics.spectrum(b, add_axis(p)), taylor_order=2)
+                      for b, p in ((bed, eqx_params), (flax_bed, flax_params)))
     for key in ("sharpness", "eps", "coupling", "overlap", "grad_norm", "taylor"):
         np.testing.assert_allclose(diag_e[key], diag_f[key], rtol=1e-5, atol=1e-10)
     # Losses agree too, through the same metric functions.
     data = bed.task_train["sort"]
     np.testing.assert_allclose(answer_loss(bed.apply_fn, eqx_params, data), answer_loss(flax_apply, flax_params, data), rtol=1e-10)
+
+
+def test_every_reported_aic_field_equals_the_dense_aic():
+    """diagnostics.csv's AIC fields on a transformer small enough for dense matrices (d = 433):
+    S from the dense Fisher of the first answer token on the harmful prompts (`J^T (diag p -
+    p p^T) J`, from the Jacobian; the testbed's default operator), every field against
+    `dense_model_aic`.  (The Hessian operator's path is `aic`'s own: tests/test_aic.py.)"""
+    from geomsim.theory.aic_dense import dense_model_aic
+
+    cfg = make_testbed_config(None, dict(seeds=1, n_symbols=4, length=2, modulus=2, width=4, depth=1, heads=1,
+                                         finetune_tasks="copy", finetune_size=8, eval_size=6, rank=2,
+                                         lanczos_iters=4, slq_probes=1))
+    bed = stages.build(cfg)
+    params = stages.init_params(bed)
+    spec = diagnostics.spectrum(bed, params)
+    diag = jax.tree.map(lambda x: np.asarray(x)[0, 0], diagnostics.task_diagnostics(bed, params, spec, taylor_order=2))
+    p = jax.tree.map(lambda x: x[0], params)
+    flat, unravel = ravel_pytree(p)
+    task = bed.task_loss("copy")
+
+    @jax.jit
+    def dense(flat):  # one program: op by op, the Jacobians and Hessians compile per primitive
+        prompts = bed.harm_eval.tokens[:, : bed.lang.answer_start]
+        jac = jax.jacobian(lambda f: bed.apply_fn(unravel(f), prompts)[:, -1, :])(flat)  # (n, vocab, d)
+        probs = jax.nn.softmax(bed.apply_fn(unravel(flat), prompts)[:, -1, :])
+        cov = jax.vmap(jnp.diag)(probs) - probs[:, :, None] * probs[:, None, :]
+        fisher = jnp.einsum("nvd,nvw,nwe->de", jac, cov, jac) / prompts.shape[0]
+        fisher_s = dense_model_aic(bed.align_loss, task, unravel(flat), k=2, operator_matrix=fisher,
+                                   third_order=False)
+        hessian_s = dense_model_aic(bed.align_loss, task, unravel(flat), k=2, third_order=False)
+        g = jax.grad(lambda f: task(unravel(f)))(flat)
+        hg = jax.jvp(jax.grad(lambda f: task(unravel(f))), (flat,), (g,))[1]
+        align_grad = jax.grad(lambda f: bed.align_loss(unravel(f)))(flat)
+        return fisher_s, hessian_s, g, hg, align_grad
+
+    ref, other, g, hg, align_grad = dense(flat)
+    assert flat.shape == (433,)
+    proj = ref.basis.T @ ref.basis
+    basis = np.asarray(spec.basis[0])  # (d, k)
+    expected = dict(
+        sharpness=ref.sharpness, eps=ref.eps, coupling=ref.coupling, coupling_fisher=ref.coupling_fisher,
+        overlap=ref.eps**2, grad_norm=ref.grad_norm, align_grad_norm=jnp.linalg.norm(align_grad),
+        c4_leading=ref.taylor[4], c4_bound=ref.sharpness * ref.coupling**2 / 8,
+        c4_bound_fisher=ref.coupling_fisher**2 / 8,
+    )
+    for field, value in expected.items():
+        np.testing.assert_allclose(diag[field], value, rtol=1e-6, atol=1e-12, err_msg=field)
+    np.testing.assert_allclose(diag["taylor"][1:3], ref.taylor[1:3], rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(basis @ diag["s_grad"], proj @ g, rtol=1e-6, atol=1e-10)  # P_S g
+    np.testing.assert_allclose(basis @ diag["s_hg"], proj @ hg, rtol=1e-6, atol=1e-10)  # P_S H_F g
+    # Negative control: the Hessian's S gives other numbers (the fields follow the operator).
+    assert abs(float(other.eps) - float(diag["eps"])) > 1e-2 * float(diag["eps"])
 
 
 def test_config_errors_are_one_line(capsys):

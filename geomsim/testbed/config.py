@@ -15,9 +15,6 @@ from geomsim import config as config_layer
 from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
 from geomsim.tasks.language import FINETUNE_TASKS, TASKS
 
-# The testbed's errors are the common layer's (kept under this name for callers).
-TestbedConfigError = ConfigError
-
 
 @dataclass(frozen=True)
 class TestbedConfig:
@@ -93,11 +90,6 @@ PRETRAIN_FIELDS = (
     "pretrain_steps", "pretrain_lr", "pretrain_harmful_fraction",
 )
 ALIGN_FIELDS = (*PRETRAIN_FIELDS, "align_steps", "align_lr", "align_harmful_fraction")
-
-
-def validate(config: TestbedConfig) -> TestbedConfig:
-    """Check every field; raises ConfigError with one line."""
-    return config_layer.validate(config)
 
 
 def make_testbed_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TestbedConfig:

@@ -31,7 +31,8 @@ from geomsim.models.hf import DecoderLM, parse_config, save_pretrained
 from geomsim.models.hf.tiny import llama_config
 from geomsim.tasks import Batch, Language
 from geomsim.testbed.config import TestbedConfig
-from geomsim.testbed.stages import INIT_STREAM, Testbed, align, build, evaluate, pretrain
+from geomsim.testbed.stages import Testbed, align, build, evaluate, pretrain
+from geomsim.testbed.streams import Stream
 
 
 def llama_testbed(config: TestbedConfig) -> tuple[Testbed, DecoderLM]:
@@ -51,7 +52,7 @@ def train_llama(config: TestbedConfig) -> tuple[Testbed, DecoderLM, dict]:
     """Pretrain and align seed 0's model; the per-stage evaluation on the side."""
     config = dataclasses.replace(config, seeds=1)
     bed, skeleton = llama_testbed(config)
-    init = jax.vmap(lambda k: as_functional(DecoderLM(bed.model_config, key=k))[1])(bed.seed_keys(INIT_STREAM))
+    init = jax.vmap(lambda k: as_functional(DecoderLM(bed.model_config, key=k))[1])(bed.seed_keys(Stream.INIT))
     params, _ = pretrain(bed, init)
     params, _ = align(bed, params)
     metrics = {k: float(v[0]) for k, v in evaluate(bed, params).items()}

@@ -34,8 +34,6 @@ from geomsim.testbed.config import ALIGN_FIELDS, PRETRAIN_FIELDS, TestbedConfig
 from geomsim.testbed.summary import summarise
 from geomsim.watchdog import watched
 
-STAGES = ("pretrain", "align", "diagnostics", "finetune", "report")
-
 
 @dataclass
 class TestbedResult:

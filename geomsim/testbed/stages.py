@@ -36,10 +36,8 @@ from geomsim.tasks import (
     refusal_loss,
 )
 from geomsim.testbed.config import TestbedConfig
+from geomsim.testbed.streams import Stream
 from geomsim.testbed.train import train
-
-# Key streams: one fold per purpose, so adding a stage never changes another's data.
-PRETRAIN_STREAM, ALIGN_STREAM, EVAL_STREAM, FINETUNE_STREAM, LORA_STREAM, INIT_STREAM = range(6)
 
 
 @dataclass(frozen=True)
@@ -95,7 +93,7 @@ def build(config: TestbedConfig) -> Testbed:
 
 def _datasets(config: TestbedConfig, lang: Language) -> tuple[Batch, Batch, dict[str, Batch], dict[str, Batch]]:
     """`build`'s harmful / benign evaluation sets and each fine-tuning task's train / eval sets."""
-    root = jax.random.fold_in(jax.random.key(config.seed), EVAL_STREAM)
+    root = jax.random.fold_in(jax.random.key(config.seed), Stream.EVAL)
     k_harm, k_benign, k_tasks = jax.random.split(root, 3)
     per = -(-config.eval_size // len(PRETRAIN_TASKS))
     harm = concat([make_batch(lang, t, jax.random.fold_in(k_harm, i), per, harmful=True)
@@ -114,7 +112,7 @@ def init_params(bed: Testbed, dtype=None) -> PyTree:
     """Fresh transformer parameters for every seed (leading seed axis); `dtype`
     defaults to JAX's default float."""
     return jax.jit(jax.vmap(lambda k: as_functional(Transformer(bed.model_config, key=k, dtype=dtype))[1]))(
-        bed.seed_keys(INIT_STREAM))
+        bed.seed_keys(Stream.INIT))
 
 
 def train_mixture(lang: Language, params: PyTree, key: PRNGKeyArray, *, loss: Callable[[PyTree, Batch], Array],
@@ -144,14 +142,14 @@ def _stage(bed: Testbed, params: PyTree, *, stream: int, steps: int, lr: float, 
 def pretrain(bed: Testbed, params: PyTree) -> tuple[PyTree, Array]:
     """Pretraining on the benign tasks plus harmful requests answered like any other."""
     cfg = bed.config
-    return _stage(bed, params, stream=PRETRAIN_STREAM, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr,
+    return _stage(bed, params, stream=Stream.PRETRAIN, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr,
                   harmful_fraction=cfg.pretrain_harmful_fraction, aligned=False)
 
 
 def align(bed: Testbed, params: PyTree) -> tuple[PyTree, Array]:
     """Alignment: harmful requests -> REFUSE, benign requests answered as before."""
     cfg = bed.config
-    return _stage(bed, params, stream=ALIGN_STREAM, steps=cfg.align_steps, lr=cfg.align_lr,
+    return _stage(bed, params, stream=Stream.ALIGN, steps=cfg.align_steps, lr=cfg.align_lr,
                   harmful_fraction=cfg.align_harmful_fraction, aligned=True)
 
 
@@ -268,4 +266,4 @@ def finetune_lora(bed: Testbed, params: PyTree, basis: Array, curvature: Array, 
 
         return descend(land, optax.sgd(lr), rec, lr, None, extra=extra)
 
-    return _over_tasks_and_seeds(one, *stacked_tasks(bed), params, basis, curvature, bed.seed_keys(LORA_STREAM))
+    return _over_tasks_and_seeds(one, *stacked_tasks(bed), params, basis, curvature, bed.seed_keys(Stream.LORA))

@@ -1,6 +1,6 @@
 """Theory: Taylor coefficients along gradient flow, closed-form laws, dense AIC, forecasts."""
 
-from geomsim.theory.aic import aic_factory
+from geomsim.theory.aic import AICResult, Subspace, aic, aic_factory, landscape_aic
 from geomsim.theory.aic_dense import DenseAIC, dense_aic, dense_matrices
 from geomsim.theory.forecast import (
     AdamModel,
@@ -38,6 +38,7 @@ from geomsim.theory.laws import (
 from geomsim.theory.taylor import align_coefficients, path_coefficients
 
 __all__ = [
+    "AICResult",
     "AdamModel",
     "DenseAIC",
     "LocalModels",
@@ -56,7 +57,10 @@ __all__ = [
     "task_change_flow",
     "task_change_gd",
     "time_to_failure",
+    "Subspace",
+    "aic",
     "aic_factory",
+    "landscape_aic",
     "align_coefficients",
     "crossover_time",
     "dense_aic",

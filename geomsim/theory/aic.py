@@ -25,6 +25,10 @@ the aligned point `params`:
   failure `(tau / c4)^(1/4)`, and the polynomial's first crossing of tau within
   the expansion window `t < 1 / ||H_F||`.
 
+A known S (`Subspace(basis, eigenvalues)`, e.g. one model's spectrum shared by
+the many tasks fine-tuned from it) replaces the spectrum part; the task side and
+the S-part coefficients `c2_s`, `c4_s` are then measured against it.
+
 `measure` assembles small parts, each a pure function of operators and flat
 vectors: `_spectrum` (Lanczos on A, deflated trace of the tail), `_geometry`
 (g, grad L_A, H_F g and their projections on S), `_window` (||H_F|| by
@@ -45,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -77,6 +81,9 @@ class AICResult(eqx.Module):
         `||grad L_A||`; update_overlap `||P_S u||^2 / ||u||^2` of the given update
         (nan without one); task_spectral_norm `||H_F||` and window_end
         `1 / ||H_F||` (nan if skipped).
+    S coordinates: grad_coords `(k,)` = `U g` and task_hg_coords `(k,)` = `U H_F g` for
+        the rows U of `basis` (sign-dependent like the basis; `c2_s` / `c4_s` are
+        the S-part's own coefficients built from them).
     Laws: taylor `(5,)` = (0, c1, c2, c3, c4 leading term); c4_bound `lambda
         gamma^2 / 8`; c4_bound_fisher `gamma_F^2 / 8`; threshold tau; t_fail
         `(tau / c4)^(1/4)` (inf when c4 is at round-off level); t_threshold (first crossing of the Taylor polynomial
@@ -102,6 +109,8 @@ class AICResult(eqx.Module):
     coupling_fisher: Float[Array, ""]
     align_grad_norm: Float[Array, ""]
     update_overlap: Float[Array, ""]
+    grad_coords: Float[Array, " k"]
+    task_hg_coords: Float[Array, " k"]
     task_spectral_norm: Float[Array, ""]
     window_end: Float[Array, ""]
     taylor: Float[Array, " 5"]
@@ -124,6 +133,18 @@ class AICResult(eqx.Module):
     @property
     def c4(self) -> Array:
         return self.taylor[..., 4]
+
+    @property
+    def c2_s(self) -> Array:
+        """`(1/2) (P_S g)^T A (P_S g) = (1/2) sum_i lambda_i (u_i . g)^2`: the t^2 coefficient of
+        the S-part of `Delta L_A` (A's curvature on S only; units of A x grad^2)."""
+        return 0.5 * jnp.sum(self.eigenvalues[..., : self.k] * self.grad_coords**2, axis=-1)
+
+    @property
+    def c4_s(self) -> Array:
+        """`(1/8) (P_S H_F g)^T A (P_S H_F g)`: the theorem's t^4 coefficient of the S-part
+        (equals `c4_bound_fisher` when F is A itself)."""
+        return 0.125 * jnp.sum(self.eigenvalues[..., : self.k] * self.task_hg_coords**2, axis=-1)
 
     def predict(self, t: Any) -> Array:
         """Predicted `Delta L_A(t)` (Taylor polynomial through t^4)."""
@@ -171,6 +192,8 @@ class AICResult(eqx.Module):
                 values[field] = data[field]
             elif field == "basis" and "basis" not in data:
                 values[field] = jnp.zeros((data["k"], 0))
+            elif field in ("grad_coords", "task_hg_coords") and field not in data:  # written before they existed
+                values[field] = jnp.full((data["k"],), jnp.nan)
             elif field in nonfinite:  # null -> the non-finite value it stood for
                 kinds = np.asarray(nonfinite[field], dtype=object)
                 raw = np.asarray(data[field], dtype=object)
@@ -178,6 +201,15 @@ class AICResult(eqx.Module):
             else:
                 values[field] = jnp.asarray(data[field])
         return cls(**values)
+
+
+class Subspace(NamedTuple):
+    """A known S for `measure(..., subspace=...)`: orthonormal rows `basis (k, d)` (flat
+    coordinates, ravel_pytree order) and the alignment operator's eigenvalues on them
+    `(k,)`, descending (e.g. one model's spectrum shared by many fine-tuning tasks)."""
+
+    basis: Float[Array, "k d"]
+    eigenvalues: Float[Array, " k"]
 
 
 # --- settings -------------------------------------------------------------------------------------
@@ -261,6 +293,15 @@ def _grad_second_directional(op: HessianOperator, v: PyTree) -> PyTree:
     return _batch_mean(op, one)
 
 
+def _given_subspace(subspace: Subspace, k: int, d: int, dtype) -> Subspace:
+    """`subspace` checked against k and d (shapes are static: one clear error at trace time)."""
+    basis, lam = jnp.asarray(subspace.basis, dtype), jnp.asarray(subspace.eigenvalues, dtype)
+    if basis.shape != (k, d) or lam.shape != (k,):
+        raise ValueError(f"subspace: basis must be (k, d) = ({k}, {d}) rows and eigenvalues ({k},) "
+                         f"(got {basis.shape} and {lam.shape})")
+    return Subspace(basis, lam)
+
+
 # --- the parts ------------------------------------------------------------------------------------
 
 
@@ -313,7 +354,8 @@ class _Geometry(eqx.Module):
     """The task gradient against S (flat vectors `(d,)`, ravel_pytree order).
 
     grad `g = grad L_F` (loss/param) and grad_norm `||g||`; align_grad `grad L_A`;
-    task_hg `H_F g` (loss/param^3); eps `||P_S g|| / ||g||` (a ratio); coupling
+    task_hg `H_F g` (loss/param^3); grad_coords `U g`, task_hg_coords `U H_F g` (S
+    coordinates, U the rows of the basis); eps `||P_S g|| / ||g||` (a ratio); coupling
     `||P_S H_F g||`; gamma_fisher_sq `(P_S H_F g)^T F (P_S H_F g)`; update_overlap
     `||P_S u||^2 / ||u||^2` (nan without an update); num_matvecs the products with
     H_F and F.
@@ -323,6 +365,8 @@ class _Geometry(eqx.Module):
     grad_norm: Float[Array, ""]
     align_grad: Float[Array, " d"]
     task_hg: Float[Array, " d"]
+    grad_coords: Float[Array, " k"]
+    task_hg_coords: Float[Array, " k"]
     eps: Float[Array, ""]
     coupling: Float[Array, ""]
     gamma_fisher_sq: Float[Array, ""]
@@ -345,7 +389,7 @@ def _geometry(
     """
     g = task_op.ravel(task_op.gradient())
     hg = task_op.mv_flat(g)
-    coords = basis @ hg
+    coords, coords_g = basis @ hg, basis @ g
     if fisher is None:
         gamma_f2, matvecs = jnp.sum(top * coords**2), 1
     else:
@@ -358,7 +402,9 @@ def _geometry(
         grad_norm=gnorm,
         align_grad=align_op.ravel(align_op.gradient()),
         task_hg=hg,
-        eps=jnp.linalg.norm(basis @ g) / gnorm,
+        grad_coords=coords_g,
+        task_hg_coords=coords,
+        eps=jnp.linalg.norm(coords_g) / gnorm,
         coupling=jnp.linalg.norm(coords),
         gamma_fisher_sq=gamma_f2,
         update_overlap=jnp.asarray(overlap, g.dtype),
@@ -479,6 +525,7 @@ def aic_factory(
         fisher: CurvatureOperator | None = None,
         update: PyTree | None = None,
         threshold: float | Array | None = None,
+        subspace: Subspace | None = None,
     ) -> AICResult:
         """Measure the AIC at the aligned point `params` (see the module docstring).
 
@@ -495,6 +542,10 @@ def aic_factory(
             update: an optional parameter update (pytree) to score against S.
             threshold: tau for this call (default: the factory's); an array here, so one
                 jitted `measure` serves every threshold without recompiling.
+            subspace: a known S (`Subspace(basis, eigenvalues)`) instead of the Lanczos
+                solve and the tail trace: then `eigenvalues` are those k, `operator` is
+                "subspace", `rank` is k, and residuals, mu, gap_ratio, tail_mass and
+                trace are nan (not measured).
         """
         if key is None:
             raise ValueError("key: aic needs an explicit PRNG key, e.g. key=jax.random.key(0) (it seeds the "
@@ -504,15 +555,22 @@ def aic_factory(
         align_op = HessianOperator(params=params, batches=a_bs, loss=align_loss)
         task_op = HessianOperator(params=params, batches=f_bs, loss=task_loss)
         n = s.eigenpairs(align_op.dim)
-        op, op_name = _alignment_operator(operator, align_op)
         dtype = align_op.dtype
         nan = jnp.asarray(jnp.nan, dtype)
         tau = jnp.asarray(s.threshold if threshold is None else threshold, dtype)
 
         k_eig, k_trace, k_win = jax.random.split(key, 3)
-        eig, tail, tail_err, matvecs = _spectrum(op, n, s, k_eig, k_trace)
-        lam, basis = eig.eigenvalues, eig.eigenvectors[: s.k]
-        spectral_norm = jnp.maximum(jnp.abs(lam[0]), jnp.max(jnp.abs(eig.ritz_range)))
+        if subspace is None:
+            op, op_name = _alignment_operator(operator, align_op)
+            eig, tail, tail_err, matvecs = _spectrum(op, n, s, k_eig, k_trace)
+            lam, basis, residuals, converged = eig.eigenvalues, eig.eigenvectors[: s.k], eig.residuals, eig.converged
+            spectral_norm = jnp.maximum(jnp.abs(lam[0]), jnp.max(jnp.abs(eig.ritz_range)))
+            mu, rank = lam[s.k], gap_rank(lam)
+        else:
+            basis, lam = _given_subspace(subspace, s.k, align_op.dim, dtype)
+            op_name, residuals, converged, matvecs = "subspace", jnp.full((s.k,), jnp.nan, dtype), jnp.asarray(True), 0
+            tail = tail_err = mu = nan
+            spectral_norm, rank = jnp.max(jnp.abs(lam)), jnp.asarray(s.k)
         geo = _geometry(align_op, task_op, basis, lam[: s.k], fisher, update)
         matvecs = matvecs + geo.num_matvecs
         if s.window:
@@ -529,17 +587,17 @@ def aic_factory(
             t_fail, t_threshold = nan, nan
             curve_time = jnp.full((s.num_curve,), jnp.nan, dtype)
 
-        sharp, mu = lam[s.k - 1], lam[s.k]
+        sharp = lam[s.k - 1]
         coupling = geo.coupling
         return AICResult(
             eigenvalues=lam,
-            residuals=eig.residuals,
+            residuals=residuals,
             basis=basis,
             sharpness=sharp,
             mu=mu,
             gap_ratio=mu / sharp,
             spectral_norm=spectral_norm,
-            rank=gap_rank(lam),
+            rank=rank,
             tail_mass=tail,
             tail_mass_stderr=tail_err,
             trace=jnp.sum(lam[: s.k]) + tail,
@@ -549,6 +607,8 @@ def aic_factory(
             coupling_fisher=jnp.sqrt(jnp.maximum(geo.gamma_fisher_sq, 0.0)),
             align_grad_norm=jnp.linalg.norm(geo.align_grad),
             update_overlap=geo.update_overlap,
+            grad_coords=geo.grad_coords,
+            task_hg_coords=geo.task_hg_coords,
             task_spectral_norm=task_norm,
             window_end=window_end,
             taylor=taylor,
@@ -560,7 +620,7 @@ def aic_factory(
             curve_time=curve_time,
             curve=polynomial_value(taylor, curve_time),
             num_matvecs=jnp.asarray(matvecs),
-            converged=eig.converged,
+            converged=converged,
             k=s.k,
             operator=op_name,
         )
@@ -588,6 +648,7 @@ def aic(
     window: bool = True,
     threshold: float | Array = 1e-2,
     update: PyTree | None = None,
+    subspace: Subspace | None = None,
     num_curve: int = 64,
     laws: bool = True,
     third_order: bool = True,
@@ -597,7 +658,7 @@ def aic(
     One call of `aic_factory(k, num_eigs=..., ..., third_order=...)` (the
     settings, documented there) on `(align_loss, task_loss, params, batches,
     key=..., align_batches=..., task_batches=..., operator=..., fisher=...,
-    update=...)` (the inputs, documented at its `measure`).  Use the factory to
+    update=..., subspace=...)` (the inputs, documented at its `measure`).  Use the factory to
     validate the settings once and vmap the measurement, e.g. over keys.  `threshold`
     may be traced (it is then an input of the program, not a setting).
     """
@@ -606,7 +667,8 @@ def aic(
                           trace_samples=trace_samples, window=window, num_curve=num_curve,
                           laws=laws, third_order=third_order, **checked)
     return measure(align_loss, task_loss, params, batches, key=key, align_batches=align_batches,
-                   task_batches=task_batches, operator=operator, fisher=fisher, update=update, threshold=threshold)
+                   task_batches=task_batches, operator=operator, fisher=fisher, update=update, threshold=threshold,
+                   subspace=subspace)
 
 
 def landscape_aic(landscape: Landscape, k: int, **options: Any) -> AICResult:

@@ -51,17 +51,18 @@ from geomsim.landscapes import FunctionLandscape
 from geomsim.models.lora import lora_init, lora_merge
 from geomsim.sweep.progress import Progress
 from geomsim.tasks import PRETRAIN_TASKS, concat, make_batch, refusal_kl
+from geomsim.testbed.streams import RunFold
 from geomsim.testbed.summary import spearman
 from geomsim.testbed.sweep import law
 from geomsim.testbed.sweep.cache import cached_arrays
 from geomsim.testbed.sweep.config import TestbedSweepConfig
 from geomsim.testbed.sweep.run import (
     ADAM_FIELDS,
-    _select,
     adam_inputs,
     begin_run,
     point_index,
     prepare_models,
+    select,
     write_report,
 )
 from geomsim.testbed.sweep.summary import adam_points
@@ -69,7 +70,6 @@ from geomsim.theory.forecast import adam_sign
 from geomsim.watchdog import watched
 
 TESTBED_DEFENSES = ("none", "static_projection", "tracked_projection", "curvature_projection", "replay", "lora")
-DEFENSE_STREAM = 9
 FORECAST_VERSION = 1  # bump when the defense forecast's code changes (its cache key)
 # What every defense's runs depend on beyond the polished models (the Adam arm's inputs; not
 # its chunking), and each defense's own settings: the digests of the cached results.
@@ -181,7 +181,7 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
         def compute(name=name):
             def one(kw):
                 make = _finetune(cfg, data, name, kw["basis"].T, kw["target"], kw["base"], kw["other"], kw["mix"],
-                                 jax.random.fold_in(kw["key"], DEFENSE_STREAM))
+                                 jax.random.fold_in(kw["key"], RunFold.DEFENSE))
                 return law.adam_run(data, **kw, finetune=make)
 
             # Compiled ahead of the timing, on the flat leaves (the pytree of `Compiled`'s
@@ -208,7 +208,7 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
         reused.append("forecast_defenses")
     tables["defense_forecast"] = _forecast_table(tables["defense_points"], forecast)
     summary = summarise_defenses(cfg, tables, seconds)
-    parameters = int(ravel_pytree(_select(models.polished, 0, 0))[0].shape[0])
+    parameters = int(ravel_pytree(select(models.polished, 0, 0))[0].shape[0])
     from geomsim.plotting.testbed_defense_figures import defense_figures
 
     return write_report(out_dir, cfg, tables, summary, defense_figures if plots else None,
@@ -226,7 +226,7 @@ def _forecast(cfg: TestbedDefenseConfig, data, inputs) -> dict[str, np.ndarray]:
     def one(kw):
         land = FunctionLandscape(theta0=kw["theta0"], align_fn=lambda p: data.align_loss(p, kw["target"]),
                                  task_fn=law.mixture_task(data, kw["base"], kw["other"], kw["mix"]))
-        models = defended_models(settings, land, kw["basis"].T, jax.random.fold_in(kw["key"], DEFENSE_STREAM),
+        models = defended_models(settings, land, kw["basis"].T, jax.random.fold_in(kw["key"], RunFold.DEFENSE),
                                  0.0, 1e-8, 0.0)  # optax.adam's eps
         return {name: adam_sign(m, jnp.asarray([t], m.slope.dtype))[0] for name, m in models.items()}
 

@@ -55,16 +55,18 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from geomsim import config as config_layer
 from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
-from geomsim.curvature import eigsh, ggn_operator, hessian_operator
+from geomsim.curvature import ggn_operator, hessian_operator
 from geomsim.diagnose.verdict import diagnosis_methods
 from geomsim.dynamics import log_record_steps
 from geomsim.io import Table
 from geomsim.processes import current_group
 from geomsim.sweep.progress import Progress
 from geomsim.tasks import Batch, answer_loss_of_logits
+from geomsim.testbed.streams import RunFold, Stream
 from geomsim.testbed.sweep import law, stages
 from geomsim.testbed.sweep.config import POLISH_FIELDS, TestbedSweepConfig
-from geomsim.testbed.sweep.run import _run_chunks, _select, begin_run, prepare_models_once, write_report
+from geomsim.testbed.sweep.run import begin_run, prepare_models_once, run_chunks, select, write_report
+from geomsim.theory.aic import Subspace, aic
 from geomsim.theory.calibration import (
     ALPHA,
     LevelCalibrations,
@@ -96,7 +98,6 @@ FORECAST_ARMS = ("polished", "as_trained")
 # with --task-model linearized, and with Adam.
 VERDICTS = {"gd": diagnosis_methods("gd", "hessian"), "gd_linearized": diagnosis_methods("gd", "linearized"),
             "adam": diagnosis_methods("adam", "hessian")}
-FORECAST_STREAM = 108
 # What a cached chunk holds changes with the code, not the config: bump this when forecast_run
 # gains or changes an output, so old chunks are recomputed instead of reused (2: linearized_gd).
 CHUNK_VERSION = 2
@@ -211,8 +212,7 @@ def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d 
     flat0 = ravel_pytree(theta0)[0]
     task_op, align_op = hessian_operator(task, theta0), hessian_operator(align, theta0)
     g, ga = (ravel_pytree(op.gradient())[0] for op in (task_op, align_op))
-    top = eigsh(1, tol=1e-2, krylov_dim=12, max_matvecs=12)(task_op, key)
-    task_sharpness = top.eigenvalues[0]
+    task_sharpness = law.task_sharpness_of(task_op, key)
     lr = cfg.gd_lr_scale / task_sharpness
     m = min(cfg.krylov, flat0.shape[0])
     hessian_models = local_models(m)(task_op.mv_flat, align_op.mv_flat, g, ga)
@@ -231,18 +231,19 @@ def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d 
     record = log_record_steps(cfg.gd_steps, cfg.gd_records)
     _, (align_increase, task_loss) = jax.lax.scan(segment, theta0, jnp.asarray(np.diff(record, prepend=0)))
     # Adam's keys fold from the run's (whose own use, the Lanczos start, is unchanged).
-    adam = law.adam_run(data, theta0, basis, lam, target, base, other, mix, jax.random.fold_in(key, 1))
+    adam = law.adam_run(data, theta0, basis, lam, target, base, other, mix, jax.random.fold_in(key, RunFold.FORECAST_ADAM))
 
     steps = jnp.asarray(forecast_steps(cfg), flat0.dtype)
-    coords_g, coords_hg = basis.T @ g, basis.T @ task_op.mv_flat(g)
-    sharp, coupling, eps_abs = lam[-1], jnp.linalg.norm(coords_hg), jnp.linalg.norm(coords_g)
+    geo = aic(align, task, theta0, k=lam.shape[0], key=key, subspace=Subspace(basis.T, lam), trace_samples=0,
+              window=False, laws=False)  # the AIC against the model's S, as the sweep's law runs
+    sharp, coupling, eps_abs = geo.sharpness, geo.coupling, jnp.linalg.norm(geo.grad_coords)
     return dict(
         task_sharpness=task_sharpness,
         lr=lr,
         task_ritz_min=hessian_models.ritz_values.min(),
         gauss_newton_ritz_min=gauss_newton_models.ritz_values.min(),
-        grad_norm=jnp.linalg.norm(g),
-        eps=eps_abs / jnp.linalg.norm(g),
+        grad_norm=geo.grad_norm,
+        eps=geo.eps,
         sharpness=sharp,
         coupling=coupling,
         task_loss_start=task(theta0),
@@ -261,7 +262,7 @@ def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d 
         adam_align_increase=adam["align_increase"].astype(flat0.dtype),
         adam_finite=jnp.all(jnp.isfinite(adam["align_increase"])),
         adam_forecast_steps=jnp.asarray(forecast_steps(cfg, cfg.adam_steps), flat0.dtype),
-        adam_sign=_adam_forecast(data, theta0, task_op, align_op, ga, mix, jax.random.fold_in(key, 2)),
+        adam_sign=_adam_forecast(data, theta0, task_op, align_op, ga, mix, jax.random.fold_in(key, RunFold.FORECAST_ADAM_MOMENTS)),
     )
 
 
@@ -318,12 +319,12 @@ def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, 
     inputs = dict(
         theta0=theta, basis=jnp.asarray(np.swapaxes(basis, 1, 2)), lam=jnp.asarray(lam),
         target=jnp.asarray(stages.targets(cfg)[lev_i]),
-        base=_select(data.task_train["base"], seed_i), other=_select(data.task_train["other"], seed_i),
+        base=select(data.task_train["base"], seed_i), other=select(data.task_train["other"], seed_i),
         mix=jnp.asarray(np.asarray(cfg.mix)[mix_i]),
-        key=jax.vmap(lambda i: data.key(FORECAST_STREAM, i))(jnp.arange(len(runs))),
+        key=jax.vmap(lambda i: data.key(Stream.SWEEP_FORECAST, i))(jnp.arange(len(runs))),
     )
     t0 = time.perf_counter()
-    out = _run_chunks("forecast", lambda chunk: forecast_chunk(data, chunk), inputs, len(runs), cfg,
+    out = run_chunks("forecast", lambda chunk: forecast_chunk(data, chunk), inputs, len(runs), cfg,
                       f"{config_layer.digest(cfg, FORECAST_FIELDS)}-{CHUNK_VERSION}", out_dir, bar, reused, group)
     timings["forecast_runs"] = round(time.perf_counter() - t0, 2)
     if out is None:  # not process 0: it writes the report

@@ -45,7 +45,7 @@ from geomsim.landscapes import FunctionLandscape, tilt_overlap
 from geomsim.tasks import Batch, answer_accuracy, answer_loss, harm_rate, make_batch
 from geomsim.testbed.sweep.config import TestbedSweepConfig
 from geomsim.testbed.sweep.stages import SweepData
-from geomsim.theory import align_coefficients
+from geomsim.theory import Subspace, align_coefficients, landscape_aic
 
 ARM_KEEP = {"polished_eps0": 0.0, "polished": 1.0, "as_trained": 1.0}
 SOLVERS = {"bosh3": diffrax.Bosh3, "tsit5": diffrax.Tsit5}
@@ -72,6 +72,11 @@ def s_part(basis: Float[Array, "d k"], lam: Float[Array, " k"], delta: PyTree) -
     return 0.5 * jnp.sum(lam * coords**2)
 
 
+def task_sharpness_of(task_op, key: PRNGKeyArray) -> Float[Array, ""]:
+    """`||H_F||`, the time unit of a run: a few percent is plenty (one Lanczos pass of 12 products)."""
+    return eigsh(1, tol=1e-2, krylov_dim=12, max_matvecs=12)(task_op, key).eigenvalues[0]
+
+
 def _landscape(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], target: Array, base: Batch,
                other: Batch, mix: Array, keep: Array):
     task = mixture_task(data, base, other, mix)
@@ -92,33 +97,27 @@ def law_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Fl
     coefficients come from `law_taylor`); pure, vmap it over runs."""
     cfg = data.config
     land, task = _landscape(data, theta0, basis, target, base, other, mix, keep)
-    flat0, unravel = ravel_pytree(theta0)
-    zero = jnp.zeros_like(flat0)
-
-    g = ravel_pytree(land.task_gradient(unravel(zero)))[0]  # the fine-tuned task's gradient (tilted)
-    hg = ravel_pytree(jax.jvp(jax.grad(task), (theta0,), (unravel(g),))[1])[0]  # H_F is the tilt's too
-    align_grad = ravel_pytree(jax.grad(land.align_loss)(theta0))[0]
-    # ||H_F|| sets the time unit: a few percent is plenty (one Lanczos pass of 12 products).
-    top = eigsh(1, tol=1e-2, krylov_dim=12, max_matvecs=12)(hessian_operator(task, theta0), key)
-    task_sharpness = top.eigenvalues[0]
-
-    coords_g, coords_hg = basis.T @ g, basis.T @ hg
-    grad_norm = jnp.linalg.norm(g)
-    eps_abs = jnp.linalg.norm(coords_g)
+    flat0 = ravel_pytree(theta0)[0]
+    # The AIC against the model's S through the library's measurement (g is the tilted
+    # task's gradient, H_F the task's: the tilt is linear); the Taylor coefficients are
+    # law_taylor's.
+    res = landscape_aic(land, basis.shape[1], key=key, subspace=Subspace(basis.T, lam), trace_samples=0,
+                        window=False, laws=False)
+    task_sharpness = task_sharpness_of(hessian_operator(task, theta0), key)
     times = jnp.asarray(flow_times(cfg), flat0.dtype) / task_sharpness
     traj = gradient_flow(land, times, basis, method="grid", solver=SOLVERS[cfg.flow_solver](),
                          extra=lambda d: {"s_part": s_part(basis, lam, d)})
     return dict(
         task_sharpness=task_sharpness,
-        grad_norm=grad_norm,
-        eps=eps_abs / grad_norm,
-        eps_abs=eps_abs,
-        coupling=jnp.linalg.norm(coords_hg),
-        coupling_fisher=jnp.sqrt(jnp.sum(lam * coords_hg**2)),
-        overlap=(eps_abs / grad_norm) ** 2,  # ||P_S u||^2 / ||u||^2 of the first update u = -g
-        align_grad_norm=jnp.linalg.norm(align_grad),
-        c2_s=0.5 * jnp.sum(lam * coords_g**2),
-        c4_s=0.125 * jnp.sum(lam * coords_hg**2),
+        grad_norm=res.grad_norm,
+        eps=res.eps,
+        eps_abs=jnp.linalg.norm(res.grad_coords),
+        coupling=res.coupling,
+        coupling_fisher=res.coupling_fisher,
+        overlap=res.eps**2,  # ||P_S u||^2 / ||u||^2 of the first update u = -g
+        align_grad_norm=res.align_grad_norm,
+        c2_s=res.c2_s,
+        c4_s=res.c4_s,
         time=traj.time,
         align_increase=traj.align_increase,
         s_part=traj.extra["s_part"],

@@ -43,6 +43,7 @@ from geomsim.sweep.progress import Progress
 from geomsim.testbed import stages as testbed_stages
 from geomsim.testbed.checkpoints import load_checkpoint, save_checkpoint
 from geomsim.testbed.config import PRETRAIN_FIELDS as TESTBED_PRETRAIN_FIELDS
+from geomsim.testbed.streams import Stream
 from geomsim.testbed.sweep import law, stages
 from geomsim.testbed.sweep.cache import cached_arrays, is_cached
 from geomsim.testbed.sweep.config import ALIGN_FIELDS, ARMS, POLISH_FIELDS, TestbedSweepConfig
@@ -105,11 +106,12 @@ def _chunks(n: int, size: int) -> list[np.ndarray]:
     return out
 
 
-def _select(tree, *index):
+def select(tree, *index):
+    """Every leaf of `tree` at `index` (e.g. one (level, seed) model of the stacked models)."""
     return jax.tree.map(lambda x: x[index], tree)
 
 
-def _run_chunks(name: str, chunk_fn, inputs: dict[str, Any], n: int, config: TestbedSweepConfig, digest: str,
+def run_chunks(name: str, chunk_fn, inputs: dict[str, Any], n: int, config: TestbedSweepConfig, digest: str,
                 out_dir: Path, bar: Progress, reused: list[str], group: ProcessGroup | None = None
                 ) -> dict[str, np.ndarray] | None:
     """`chunk_fn(inputs[chunk])` over chunks of the n runs (every input has a leading
@@ -223,13 +225,13 @@ def adam_inputs(cfg: TestbedSweepConfig, models: Models, points: list[tuple[int,
     data, spec = models.data, models.spec
     p_lev, p_mix, p_seed = (np.array([p[k] for p in points]) for k in range(3))
     return dict(
-        theta0=_select(models.polished, p_lev, p_seed),
+        theta0=select(models.polished, p_lev, p_seed),
         basis=jnp.asarray(np.swapaxes(spec["polished_basis"][p_lev, p_seed], 1, 2)),
         lam=jnp.asarray(spec["polished_eigenvalues"][p_lev, p_seed, : cfg.rank]),
         target=jnp.asarray(stages.targets(cfg)[p_lev]),
-        base=_select(data.task_train["base"], p_seed), other=_select(data.task_train["other"], p_seed),
+        base=select(data.task_train["base"], p_seed), other=select(data.task_train["other"], p_seed),
         mix=jnp.asarray(np.asarray(cfg.mix)[p_mix]),
-        key=jax.vmap(lambda i: data.key(stages.ADAM_STREAM, i))(jnp.arange(len(points))),
+        key=jax.vmap(lambda i: data.key(Stream.SWEEP_ADAM, i))(jnp.arange(len(points))),
     )
 
 
@@ -280,17 +282,17 @@ def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progre
     targets = stages.targets(cfg)
     law_inputs = dict(
         theta0=theta, basis=jnp.asarray(basis), lam=jnp.asarray(lam), target=jnp.asarray(targets[lev_i]),
-        base=_select(data.task_train["base"], seed_i), other=_select(data.task_train["other"], seed_i),
+        base=select(data.task_train["base"], seed_i), other=select(data.task_train["other"], seed_i),
         mix=jnp.asarray(np.asarray(cfg.mix)[mix_i]), keep=jnp.asarray([law.ARM_KEEP[r[0]] for r in runs]),
-        key=jax.vmap(lambda i: data.key(stages.LAW_STREAM, i))(jnp.arange(len(runs))),
+        key=jax.vmap(lambda i: data.key(Stream.SWEEP_LAW, i))(jnp.arange(len(runs))),
     )
-    law_out = _run_chunks("law", lambda runs: law.law_chunk(data, runs), law_inputs, len(runs), cfg,
+    law_out = run_chunks("law", lambda runs: law.law_chunk(data, runs), law_inputs, len(runs), cfg,
                           config_layer.digest(cfg, LAW_FIELDS), out_dir, bar, reused, group)
     timings["law_runs"] = round(time.perf_counter() - t0, 2)
 
     # --- Adam: the realistic fine-tune, polished models, real task ------------------------
     t0 = time.perf_counter()
-    adam_out = _run_chunks("adam", jax.vmap(lambda kw: law.adam_run(data, **kw)), adam_inputs(cfg, models, points),
+    adam_out = run_chunks("adam", jax.vmap(lambda kw: law.adam_run(data, **kw)), adam_inputs(cfg, models, points),
                            len(points), cfg,
                            config_layer.digest(cfg, ADAM_FIELDS), out_dir, bar, reused, group)
     timings["adam_runs"] = round(time.perf_counter() - t0, 2)

@@ -44,11 +44,9 @@ from geomsim.tasks import (
 from geomsim.testbed import stages as testbed_stages
 from geomsim.testbed.config import TestbedConfig
 from geomsim.testbed.polish import gauss_newton
+from geomsim.testbed.streams import Stream
 from geomsim.testbed.sweep.config import TestbedSweepConfig
 
-# Key streams of the sweep (folded into the base seed; distinct from the testbed's).
-ALIGN_SET_STREAM, HOLD_SET_STREAM, TASK_TRAIN_STREAM, TASK_EVAL_STREAM = 101, 102, 103, 104
-SPECTRUM_STREAM, LAW_STREAM, ADAM_STREAM = 105, 106, 107
 # The polish stops when the constraint residuals (log-odds, summed in quadrature) reach
 # this: round-off level, where ||grad L_A|| is ~1e-16.
 POLISH_TOL = 1e-12
@@ -106,16 +104,16 @@ def _datasets(config: TestbedSweepConfig, bed: testbed_stages.Testbed):
     """`build`'s alignment prompts, held benign set and per-role task sets (see `SweepData`)."""
     lang = bed.lang
     per = -(-config.align_set // len(PRETRAIN_TASKS))
-    harmful = concat([make_batch(lang, t, bed.key(ALIGN_SET_STREAM, i), per, harmful=True)
+    harmful = concat([make_batch(lang, t, bed.key(Stream.SWEEP_ALIGN_SET, i), per, harmful=True)
                       for i, t in enumerate(PRETRAIN_TASKS)])
     prompts = harmful.tokens[: config.align_set, : lang.answer_start]
-    hold = mixture(lang, PRETRAIN_TASKS, bed.key(HOLD_SET_STREAM), config.hold_set)
+    hold = mixture(lang, PRETRAIN_TASKS, bed.key(Stream.SWEEP_HOLD_SET), config.hold_set)
     task_train, task_eval = {}, {}
     for role, task in (("base", config.task_base), ("other", config.task_other)):
         index = 0 if role == "base" else 1
         task_train[role] = jax.vmap(lambda k, task=task: make_batch(lang, task, k, config.task_size))(
-            jax.vmap(lambda s, index=index: bed.key(TASK_TRAIN_STREAM, index, s))(jnp.arange(config.seeds)))
-        task_eval[role] = make_batch(lang, task, bed.key(TASK_EVAL_STREAM, index), config.eval_size)
+            jax.vmap(lambda s, index=index: bed.key(Stream.SWEEP_TASK_TRAIN, index, s))(jnp.arange(config.seeds)))
+        task_eval[role] = make_batch(lang, task, bed.key(Stream.SWEEP_TASK_EVAL, index), config.eval_size)
     return prompts, hold, task_train, task_eval
 
 
@@ -127,7 +125,7 @@ def targets(config: TestbedSweepConfig, dtype=float) -> np.ndarray:
 def align_levels(data: SweepData, pretrained: PyTree) -> tuple[PyTree, Array]:
     """Calibrated alignment of every seed's pretrained model at every level: `(level, seed, ...)` params."""
     cfg = data.config
-    keys = data.bed.seed_keys(testbed_stages.ALIGN_STREAM)
+    keys = data.bed.seed_keys(Stream.ALIGN)
 
     def one(params, key, target):
         return testbed_stages.train_mixture(
@@ -190,6 +188,6 @@ def measure_models(data: SweepData, params: PyTree, target: Array) -> dict[str, 
             eigenvalues=eig.eigenvalues, eigenvectors=eig.eigenvectors, residuals=eig.residuals,
         )
 
-    keys = jax.vmap(lambda i: data.key(SPECTRUM_STREAM, i))(jnp.arange(target.shape[0]))
+    keys = jax.vmap(lambda i: data.key(Stream.SWEEP_SPECTRUM, i))(jnp.arange(target.shape[0]))
     # Batches of 8 models: all 32 at once need ~3.5 GB of buffers for the Lanczos products.
     return jax.jit(lambda *a: jax.lax.map(lambda x: one(*x), a, batch_size=8))(params, target, keys)
