@@ -88,7 +88,7 @@ def test_negative_control_and_update_overlap():
     np.testing.assert_allclose(res.c4, 0.0, atol=1e-12)
     assert np.isinf(float(res.t_fail))
     np.testing.assert_allclose(res.update_overlap, float(res.eps) ** 2, atol=1e-12)
-    inside = run(land.basis @ jnp.array([1.0, -2.0]))
+    inside = run(jnp.array([1.0, -2.0]) @ land.basis)
     np.testing.assert_allclose(inside.update_overlap, 1.0, rtol=1e-12)
     assert np.isnan(float(res.tail_mass))
 

@@ -44,7 +44,7 @@ def test_auto_flow_uses_ode_when_task_is_cubic(key):
     ts = jnp.geomspace(1e-3, 0.5, 8)
     a = ode_flow(land, ts, rtol=1e-10, atol=1e-14)
     b = ode_flow(land, ts, rtol=1e-13, atol=1e-17)
-    sa, sb = jnp.linalg.norm(a @ land.basis, axis=1), jnp.linalg.norm(b @ land.basis, axis=1)
+    sa, sb = jnp.linalg.norm(a @ land.basis.T, axis=1), jnp.linalg.norm(b @ land.basis.T, axis=1)
     np.testing.assert_allclose(sa, sb, rtol=1e-6)
 
 
@@ -127,7 +127,7 @@ def test_grid_flow_converges_on_a_cubic_task_and_agrees_with_small_step_gd(key):
     land = quadratic_cubic(key, dim=10, rank=2, sharpness=3.0, coupling=0.4, cubic_coupling=0.5, align_cubic=0.3)
     coarse_t = np.geomspace(1e-3, 1.0, 18)
     fine_t = np.geomspace(1e-3, 1.0, 120)
-    extra = lambda d: {"s": jnp.sum((land.basis.T @ d) ** 2)}  # noqa: E731
+    extra = lambda d: {"s": jnp.sum((land.basis @ d) ** 2)}  # noqa: E731
     coarse = gradient_flow(land, jnp.asarray(coarse_t), land.basis, method="grid", extra=extra)
     fine = gradient_flow(land, jnp.asarray(fine_t), land.basis, method="grid", extra=extra)
     np.testing.assert_allclose(coarse.extra["s"][-1], fine.extra["s"][-1], rtol=1e-6)

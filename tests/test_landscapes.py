@@ -62,7 +62,7 @@ def test_cubic_coupling_is_exact_third_order_drive(key):
     g = land.grad_task
     # D^3 L_F[g, g] = d/dx (g^T H_F(x) g) at x = 0.
     drive = jax.grad(lambda x: g @ jax.hessian(land.task_loss)(x) @ g)(jnp.zeros(10))
-    np.testing.assert_allclose(jnp.linalg.norm(land.basis.T @ drive), 0.7, rtol=1e-10)
+    np.testing.assert_allclose(jnp.linalg.norm(land.basis @ drive), 0.7, rtol=1e-10)
 
 
 def test_alignment_cubic_rotates_the_sharp_subspace(key):
@@ -72,7 +72,7 @@ def test_alignment_cubic_rotates_the_sharp_subspace(key):
     hess = jax.hessian(land.align_loss)(later)
     _, vecs = jnp.linalg.eigh(hess)
     basis1 = vecs[:, ::-1][:, :2]
-    overlap = jnp.linalg.svd(basis0.T @ basis1, compute_uv=False)
+    overlap = jnp.linalg.svd(basis0 @ basis1, compute_uv=False)
     assert float(overlap.min()) < 0.999  # S moved
     # ...and without the cubic term it does not.
     flat = quadratic_cubic(key, dim=10, rank=2, sharpness=5.0, coupling=0.3)

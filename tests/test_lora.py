@@ -40,3 +40,28 @@ def test_errors(model):
         lora_init(params, 1, jax.random.key(0), targets=lambda _path, _leaf: False)
     with pytest.raises(ValueError, match="adapter"):
         lora_merge(params, ())
+
+
+def test_a_stacked_decoder_gets_one_rank_r_update_per_layer():
+    """DecoderLM stacks its layers `(L, rows, cols)`: each layer's matrix gets its own factors
+    (the batched merge equals the per-layer `W + U V`), and the stacked norms `(L, D)` none."""
+    from geomsim.models.hf import DecoderLM, parse_config
+    from geomsim.models.hf.tiny import llama_config
+    from geomsim.models.lora import stacked_targets
+
+    cfg = parse_config(llama_config(11, 8, 3, 2, 1, 24, max_positions=8))
+    params = as_functional(DecoderLM(cfg, key=jax.random.key(0)))[1]
+    adapter = lora_init(params, 1, jax.random.key(1), stacked_targets)
+    moved = tuple((jax.random.normal(jax.random.key(i), u.shape), v) for i, (u, v) in enumerate(adapter))  # U off 0
+    merged = lora_merge(params, moved, stacked_targets)
+    changed = 0
+    for (path, before), after in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(merged),
+                                     strict=True):
+        if not stacked_targets(path, before):
+            assert bool(jnp.array_equal(before, after)), path  # embeddings, norms, head untouched
+            continue
+        changed += 1
+        assert before.shape[0] == 3
+        for layer in range(3):  # every layer moved, each by a rank-1 matrix
+            assert int(np.linalg.matrix_rank(np.asarray(after[layer] - before[layer]), tol=1e-10)) == 1
+    assert changed == len(adapter) == 7  # q, k, v, o, gate, up, down

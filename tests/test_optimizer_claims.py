@@ -69,8 +69,8 @@ def test_adam_onset_is_quadratic_from_coordinatewise_normalisation(coupling):
 def axis_aligned(land):
     """The same landscape in coordinates where S is axes 0..k-1 and g is axis k."""
     g = np.asarray(land.grad_task)
-    dim, rank = g.shape[0], land.basis.shape[1]
-    q = np.linalg.qr(np.concatenate([np.asarray(land.basis), g[:, None]], axis=1))[0]
+    dim, rank = g.shape[0], land.basis.shape[0]
+    q = np.linalg.qr(np.concatenate([np.asarray(land.basis).T, g[:, None]], axis=1))[0]
     rest = np.linalg.svd(np.eye(dim) - q @ q.T)[0][:, : dim - rank - 1]
     rotation = np.concatenate([q, rest], axis=1).T
 
@@ -82,7 +82,7 @@ def axis_aligned(land):
         hess_align=clean(rotation @ land.hess_align @ rotation.T),
         grad_task=clean(rotation @ g),
         hess_task=clean(rotation @ land.hess_task @ rotation.T),
-        basis=clean(rotation @ land.basis),
+        basis=clean(land.basis @ rotation.T),
         task_cubic_coef=land.task_cubic_coef,
         task_cubic_dirs=clean(land.task_cubic_dirs @ rotation.T),
         align_cubic_coef=land.align_cubic_coef,

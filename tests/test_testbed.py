@@ -10,6 +10,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from geomsim.config import ConfigError
+from geomsim.io import read_csv
 from geomsim.models import Transformer, as_functional
 from geomsim.tasks import answer_loss
 from geomsim.testbed import diagnostics, stages
@@ -17,7 +18,7 @@ from geomsim.testbed.cli import main
 from geomsim.testbed.config import make_testbed_config
 from geomsim.testbed.run import run_testbed
 
-from tiny_configs import TESTBED
+from tiny_configs import TESTBED, as_flags
 
 TINY = TESTBED
 
@@ -45,6 +46,25 @@ def test_pipeline_outputs(tiny_run):
     assert -1 <= corr["rho"] <= 1 and corr["n_pairs"] == 6
 
 
+def test_the_llama_model_runs_the_whole_testbed_from_its_flag(tmp_path):
+    """`--model llama`: every stage (train, spectrum, diagnostics, the three fine-tunes) on the
+    Llama-architecture DecoderLM of the registry, through the transformer's code."""
+    from geomsim.testbed.models import MODELS
+
+    settings = {**TINY, "seeds": 1, "finetune_tasks": "copy,sort", "model": "llama", "taylor_order": 1}
+    out = tmp_path / "llama"
+    assert main(["--out", str(out), *as_flags(settings), "--no-plots"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    bed = stages.build(make_testbed_config(None, settings))
+    llama = ravel_pytree(as_functional(MODELS["llama"].init(bed.model_config, jax.random.key(0)))[1])[0].size
+    transformer = ravel_pytree(stages.init_params(stages.build(make_testbed_config(None, TINY))))[0].size // 2
+    assert summary["config"]["model"] == "llama" and summary["parameters"] == llama != transformer
+    assert summary["stages"]["align"]["align_loss"] < summary["stages"]["pretrain"]["align_loss"]
+    rows = read_csv(out / "diagnostics.csv")
+    assert len(rows["eps"]) == 2 and all(np.all(np.isfinite(rows[f])) for f in ("eps", "coupling", "c4_leading"))
+    assert np.all(np.isfinite(read_csv(out / "trajectories.csv")["align_increase"]))
+
+
 def test_checkpoints_are_reused_when_the_config_allows(tiny_run, tmp_path):
     import shutil
 
@@ -65,7 +85,7 @@ def test_recorded_trajectory_matches_a_plain_gradient_descent_loop():
     bed = stages.build(cfg)
     params = stages.init_params(bed)
     d = ravel_pytree(jax.tree.map(lambda x: x[0], params))[0].size
-    basis = jnp.linalg.qr(jax.random.normal(jax.random.key(0), (cfg.seeds, d, 2)))[0]
+    basis = jnp.swapaxes(jnp.linalg.qr(jax.random.normal(jax.random.key(0), (cfg.seeds, d, 2)))[0], 1, 2)  # rows
     lam = jnp.ones((cfg.seeds, 2))
     traj = stages.finetune(bed, params, basis, lam, lr=0.05, steps=7, records=3)
     task = cfg.finetune_tasks.index("sort")
@@ -77,8 +97,8 @@ def test_recorded_trajectory_matches_a_plain_gradient_descent_loop():
     np.testing.assert_allclose(traj.align_increase[task, 1, -1], bed.align_loss(p) - bed.align_loss(p0), rtol=1e-8)
     np.testing.assert_allclose(traj.task_loss[task, 1, -1], loss(p), rtol=1e-8)
     delta = ravel_pytree(p)[0] - ravel_pytree(p0)[0]
-    np.testing.assert_allclose(traj.subspace_norm[task, 1, -1], jnp.linalg.norm(basis[1].T @ delta), rtol=1e-8)
-    np.testing.assert_allclose(traj.extra["s_quadratic"][task, 1, -1], 0.5 * jnp.sum((basis[1].T @ delta) ** 2), rtol=1e-8)
+    np.testing.assert_allclose(traj.subspace_norm[task, 1, -1], jnp.linalg.norm(basis[1] @ delta), rtol=1e-8)
+    np.testing.assert_allclose(traj.extra["s_quadratic"][task, 1, -1], 0.5 * jnp.sum((basis[1] @ delta) ** 2), rtol=1e-8)
 
 
 def test_flax_twin_gives_the_same_diagnostics():
@@ -139,7 +159,7 @@ def test_every_reported_aic_field_equals_the_dense_aic():
     ref, other, g, hg, align_grad = dense(flat)
     assert flat.shape == (433,)
     proj = ref.basis.T @ ref.basis
-    basis = np.asarray(spec.basis[0])  # (d, k)
+    basis = np.asarray(spec.basis[0])  # (k, d)
     expected = dict(
         sharpness=ref.sharpness, eps=ref.eps, coupling=ref.coupling, coupling_fisher=ref.coupling_fisher,
         overlap=ref.eps**2, grad_norm=ref.grad_norm, align_grad_norm=jnp.linalg.norm(align_grad),
@@ -149,8 +169,8 @@ def test_every_reported_aic_field_equals_the_dense_aic():
     for field, value in expected.items():
         np.testing.assert_allclose(diag[field], value, rtol=1e-6, atol=1e-12, err_msg=field)
     np.testing.assert_allclose(diag["taylor"][1:3], ref.taylor[1:3], rtol=1e-8, atol=1e-14)
-    np.testing.assert_allclose(basis @ diag["s_grad"], proj @ g, rtol=1e-6, atol=1e-10)  # P_S g
-    np.testing.assert_allclose(basis @ diag["s_hg"], proj @ hg, rtol=1e-6, atol=1e-10)  # P_S H_F g
+    np.testing.assert_allclose(diag["s_grad"] @ basis, proj @ g, rtol=1e-6, atol=1e-10)  # P_S g
+    np.testing.assert_allclose(diag["s_hg"] @ basis, proj @ hg, rtol=1e-6, atol=1e-10)  # P_S H_F g
     # Negative control: the Hessian's S gives other numbers (the fields follow the operator).
     assert abs(float(other.eps) - float(diag["eps"])) > 1e-2 * float(diag["eps"])
 

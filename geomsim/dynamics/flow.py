@@ -54,7 +54,7 @@ def flow_factor(values: Float[Array, " m"], times: Float[Array, " r"]) -> Float[
 def gradient_flow(
     landscape: Landscape,
     times: Float[Array, " r"],
-    basis: Float[Array, "d k"] | None = None,
+    basis: Float[Array, "k d"] | None = None,
     method: FlowMethod = "auto",
     rtol: float = 1e-12,
     atol: float = 1e-16,

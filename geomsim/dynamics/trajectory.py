@@ -51,10 +51,10 @@ def log_record_steps(n_steps: int, n_records: int) -> np.ndarray:
     return steps
 
 
-def measure(landscape: Landscape, delta: PyTree, basis: Float[Array, "d k"] | None) -> dict[str, Array]:
+def measure(landscape: Landscape, delta: PyTree, basis: Float[Array, "k d"] | None) -> dict[str, Array]:
     """Alignment increase, task loss and the S / total displacement norms."""
     flat = ravel_pytree(delta)[0]
-    s_norm = jnp.linalg.norm(basis.T @ flat) if basis is not None else jnp.full((), jnp.nan, flat.dtype)
+    s_norm = jnp.linalg.norm(basis @ flat) if basis is not None else jnp.full((), jnp.nan, flat.dtype)
     return dict(
         align_increase=landscape.align_increase(delta),
         task_loss=landscape.displaced_task_loss(delta),
@@ -68,7 +68,7 @@ def descend(
     optimizer: optax.GradientTransformation,
     record_at: np.ndarray,
     lr: float | Array,
-    basis: Float[Array, "d k"] | None = None,
+    basis: Float[Array, "k d"] | None = None,
     extra: Callable[[PyTree], dict[str, Array]] | None = None,
 ) -> Trajectory:
     """Run `optimizer` on `L_F` from `theta0`, recording at the given step counts.
@@ -78,7 +78,7 @@ def descend(
         optimizer: any optax transformation (its update is added to delta).
         record_at: static increasing step counts (numpy ints >= 1).
         lr: the learning rate, used only to convert steps to time `t = n lr`.
-        basis: `(d, k)` orthonormal basis of S for `||P_S delta||`.
+        basis: `(k, d)` orthonormal rows spanning S, for `||P_S delta||`.
         extra: optional `delta -> {name: scalar}` recorded with the other metrics
             (e.g. a harm rate or task accuracy).
     """

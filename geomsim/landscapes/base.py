@@ -11,8 +11,9 @@ Optional hooks a landscape may override when it knows better:
 
 * `align_increase(delta)`: `L_A(theta0 + delta) - L_A(theta0)` computed without
   cancellation (the early-time signal is ~1e-9 of an O(1) loss);
-* `align_basis()`: an orthonormal basis of the alignment subspace S as a
-  `(d, k)` array in flattened-parameter coordinates;
+* `align_basis()`: orthonormal rows `(k, d)` spanning the alignment subspace S,
+  in flattened-parameter coordinates (the one basis convention of geomsim:
+  curvature, theory, defenses, landscapes, dynamics and the testbed);
 * `quadratic_task()`: `(g, H_F)` when `L_F` is exactly quadratic, which lets
   gradient flow be solved in closed form;
 * `task_gradient(delta)`: `grad L_F(theta0 + delta)`, if cheaper than autodiff
@@ -55,8 +56,8 @@ class Landscape(eqx.Module):
         theta = jax.tree.map(jnp.add, self.theta0, delta)
         return self.align_loss(theta) - self.align_loss(self.theta0)
 
-    def align_basis(self) -> Float[Array, "d k"] | None:
-        """Orthonormal basis of the alignment subspace S, or None if unknown."""
+    def align_basis(self) -> Float[Array, "k d"] | None:
+        """Orthonormal rows `(k, d)` spanning the alignment subspace S, or None if unknown."""
         return None
 
     def quadratic_task(self) -> tuple[Float[Array, " d"], Float[Array, "d d"]] | None:
@@ -79,7 +80,7 @@ class FunctionLandscape(Landscape):
         >>> land = FunctionLandscape(theta0=params, align_fn=refusal_loss,
         ...                          task_fn=task_loss)
 
-    `basis` optionally gives S as a `(d, k)` orthonormal array (flat coordinates).
+    `basis` optionally gives S as `(k, d)` orthonormal rows (flat coordinates).
     """
 
     theta0: PyTree
@@ -108,8 +109,8 @@ def flatten_displacement(landscape: Landscape) -> tuple[Array, Callable[[Array],
     return jnp.zeros_like(flat0), unravel
 
 
-def dense_alignment_basis(landscape: Landscape, rank: int) -> Float[Array, "d k"]:
-    """Top-`rank` eigenvectors of the dense alignment Hessian at `theta0`.
+def dense_alignment_basis(landscape: Landscape, rank: int) -> Float[Array, "k d"]:
+    """Top-`rank` eigenvectors of the dense alignment Hessian at `theta0`, as rows `(k, d)`.
 
     Ground-truth path for small problems (`d` up to a few thousand); large models
     use the matrix-free curvature engine instead.
@@ -117,11 +118,11 @@ def dense_alignment_basis(landscape: Landscape, rank: int) -> Float[Array, "d k"
     zero, unravel = flatten_displacement(landscape)
     hess = jax.hessian(lambda x: landscape.align_increase(unravel(x)))(zero)
     _, vecs = jnp.linalg.eigh(0.5 * (hess + hess.T))
-    return vecs[:, ::-1][:, :rank]
+    return vecs[:, ::-1][:, :rank].T
 
 
-def subspace_basis(landscape: Landscape, rank: int) -> Float[Array, "d k"]:
-    """The landscape's own S basis if it has one, else the dense top-`rank` one."""
+def subspace_basis(landscape: Landscape, rank: int) -> Float[Array, "k d"]:
+    """The landscape's own S rows `(k, d)` if it has them, else the dense top-`rank` ones."""
     basis = landscape.align_basis()
     if basis is None:
         basis = dense_alignment_basis(landscape, rank)

@@ -64,7 +64,7 @@ class QuadraticCubic(Landscape):
     hess_align: Float[Array, "d d"]
     grad_task: Float[Array, " d"]
     hess_task: Float[Array, "d d"]
-    basis: Float[Array, "d k"]
+    basis: Float[Array, "k d"]
     # Cubic terms as coefficient * product of three linear forms.
     task_cubic_coef: Float[Array, ""]
     task_cubic_dirs: Float[Array, "3 d"]
@@ -267,7 +267,7 @@ def _assemble(key: PRNGKeyArray, v: dict[str, Any], dim: int, rank: int, task_is
         hess_align=hess_align,
         grad_task=grad_task,
         hess_task=hess_task,
-        basis=u,
+        basis=u.T,
         task_cubic_coef=0.5 * kappa,
         task_cubic_dirs=jnp.stack([s, p, p]),
         align_cubic_coef=f(align_cubic),

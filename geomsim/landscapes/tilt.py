@@ -1,7 +1,7 @@
 """The tilted task: a knob on the first-order overlap that leaves the curvature alone.
 
 For a landscape with task loss `L_F`, gradient `g = grad L_F(theta0)` and an
-alignment subspace S (orthonormal basis `(d, k)`), the tilted task
+alignment subspace S (orthonormal rows `(k, d)`), the tilted task
 
     L_F~(theta) = L_F(theta) - (1 - keep) (P_S g) . (theta - theta0)
 
@@ -63,16 +63,16 @@ class TiltedLandscape(Landscape):
         return None if quad is None else (quad[0] - self.tilt, quad[1])
 
 
-def tilt_overlap(landscape: Landscape, basis: Float[Array, "d k"], keep: float | Array) -> TiltedLandscape:
+def tilt_overlap(landscape: Landscape, basis: Float[Array, "k d"], keep: float | Array) -> TiltedLandscape:
     """The tilted task whose gradient at theta0 keeps the fraction `keep` of its S-component.
 
     Args:
         landscape: any landscape.
-        basis: `(d, k)` orthonormal basis of S (flat coordinates).
+        basis: `(k, d)` orthonormal rows spanning S (flat coordinates).
         keep: r in `L_F - (1 - r) (P_S g) . (theta - theta0)`; 0 removes the
             first-order overlap exactly, 1 leaves the task as it is.
     """
     zero = jax.tree.map(jnp.zeros_like, landscape.theta0)
     g = ravel_pytree(landscape.task_gradient(zero))[0]
-    tilt = (1.0 - jnp.asarray(keep, g.dtype)) * (basis @ (basis.T @ g))
+    tilt = (1.0 - jnp.asarray(keep, g.dtype)) * (basis.T @ (basis @ g))
     return TiltedLandscape(theta0=landscape.theta0, base=landscape, tilt=tilt)

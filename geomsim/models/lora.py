@@ -2,7 +2,9 @@
 
 Each selected weight matrix `W (rows x cols)` gets an update `U V` with
 `U (rows x r)` starting at zero and `V (r x cols)` random, so the adapted model
-starts exactly at the base model and only rank-r updates are reachable.
+starts exactly at the base model and only rank-r updates are reachable.  A leaf
+with leading axes (e.g. `(layers, rows, cols)`: a model that stacks its blocks
+for `lax.scan`) is a stack of matrices, each with its own factors.
 `lora_merge(base, adapter)` gives full parameters, so every loss, metric and
 curvature tool applies to the adapted model unchanged.
 """
@@ -18,10 +20,20 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 Adapter = tuple[tuple[Array, Array], ...]
 
 
+def _names(path: tuple) -> str:
+    return "/".join(str(getattr(p, "name", getattr(p, "key", getattr(p, "idx", p)))) for p in path)
+
+
 def default_targets(path: tuple, leaf: Array) -> bool:
     """Matrices inside transformer blocks (attention and MLP weights), not embeddings."""
-    names = "/".join(str(getattr(p, "name", getattr(p, "key", getattr(p, "idx", p)))) for p in path)
-    return leaf.ndim == 2 and "blocks" in names
+    return leaf.ndim == 2 and "blocks" in _names(path)
+
+
+def stacked_targets(path: tuple, leaf: Array) -> bool:
+    """The stacked block matrices `(layers, rows, cols)` of a scanned decoder
+    (`geomsim.models.hf.DecoderLM.layers`: attention and MLP weights; its stacked
+    norm scales are `(layers, D)` and not selected)."""
+    return leaf.ndim == 3 and "layers" in _names(path)
 
 
 def _selected(params: PyTree, targets: Callable) -> list[int]:
@@ -44,15 +56,15 @@ def lora_init(params: PyTree, rank: int, key: PRNGKeyArray, targets: Callable = 
     keys = jax.random.split(key, len(chosen))
     adapter = []
     for k, i in zip(keys, chosen, strict=True):
-        rows, cols = leaves[i].shape
-        u = jnp.zeros((rows, rank), leaves[i].dtype)
-        v = jax.random.normal(k, (rank, cols), leaves[i].dtype) / jnp.sqrt(cols)
+        *lead, rows, cols = leaves[i].shape
+        u = jnp.zeros((*lead, rows, rank), leaves[i].dtype)
+        v = jax.random.normal(k, (*lead, rank, cols), leaves[i].dtype) / jnp.sqrt(cols)
         adapter.append((u, v))
     return tuple(adapter)
 
 
 def lora_merge(params: PyTree, adapter: Adapter, targets: Callable = default_targets) -> PyTree:
-    """Full parameters `W + U V` on the selected matrices (others unchanged)."""
+    """Full parameters `W + U V` on the selected matrices (others unchanged; stacks batched)."""
     leaves, treedef = jax.tree.flatten(params)
     chosen = _selected(params, targets)
     if len(chosen) != len(adapter):

@@ -14,6 +14,7 @@ from typing import Any
 from geomsim import config as config_layer
 from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
 from geomsim.tasks.language import FINETUNE_TASKS, TASKS
+from geomsim.testbed.models import MODELS
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class TestbedConfig:
     width: int = option(32, help="transformer width (divisible by heads)", check=at_least(1))
     depth: int = option(2, help="transformer blocks (>= 1)", check=at_least(1))
     heads: int = option(4, help="attention heads (>= 1)", check=at_least(1))
+    model: str = option("transformer", help=f"the model (geomsim.testbed.models): {', '.join(MODELS)}",
+                        check=one_of(*MODELS))
     batch: int = option(128, help="examples per pretraining / alignment step (>= 1)", check=at_least(1))
     pretrain_steps: int = option(600, help="AdamW pretraining steps (>= 1)", check=at_least(1))
     pretrain_lr: float = option(3e-3, help="pretraining peak learning rate (> 0)", check=positive)
@@ -86,7 +89,7 @@ class TestbedConfig:
 
 
 PRETRAIN_FIELDS = (
-    "seeds", "seed", "n_symbols", "length", "modulus", "width", "depth", "heads", "batch",
+    "seeds", "seed", "n_symbols", "length", "modulus", "width", "depth", "heads", "model", "batch",
     "pretrain_steps", "pretrain_lr", "pretrain_harmful_fraction",
 )
 ALIGN_FIELDS = (*PRETRAIN_FIELDS, "align_steps", "align_lr", "align_harmful_fraction")

@@ -20,6 +20,7 @@ from jaxtyping import Array, Float, PyTree
 from geomsim.curvature import eigsh, fisher_operator, hessian_operator, spectral_density
 from geomsim.landscapes import FunctionLandscape
 from geomsim.tasks import REFUSE, answer_loss
+from geomsim.testbed.models import MODELS
 from geomsim.testbed.stages import Testbed, stacked_tasks
 from geomsim.testbed.streams import Stream
 from geomsim.theory import Subspace, aic, align_coefficients
@@ -30,7 +31,7 @@ MASS = 0.9
 class Spectrum(eqx.Module):
     """Alignment operator at the aligned model (one seed; vmapped: leading seed axis).
 
-    eigenvalues `(n,)` descending, residuals `(n,)`, basis `(d, k)` (S),
+    eigenvalues `(n,)` descending, residuals `(n,)`, basis `(k, d)` (rows spanning S),
     trace (SLQ estimate), rank90 (smallest r with top-r mass >= 90% of the
     trace; n + 1 if the computed top-n do not reach it), density nodes / weights
     (SLQ quadrature, `(probes, m)`).
@@ -38,7 +39,7 @@ class Spectrum(eqx.Module):
 
     eigenvalues: Float[Array, " n"]
     residuals: Float[Array, " n"]
-    basis: Float[Array, "d k"]
+    basis: Float[Array, "k d"]
     trace: Float[Array, ""]
     rank90: Array
     nodes: Float[Array, "p m"]
@@ -73,7 +74,7 @@ def spectrum(bed: Testbed, params: PyTree) -> Spectrum:
         mass = jnp.cumsum(jnp.maximum(eig.eigenvalues, 0.0)) / trace
         rank90 = jnp.where(jnp.any(mass >= MASS), jnp.argmax(mass >= MASS) + 1, n + 1)
         return Spectrum(
-            eigenvalues=eig.eigenvalues, residuals=eig.residuals, basis=eig.eigenvectors[: cfg.rank].T,
+            eigenvalues=eig.eigenvalues, residuals=eig.residuals, basis=eig.eigenvectors[: cfg.rank],
             trace=trace, rank90=rank90, nodes=dens.nodes, weights=dens.weights,
         )
 
@@ -97,7 +98,7 @@ def task_diagnostics(bed: Testbed, params: PyTree, spec: Spectrum, taylor_order:
         # coefficients come from Taylor-mode autodiff below (c3 by aic's third
         # derivatives measured slower to compile).
         res = aic(
-            lambda q: bed.align_loss(q), task_loss, p, k=cfg.rank, key=key, subspace=Subspace(basis.T, lam),
+            lambda q: bed.align_loss(q), task_loss, p, k=cfg.rank, key=key, subspace=Subspace(basis, lam),
             trace_samples=0, window=False, third_order=False,
             update=jax.tree.map(jnp.negative, jax.grad(task_loss)(p)),
         )
@@ -106,7 +107,8 @@ def task_diagnostics(bed: Testbed, params: PyTree, spec: Spectrum, taylor_order:
             eps=res.eps, coupling=res.coupling, coupling_fisher=res.coupling_fisher,
             overlap=res.update_overlap, grad_norm=res.grad_norm, align_grad_norm=res.align_grad_norm,
             sharpness=res.sharpness, c4_leading=res.c4, c4_bound=res.c4_bound, c4_bound_fisher=res.c4_bound_fisher,
-            taylor=align_coefficients(land, taylor_order), s_grad=res.grad_coords, s_hg=res.task_hg_coords,
+            taylor=align_coefficients(land, taylor_order, MODELS[cfg.model].taylor_method),
+            s_grad=res.grad_coords, s_hg=res.task_hg_coords,
         )
 
     # One compiled program (tasks share shapes), called per task: a vmap over

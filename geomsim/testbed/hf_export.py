@@ -26,34 +26,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from geomsim.models import as_functional
-from geomsim.models.hf import DecoderLM, parse_config, save_pretrained
-from geomsim.models.hf.tiny import llama_config
+from geomsim.models.hf import DecoderLM, save_pretrained
 from geomsim.tasks import Batch, Language
 from geomsim.testbed.config import TestbedConfig
-from geomsim.testbed.stages import Testbed, align, build, evaluate, pretrain
-from geomsim.testbed.streams import Stream
-
-
-def llama_testbed(config: TestbedConfig) -> tuple[Testbed, DecoderLM]:
-    """The testbed of `config` with a Llama-architecture model in place of its transformer
-    (width, depth and heads from the config; two key/value heads when they divide)."""
-    bed = build(config)
-    lang = bed.lang
-    kv = 2 if config.heads % 2 == 0 else 1
-    model_config = parse_config(llama_config(lang.vocab_size, config.width, config.depth, config.heads, kv,
-                                             3 * config.width, max_positions=lang.seq_len))
-    skeleton = DecoderLM(model_config, key=jax.random.key(0))
-    apply_fn, _ = as_functional(skeleton)
-    return dataclasses.replace(bed, apply_fn=apply_fn, model_config=model_config), skeleton
+from geomsim.testbed.models import MODELS
+from geomsim.testbed.stages import Testbed, align, build, evaluate, init_params, pretrain
 
 
 def train_llama(config: TestbedConfig) -> tuple[Testbed, DecoderLM, dict]:
-    """Pretrain and align seed 0's model; the per-stage evaluation on the side."""
-    config = dataclasses.replace(config, seeds=1)
-    bed, skeleton = llama_testbed(config)
-    init = jax.vmap(lambda k: as_functional(DecoderLM(bed.model_config, key=k))[1])(bed.seed_keys(Stream.INIT))
-    params, _ = pretrain(bed, init)
+    """Pretrain and align seed 0's model of the testbed's `llama` entry
+    (`geomsim.testbed.models`); the per-stage evaluation on the side."""
+    bed = build(dataclasses.replace(config, seeds=1, model="llama"))
+    skeleton = MODELS["llama"].skeleton(bed.model_config)
+    params, _ = pretrain(bed, init_params(bed))
     params, _ = align(bed, params)
     metrics = {k: float(v[0]) for k, v in evaluate(bed, params).items()}
     _, static = eqx.partition(skeleton, eqx.is_inexact_array)

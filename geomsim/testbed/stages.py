@@ -11,7 +11,6 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +20,7 @@ from jaxtyping import Array, Int, Key, PRNGKeyArray, PyTree
 
 from geomsim.dynamics import Trajectory, descend, log_record_steps
 from geomsim.landscapes import FunctionLandscape
-from geomsim.models import DecoderConfig, Transformer, TransformerConfig, as_functional
+from geomsim.models import DecoderConfig, TransformerConfig, as_functional
 from geomsim.models.lora import lora_init, lora_merge
 from geomsim.tasks import (
     PRETRAIN_TASKS,
@@ -36,6 +35,7 @@ from geomsim.tasks import (
     refusal_loss,
 )
 from geomsim.testbed.config import TestbedConfig
+from geomsim.testbed.models import MODELS
 from geomsim.testbed.streams import Stream
 from geomsim.testbed.train import train
 
@@ -46,7 +46,7 @@ class Testbed:
 
     config: TestbedConfig
     lang: Language
-    model_config: TransformerConfig | DecoderConfig  # DecoderConfig: geomsim.testbed.hf_export's Llama model
+    model_config: TransformerConfig | DecoderConfig  # by `config.model` (geomsim.testbed.models)
     apply_fn: Callable[[PyTree, Array], Array]
     harm_eval: Batch
     benign_eval: Batch
@@ -77,13 +77,9 @@ class Testbed:
 def build(config: TestbedConfig) -> Testbed:
     """Language, model shape and the fixed evaluation / fine-tuning datasets."""
     lang = Language(n_symbols=config.n_symbols, length=config.length, modulus=config.modulus)
-    model_config = TransformerConfig(
-        vocab_size=lang.vocab_size, seq_len=lang.seq_len - 1, width=config.width,
-        depth=config.depth, num_heads=config.heads,
-    )
-    # The apply function needs the model's structure only (`init_params` makes the weights):
-    # shapes, no arrays, so no eager initialiser ops, each compiled as a program of its own.
-    apply_fn, _ = as_functional(eqx.filter_eval_shape(Transformer, model_config, key=jax.random.key(0)))
+    model = MODELS[config.model]
+    model_config = model.shape(lang, config)
+    apply_fn, _ = as_functional(model.skeleton(model_config))  # the weights: `init_params`
     # One program for every dataset: op by op, the sampling compiled one program per primitive
     # in every fresh process (with the jitted fits, a resumed tiny testbed sweep went from 440
     # to 156 programs and 57 to 27 s: benchmarks/bench_resume.py).
@@ -109,9 +105,10 @@ def _datasets(config: TestbedConfig, lang: Language) -> tuple[Batch, Batch, dict
 
 
 def init_params(bed: Testbed, dtype=None) -> PyTree:
-    """Fresh transformer parameters for every seed (leading seed axis); `dtype`
+    """Fresh model parameters (`config.model`) for every seed (leading seed axis); `dtype`
     defaults to JAX's default float."""
-    return jax.jit(jax.vmap(lambda k: as_functional(Transformer(bed.model_config, key=k, dtype=dtype))[1]))(
+    model = MODELS[bed.config.model]
+    return jax.jit(jax.vmap(lambda k: as_functional(model.init(bed.model_config, k, dtype))[1]))(
         bed.seed_keys(Stream.INIT))
 
 
@@ -200,7 +197,7 @@ def finetune(bed: Testbed, params: PyTree, basis: Array, curvature: Array, *, lr
 
     Args:
         params: aligned params with a leading seed axis.
-        basis: `(seed, d, k)` orthonormal bases of S at each seed's aligned model.
+        basis: `(seed, k, d)` orthonormal rows spanning S at each seed's aligned model.
         curvature: `(seed, k)` the alignment operator's eigenvalues on S.
         lr, steps, records: learning rate, number of steps, log-spaced records.
 
@@ -220,7 +217,7 @@ def finetune(bed: Testbed, params: PyTree, basis: Array, curvature: Array, *, lr
 
         def extra(delta):
             p = jax.tree.map(jnp.add, theta0, delta)
-            coords = s.T @ ravel_pytree(delta)[0]
+            coords = s @ ravel_pytree(delta)[0]
             return dict(
                 harm_rate=harm_rate(bed.lang, bed.apply_fn, p, bed.harm_eval),
                 task_accuracy=answer_accuracy(bed.apply_fn, p, eval_data),
@@ -241,21 +238,21 @@ def finetune_lora(bed: Testbed, params: PyTree, basis: Array, curvature: Array, 
     displacement, which compare directly with full fine-tuning.
     """
     rec = log_record_steps(steps, records)
-    rank = bed.config.lora_rank
+    rank, targets = bed.config.lora_rank, MODELS[bed.config.model].lora_targets
 
     def one(base, s, lam, key, train_data, eval_data):
-        adapter0 = lora_init(base, rank, key)
+        adapter0 = lora_init(base, rank, key, targets)
         flat_base = ravel_pytree(base)[0]
         land = FunctionLandscape(
             theta0=adapter0,
-            align_fn=lambda a: bed.align_loss(lora_merge(base, a)),
-            task_fn=lambda a: answer_loss(bed.apply_fn, lora_merge(base, a), train_data),
+            align_fn=lambda a: bed.align_loss(lora_merge(base, a, targets)),
+            task_fn=lambda a: answer_loss(bed.apply_fn, lora_merge(base, a, targets), train_data),
         )
 
         def extra(delta):
-            p = lora_merge(base, jax.tree.map(jnp.add, adapter0, delta))
+            p = lora_merge(base, jax.tree.map(jnp.add, adapter0, delta), targets)
             full = ravel_pytree(p)[0] - flat_base
-            coords = s.T @ full
+            coords = s @ full
             return dict(
                 harm_rate=harm_rate(bed.lang, bed.apply_fn, p, bed.harm_eval),
                 task_accuracy=answer_accuracy(bed.apply_fn, p, eval_data),

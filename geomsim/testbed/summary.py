@@ -101,7 +101,7 @@ def summarise(bed, tables, spec, diag, runs) -> dict[str, Any]:
     cfg = bed.config
     tasks = cfg.finetune_tasks
     rng = np.random.default_rng(cfg.seed)
-    d = spec.basis.shape[1]
+    d = spec.basis.shape[-1]
     stages = tables["stages"]
     out: dict[str, Any] = {"parameters": int(d), "tasks": list(tasks), "seeds": cfg.seeds}
     out["stages"] = {

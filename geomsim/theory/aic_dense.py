@@ -27,7 +27,7 @@ class DenseAIC(eqx.Module):
     grad_norm: `||g||`.
     c2, c4: `(1/2) g^T H_A g` and `(1/8) (H_F g)^T H_A (H_F g)`.
     spectral_norm: `max |eig(H_A)|` (sets the round-off floor of `Delta L_A`).
-    basis: `(d, k)` top-k eigenvectors of H_A.
+    basis: `(k, d)` top-k eigenvectors of H_A (rows).
     """
 
     sharpness: Float[Array, ""]
@@ -38,7 +38,7 @@ class DenseAIC(eqx.Module):
     c2: Float[Array, ""]
     c4: Float[Array, ""]
     spectral_norm: Float[Array, ""]
-    basis: Float[Array, "d k"]
+    basis: Float[Array, "k d"]
 
 
 def dense_matrices(landscape: Landscape) -> tuple[Array, Array, Array]:
@@ -62,15 +62,15 @@ def dense_aic(landscape: Landscape, rank: int) -> DenseAIC:
     hess_align, g, hess_task = dense_matrices(landscape)
     evals, evecs = jnp.linalg.eigh(0.5 * (hess_align + hess_align.T))
     evals, evecs = evals[::-1], evecs[:, ::-1]
-    basis = evecs[:, :rank]
+    basis = evecs[:, :rank].T
     mu = evals[rank] if rank < evals.shape[0] else jnp.zeros((), evals.dtype)
     gnorm = jnp.linalg.norm(g)
     hg = hess_task @ g
     return DenseAIC(
         sharpness=evals[rank - 1],
         mu=mu,
-        eps=jnp.linalg.norm(basis.T @ g) / gnorm,
-        coupling=jnp.linalg.norm(basis.T @ hg),
+        eps=jnp.linalg.norm(basis @ g) / gnorm,
+        coupling=jnp.linalg.norm(basis @ hg),
         grad_norm=gnorm,
         c2=0.5 * g @ (hess_align @ g),
         c4=0.125 * hg @ (hess_align @ hg),

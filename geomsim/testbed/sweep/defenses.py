@@ -180,7 +180,7 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
 
         def compute(name=name):
             def one(kw):
-                make = _finetune(cfg, data, name, kw["basis"].T, kw["target"], kw["base"], kw["other"], kw["mix"],
+                make = _finetune(cfg, data, name, kw["basis"], kw["target"], kw["base"], kw["other"], kw["mix"],
                                  jax.random.fold_in(kw["key"], RunFold.DEFENSE))
                 return law.adam_run(data, **kw, finetune=make)
 
@@ -226,7 +226,7 @@ def _forecast(cfg: TestbedDefenseConfig, data, inputs) -> dict[str, np.ndarray]:
     def one(kw):
         land = FunctionLandscape(theta0=kw["theta0"], align_fn=lambda p: data.align_loss(p, kw["target"]),
                                  task_fn=law.mixture_task(data, kw["base"], kw["other"], kw["mix"]))
-        models = defended_models(settings, land, kw["basis"].T, jax.random.fold_in(kw["key"], RunFold.DEFENSE),
+        models = defended_models(settings, land, kw["basis"], jax.random.fold_in(kw["key"], RunFold.DEFENSE),
                                  0.0, 1e-8, 0.0)  # optax.adam's eps
         return {name: adam_sign(m, jnp.asarray([t], m.slope.dtype))[0] for name, m in models.items()}
 

@@ -200,7 +200,7 @@ def _linearized(data: stages.SweepData, theta0: PyTree, ggn, g: Array, target: A
                          lambda f: data.align_loss(unravel(f), target), flat0, basis, steps, lr)
 
 
-def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Float[Array, " k"],
+def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "k d"], lam: Float[Array, " k"],
                  target: Array, base: Batch, other: Batch, mix: Array, key: PRNGKeyArray) -> dict[str, Array]:
     """Measure one GD fine-tune and build every forecast but Taylor's (pure; vmap it)."""
     cfg: TestbedForecastConfig = data.config  # type: ignore[assignment]
@@ -234,7 +234,7 @@ def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "d 
     adam = law.adam_run(data, theta0, basis, lam, target, base, other, mix, jax.random.fold_in(key, RunFold.FORECAST_ADAM))
 
     steps = jnp.asarray(forecast_steps(cfg), flat0.dtype)
-    geo = aic(align, task, theta0, k=lam.shape[0], key=key, subspace=Subspace(basis.T, lam), trace_samples=0,
+    geo = aic(align, task, theta0, k=lam.shape[0], key=key, subspace=Subspace(basis, lam), trace_samples=0,
               window=False, laws=False)  # the AIC against the model's S, as the sweep's law runs
     sharp, coupling, eps_abs = geo.sharpness, geo.coupling, jnp.linalg.norm(geo.grad_coords)
     return dict(
@@ -317,7 +317,7 @@ def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, 
     theta = jax.tree.map(lambda p, a: jnp.where(polished.reshape(-1, *([1] * (p.ndim - 2))), p[lev_i, seed_i],
                                                 a[lev_i, seed_i]), models.polished, models.aligned)
     inputs = dict(
-        theta0=theta, basis=jnp.asarray(np.swapaxes(basis, 1, 2)), lam=jnp.asarray(lam),
+        theta0=theta, basis=jnp.asarray(basis), lam=jnp.asarray(lam),
         target=jnp.asarray(stages.targets(cfg)[lev_i]),
         base=select(data.task_train["base"], seed_i), other=select(data.task_train["other"], seed_i),
         mix=jnp.asarray(np.asarray(cfg.mix)[mix_i]),
@@ -334,7 +334,7 @@ def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, 
     from geomsim.plotting.testbed_forecast_figures import forecast_figures
 
     return write_report(out_dir, cfg, tables, summary, forecast_figures if plots else None, timings=timings,
-                        reused=reused, parameters=int(basis.shape[1]), t_start=t_start, bar=bar)
+                        reused=reused, parameters=int(basis.shape[2]), t_start=t_start, bar=bar)
 
 
 def _tables(cfg: TestbedForecastConfig, runs, out: dict[str, np.ndarray]) -> dict[str, Table]:

@@ -66,9 +66,9 @@ def mixture_task(data: SweepData, base: Batch, other: Batch, mix: Array):
     return task_loss
 
 
-def s_part(basis: Float[Array, "d k"], lam: Float[Array, " k"], delta: PyTree) -> Array:
+def s_part(basis: Float[Array, "k d"], lam: Float[Array, " k"], delta: PyTree) -> Array:
     """`(1/2) (P_S delta)^T H_A (P_S delta) = (1/2) sum_i lambda_i (u_i . delta)^2` (nats)."""
-    coords = basis.T @ ravel_pytree(delta)[0]
+    coords = basis @ ravel_pytree(delta)[0]
     return 0.5 * jnp.sum(lam * coords**2)
 
 
@@ -77,7 +77,7 @@ def task_sharpness_of(task_op, key: PRNGKeyArray) -> Float[Array, ""]:
     return eigsh(1, tol=1e-2, krylov_dim=12, max_matvecs=12)(task_op, key).eigenvalues[0]
 
 
-def _landscape(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], target: Array, base: Batch,
+def _landscape(data: SweepData, theta0: PyTree, basis: Float[Array, "k d"], target: Array, base: Batch,
                other: Batch, mix: Array, keep: Array):
     task = mixture_task(data, base, other, mix)
     land = tilt_overlap(
@@ -85,13 +85,13 @@ def _landscape(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], targ
     return land, task
 
 
-def law_taylor(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], target: Array, base: Batch,
+def law_taylor(data: SweepData, theta0: PyTree, basis: Float[Array, "k d"], target: Array, base: Batch,
                other: Batch, mix: Array, keep: Array) -> Float[Array, " 5"]:
     """Exact Taylor coefficients c0..c4 of `Delta L_A(t)` along the run's gradient flow."""
     return align_coefficients(_landscape(data, theta0, basis, target, base, other, mix, keep)[0], 4)
 
 
-def law_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Float[Array, " k"], target: Array,
+def law_run(data: SweepData, theta0: PyTree, basis: Float[Array, "k d"], lam: Float[Array, " k"], target: Array,
             base: Batch, other: Batch, mix: Array, keep: Array, key: PRNGKeyArray) -> dict[str, Array]:
     """Measure and fine-tune one run (see the module docstring; the Taylor
     coefficients come from `law_taylor`); pure, vmap it over runs."""
@@ -101,7 +101,7 @@ def law_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Fl
     # The AIC against the model's S through the library's measurement (g is the tilted
     # task's gradient, H_F the task's: the tilt is linear); the Taylor coefficients are
     # law_taylor's.
-    res = landscape_aic(land, basis.shape[1], key=key, subspace=Subspace(basis.T, lam), trace_samples=0,
+    res = landscape_aic(land, basis.shape[0], key=key, subspace=Subspace(basis, lam), trace_samples=0,
                         window=False, laws=False)
     task_sharpness = task_sharpness_of(hessian_operator(task, theta0), key)
     times = jnp.asarray(flow_times(cfg), flat0.dtype) / task_sharpness
@@ -174,7 +174,7 @@ def adam_batch(data: SweepData, k_base: PRNGKeyArray, k_other: PRNGKeyArray) -> 
             make_batch(data.lang, cfg.task_other, k_other, cfg.adam_batch))
 
 
-def adam_run(data: SweepData, theta0: PyTree, basis: Float[Array, "d k"], lam: Float[Array, " k"], target: Array,
+def adam_run(data: SweepData, theta0: PyTree, basis: Float[Array, "k d"], lam: Float[Array, " k"], target: Array,
              base: Batch, other: Batch, mix: Array, key: PRNGKeyArray,
              finetune: Callable[[PyTree], Finetune] | None = None) -> dict[str, Array]:
     """Adam on the real task from the polished model, as fine-tuning is done in practice

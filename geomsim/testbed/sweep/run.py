@@ -219,14 +219,14 @@ def prepare_models_once(cfg: TestbedSweepConfig, out_dir: Path, bar: Progress, t
 
 def adam_inputs(cfg: TestbedSweepConfig, models: Models, points: list[tuple[int, int, int]]) -> dict[str, Any]:
     """`law.adam_run` keyword arguments with a leading point axis: the polished model,
-    its S0 basis `(d, k)` and eigenvalues, the calibrated target, the seed's task sets,
+    its S0 rows `(k, d)` and eigenvalues, the calibrated target, the seed's task sets,
     the mixture weight and the point's key (the Adam stream: every caller sees the same
     batches)."""
     data, spec = models.data, models.spec
     p_lev, p_mix, p_seed = (np.array([p[k] for p in points]) for k in range(3))
     return dict(
         theta0=select(models.polished, p_lev, p_seed),
-        basis=jnp.asarray(np.swapaxes(spec["polished_basis"][p_lev, p_seed], 1, 2)),
+        basis=jnp.asarray(spec["polished_basis"][p_lev, p_seed]),
         lam=jnp.asarray(spec["polished_eigenvalues"][p_lev, p_seed, : cfg.rank]),
         target=jnp.asarray(stages.targets(cfg)[p_lev]),
         base=select(data.task_train["base"], p_seed), other=select(data.task_train["other"], p_seed),
@@ -272,8 +272,8 @@ def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progre
     lev_i, mix_i, seed_i = (np.array([r[k] for r in runs]) for k in (1, 2, 3))
     from_polished = np.array([state_of[r[0]] == "polished" for r in runs])
 
-    basis = np.swapaxes(np.where(from_polished[:, None, None], spec["polished_basis"][lev_i, seed_i],
-                                 spec["as_trained_basis"][lev_i, seed_i]), 1, 2)  # (runs, d, k)
+    basis = np.where(from_polished[:, None, None], spec["polished_basis"][lev_i, seed_i],
+                     spec["as_trained_basis"][lev_i, seed_i])  # (runs, k, d)
     lam = np.where(from_polished[:, None], spec["polished_eigenvalues"][lev_i, seed_i, : cfg.rank],
                    spec["as_trained_eigenvalues"][lev_i, seed_i, : cfg.rank])
     theta = jax.tree.map(lambda p, a: jnp.where(from_polished.reshape(-1, *([1] * (p.ndim - 2))),
@@ -305,7 +305,7 @@ def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progre
     from geomsim.plotting.testbed_sweep_figures import testbed_sweep_figures
 
     summary = write_report(out_dir, cfg, tables, summarise(cfg, tables, spec), testbed_sweep_figures if plots else None,
-                           timings=timings, reused=reused, parameters=int(basis.shape[1]), t_start=t_start, bar=bar)
+                           timings=timings, reused=reused, parameters=int(basis.shape[2]), t_start=t_start, bar=bar)
     return SweepResult(tables=tables, summary=summary, out_dir=out_dir)
 
 
