@@ -115,8 +115,14 @@ def test_a_given_subspace_gives_the_task_side_and_the_s_part_coefficients(landsc
     outside = landscape_aic(land, 3, key=KEY, subspace=Subspace(evecs[:, ::-1][:, 3:6].T, evals[::-1][3:6]))
     assert abs(float(outside.eps) - cfg["eps"]) > 0.1 * cfg["eps"]
     assert abs(float(outside.coupling) - cfg["coupling"]) > 0.1 * cfg["coupling"]
+    # Given in ascending order, S is the same S: sharpness is still its smallest eigenvalue.
+    flipped = landscape_aic(land, 3, key=KEY, subspace=Subspace(res.basis[::-1], res.eigenvalues[:3][::-1]))
+    for field in ("sharpness", "c4_bound", "c4_s", "c2_s", "eps", "coupling"):
+        np.testing.assert_allclose(getattr(flipped, field), getattr(given, field), rtol=1e-12, err_msg=field)
     with pytest.raises(ValueError, match=r"^subspace: basis must be \(k, d\) = \(3, 24\)"):
         landscape_aic(land, 3, key=KEY, subspace=Subspace(res.basis.T, res.eigenvalues[:3]))
+    with pytest.raises(ValueError, match="^operator: a given subspace replaces"):
+        landscape_aic(land, 3, key=KEY, subspace=Subspace(res.basis, res.eigenvalues[:3]), operator="fisher")
 
 
 def test_vmap_over_a_landscape_grid():
@@ -355,7 +361,10 @@ def test_factory_jits_and_vmaps_over_keys():
     for i in range(3):
         single = _fields(one(keys[i]))
         for field, value in _fields(batched).items():
-            if np.issubdtype(value.dtype, np.floating) and field != "basis":  # basis: up to row signs
+            if field in ("grad_coords", "task_hg_coords"):  # S coordinates: up to the basis' row signs
+                np.testing.assert_allclose(np.abs(value[i]), np.abs(single[field]), rtol=1e-9, atol=1e-12,
+                                           err_msg=field)
+            elif np.issubdtype(value.dtype, np.floating) and field != "basis":  # basis: up to row signs
                 np.testing.assert_allclose(value[i], single[field], rtol=1e-9, atol=1e-12, err_msg=field)
             elif field != "basis":
                 np.testing.assert_array_equal(value[i], single[field], err_msg=field)

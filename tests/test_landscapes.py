@@ -46,7 +46,7 @@ def test_built_landscape_measures_what_was_requested(seed, shape, sharpness, cou
     np.testing.assert_allclose(aic.coupling, coupling, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(aic.grad_norm, grad_norm, rtol=1e-12)
     # The measured subspace is the configured one (mu < sharpness leaves a gap).
-    proj_err = land.basis - aic.basis @ (aic.basis.T @ land.basis)
+    proj_err = land.basis - (land.basis @ aic.basis.T) @ aic.basis  # rows: U - U P
     assert float(jnp.max(jnp.abs(proj_err))) < 1e-8
 
 

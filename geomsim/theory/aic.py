@@ -90,6 +90,9 @@ class AICResult(eqx.Module):
         within the window, inf if none); curve_time / curve (the predicted
         `Delta L_A`).
     Bookkeeping: num_matvecs (products with A, H_A, H_F, F), converged (Lanczos).
+    With a given `Subspace` (no spectrum measured): eigenvalues are its k values
+    (descending), spectral_norm their largest |value|, rank k, converged True, and
+    residuals, mu, gap_ratio, tail_mass, trace nan; operator is "subspace".
     """
 
     eigenvalues: Float[Array, " n"]
@@ -193,7 +196,7 @@ class AICResult(eqx.Module):
             elif field == "basis" and "basis" not in data:
                 values[field] = jnp.zeros((data["k"], 0))
             elif field in ("grad_coords", "task_hg_coords") and field not in data:  # written before they existed
-                values[field] = jnp.full((data["k"],), jnp.nan)
+                values[field] = jnp.full(np.shape(data["eps"]) + (data["k"],), jnp.nan)
             elif field in nonfinite:  # null -> the non-finite value it stood for
                 kinds = np.asarray(nonfinite[field], dtype=object)
                 raw = np.asarray(data[field], dtype=object)
@@ -294,12 +297,15 @@ def _grad_second_directional(op: HessianOperator, v: PyTree) -> PyTree:
 
 
 def _given_subspace(subspace: Subspace, k: int, d: int, dtype) -> Subspace:
-    """`subspace` checked against k and d (shapes are static: one clear error at trace time)."""
+    """`subspace` checked against k and d (shapes are static: one clear error at trace time),
+    its rows put in descending order of eigenvalue (a stable sort: descending input is
+    returned as given), so `sharpness` is the smallest of them as for a measured S."""
     basis, lam = jnp.asarray(subspace.basis, dtype), jnp.asarray(subspace.eigenvalues, dtype)
     if basis.shape != (k, d) or lam.shape != (k,):
         raise ValueError(f"subspace: basis must be (k, d) = ({k}, {d}) rows and eigenvalues ({k},) "
                          f"(got {basis.shape} and {lam.shape})")
-    return Subspace(basis, lam)
+    order = jnp.argsort(-lam, stable=True)
+    return Subspace(basis[order], lam[order])
 
 
 # --- the parts ------------------------------------------------------------------------------------
@@ -567,6 +573,8 @@ def aic_factory(
             spectral_norm = jnp.maximum(jnp.abs(lam[0]), jnp.max(jnp.abs(eig.ritz_range)))
             mu, rank = lam[s.k], gap_rank(lam)
         else:
+            if not (isinstance(operator, str) and operator == "hessian"):
+                raise ValueError("operator: a given subspace replaces the operator's spectrum; pass one or the other")
             basis, lam = _given_subspace(subspace, s.k, align_op.dim, dtype)
             op_name, residuals, converged, matvecs = "subspace", jnp.full((s.k,), jnp.nan, dtype), jnp.asarray(True), 0
             tail = tail_err = mu = nan
