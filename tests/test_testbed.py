@@ -216,3 +216,15 @@ def test_seed_bootstrap_spearman_matches_scipy_draw_by_draw():
     assert summary.spearman_with_ci(x, np.exp(x), seeds, rng)["ci95"] == [1.0, 1.0]
     flat = summary.spearman_with_ci(np.ones_like(x), y, seeds, rng)
     assert np.all(np.isnan(flat["ci95"])) and np.isnan(flat["per_seed_mean"])
+
+
+def test_the_summaries_median_keeps_or_drops_infinity_as_asked():
+    """One median for the testbed's summaries: nan never counts; inf counts as a value (a
+    forecast that never crosses is infinitely late) unless the caller drops it (steps to a
+    target never reached)."""
+    from geomsim.testbed.summary import median
+
+    values = [1.0, np.nan, np.inf, np.inf, 2.0]
+    assert median(values, drop_inf=False) == np.inf  # 1, 2, inf, inf -> the mean of 2 and inf
+    assert median(values, drop_inf=True) == 1.5
+    assert median([np.nan, np.inf], drop_inf=True) is None and median([], drop_inf=False) is None

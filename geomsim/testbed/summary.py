@@ -43,6 +43,19 @@ def _rowwise_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, np.sum(rx * ry, axis=1) / denom, np.nan)
 
 
+def median(values, *, drop_inf: bool) -> float | None:
+    """Median of the values that are not nan (None when none are left).
+
+    `drop_inf` leaves out the infinite ones too: for a quantity defined only where an
+    event happened (the steps to an accuracy target a run never reached).  Keep them
+    where infinity is a value: a forecast that never crosses is infinitely late and
+    counts so in its median.
+    """
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)] if drop_inf else values[~np.isnan(values)]
+    return float(np.median(values)) if values.size else None
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman's rho of two `(n,)` samples (average ranks for ties; NaN if one is constant)."""
     return float(_rowwise_spearman(np.asarray(x)[None], np.asarray(y)[None])[0])

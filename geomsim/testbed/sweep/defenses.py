@@ -52,7 +52,7 @@ from geomsim.models.lora import lora_init, lora_merge
 from geomsim.sweep.progress import Progress
 from geomsim.tasks import PRETRAIN_TASKS, concat, make_batch, refusal_kl
 from geomsim.testbed.streams import RunFold
-from geomsim.testbed.summary import spearman
+from geomsim.testbed.summary import median, spearman
 from geomsim.testbed.sweep import law
 from geomsim.testbed.sweep.cache import cached_arrays
 from geomsim.testbed.sweep.config import TestbedSweepConfig
@@ -260,7 +260,7 @@ def forecast_ranking(table: Table) -> dict[str, Any]:
             rhos.append(spearman(f, m))
             same.append(bool(np.argmin(f) == np.argmin(m)))
     return {"defenses": names, "points": len(rhos), "method": "adam_sign (full-batch v = g^2)",
-            "spearman_median": _median(rhos), "spearman_per_point": [float(r) for r in rhos],
+            "spearman_median": median(rhos, drop_inf=True), "spearman_per_point": [float(r) for r in rhos],
             "same_best_fraction": float(np.mean(same)) if same else None}
 
 
@@ -284,12 +284,6 @@ def _tables(cfg: TestbedDefenseConfig, points, results: dict[str, dict[str, np.n
     return {"defenses": table, "defense_points": points_table}
 
 
-def _median(values) -> float | None:
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    return float(np.median(values)) if values.size else None
-
-
 def summarise_defenses(cfg: TestbedDefenseConfig, tables: dict[str, Table], seconds: dict[str, float]
                        ) -> dict[str, Any]:
     """Per defense: damage, harm and task accuracy at the accuracy target and at the fixed step."""
@@ -300,14 +294,14 @@ def summarise_defenses(cfg: TestbedDefenseConfig, tables: dict[str, Table], seco
     for name in cfg.defenses:
         mask = pts["defense"] == name
         out["defenses"][name] = {
-            "align_increase_median": _median(pts["align_increase_at_target"][mask]),
-            "harm_rate_median": _median(pts["harm_rate_at_target"][mask]),
-            "task_accuracy_median": _median(pts["task_accuracy_at_target"][mask]),
+            "align_increase_median": median(pts["align_increase_at_target"][mask], drop_inf=True),
+            "harm_rate_median": median(pts["harm_rate_at_target"][mask], drop_inf=True),
+            "task_accuracy_median": median(pts["task_accuracy_at_target"][mask], drop_inf=True),
             "reached_fraction": float(np.mean(pts["reached"][mask])),
-            "steps_to_target_median": _median(pts["steps_to_target"][mask]),
-            "align_increase_fixed_median": _median(pts["align_increase_at_fixed"][mask]),
-            "harm_rate_fixed_median": _median(pts["harm_rate_at_fixed"][mask]),
-            "task_accuracy_fixed_median": _median(pts["task_accuracy_at_fixed"][mask]),
+            "steps_to_target_median": median(pts["steps_to_target"][mask], drop_inf=True),
+            "align_increase_fixed_median": median(pts["align_increase_at_fixed"][mask], drop_inf=True),
+            "harm_rate_fixed_median": median(pts["harm_rate_at_fixed"][mask], drop_inf=True),
+            "task_accuracy_fixed_median": median(pts["task_accuracy_at_fixed"][mask], drop_inf=True),
             "overhead_ratio": seconds[name] / seconds["none"],
             "seconds": round(seconds[name], 2),
         }

@@ -63,6 +63,7 @@ from geomsim.processes import current_group
 from geomsim.sweep.progress import Progress
 from geomsim.tasks import Batch, answer_loss_of_logits
 from geomsim.testbed.streams import RunFold, Stream
+from geomsim.testbed.summary import median
 from geomsim.testbed.sweep import law, stages
 from geomsim.testbed.sweep.config import POLISH_FIELDS, TestbedSweepConfig
 from geomsim.testbed.sweep.run import begin_run, prepare_models_once, run_chunks, select, write_report
@@ -381,12 +382,6 @@ def _tables(cfg: TestbedForecastConfig, runs, out: dict[str, np.ndarray]) -> dic
     return {"forecast_runs": table, "forecast_curves": curves}
 
 
-def _median(values) -> float | None:
-    values = np.asarray(values, dtype=float)
-    values = values[~np.isnan(values)]
-    return float(np.median(values)) if values.size else None
-
-
 def _crossings(cfg: TestbedForecastConfig, runs: Table, name: str, keep: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """`(t_meas, t_fcst, meas_end, level)` of `name` pooled over the levels (steps), for the
@@ -466,8 +461,9 @@ def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table) -> dict[str, An
             ratio = np.asarray(runs[f"{name}_t_ratio_{level:g}"], dtype=float)[reached]
             per_level[f"{level:g}"] = {
                 "reached_runs": int(reached.sum()),
-                "log10_error_median": _median(np.asarray(runs[f"{name}_log10_error_{level:g}"])[reached]),
-                "t_fail_ratio_median": _median(ratio),
+                "log10_error_median": median(np.asarray(runs[f"{name}_log10_error_{level:g}"])[reached],
+                                             drop_inf=False),
+                "t_fail_ratio_median": median(ratio, drop_inf=False),
                 "within_2x_fraction": float(np.mean((ratio >= 0.5) & (ratio <= 2.0))) if ratio.size else None,
             }
         head = per_level[f"{cfg.threshold:g}"]
