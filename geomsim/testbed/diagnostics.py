@@ -95,8 +95,8 @@ def task_diagnostics(bed: Testbed, params: PyTree, spec: Spectrum, taylor_order:
         # Every AIC quantity through the library's measurement, against this seed's S
         # (the spectrum above: one S per seed for the diagnostics and the fine-tunes);
         # c4 is its leading term (1/8) (H_F g)^T H_A (H_F g).  The exact Taylor
-        # coefficients come from Taylor-mode autodiff below (c3 by aic's third
-        # derivatives measured slower to compile).
+        # coefficients c1..c_order come from `align_coefficients` below, so aic skips
+        # c3 (its written-out third derivatives compile slower than that pass).
         res = aic(
             lambda q: bed.align_loss(q), task_loss, p, k=cfg.rank, key=key, subspace=Subspace(basis, lam),
             trace_samples=0, window=False, third_order=False,
