@@ -56,7 +56,7 @@ def test_the_llama_model_runs_the_whole_testbed_from_its_flag(tmp_path):
     assert main(["--out", str(out), *as_flags(settings), "--no-plots"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     bed = stages.build(make_testbed_config(None, settings))
-    llama = ravel_pytree(as_functional(MODELS["llama"].init(bed.model_config, jax.random.key(0)))[1])[0].size
+    llama = ravel_pytree(as_functional(MODELS["llama"].build(bed.model_config, jax.random.key(0), None))[1])[0].size
     transformer = ravel_pytree(stages.init_params(stages.build(make_testbed_config(None, TINY))))[0].size // 2
     assert summary["config"]["model"] == "llama" and summary["parameters"] == llama != transformer
     assert summary["stages"]["align"]["align_loss"] < summary["stages"]["pretrain"]["align_loss"]

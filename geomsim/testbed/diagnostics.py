@@ -100,12 +100,12 @@ def task_diagnostics(bed: Testbed, params: PyTree, spec: Spectrum, taylor_order:
         res = aic(
             lambda q: bed.align_loss(q), task_loss, p, k=cfg.rank, key=key, subspace=Subspace(basis, lam),
             trace_samples=0, window=False, third_order=False,
-            update=jax.tree.map(jnp.negative, jax.grad(task_loss)(p)),
         )
         land = FunctionLandscape(theta0=p, align_fn=bed.align_loss, task_fn=task_loss)
         return dict(
             eps=res.eps, coupling=res.coupling, coupling_fisher=res.coupling_fisher,
-            overlap=res.update_overlap, grad_norm=res.grad_norm, align_grad_norm=res.align_grad_norm,
+            overlap=res.eps**2,  # ||P_S u||^2 / ||u||^2 of the first update u = -g, as the sweep's law runs
+            grad_norm=res.grad_norm, align_grad_norm=res.align_grad_norm,
             sharpness=res.sharpness, c4_leading=res.c4, c4_bound=res.c4_bound, c4_bound_fisher=res.c4_bound_fisher,
             taylor=align_coefficients(land, taylor_order, MODELS[cfg.model].taylor_method),
             s_grad=res.grad_coords, s_hg=res.task_hg_coords,

@@ -2,7 +2,7 @@
 
 A `TestbedModel` turns the language and the config into the model's shape
 (`shape`), a module to read the apply function from (`skeleton`) and fresh
-weights (`init`).  Everything downstream (stages, diagnostics, fine-tunes, the
+weights (`build`).  Everything downstream (stages, diagnostics, fine-tunes, the
 sweep) uses only `apply_fn(params, tokens) -> logits (batch, seq, vocab)` and the
 params pytree, so any causal language model fits:
 
@@ -23,7 +23,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-from jaxtyping import PRNGKeyArray
 
 from geomsim.models.lora import default_targets, stacked_targets
 from geomsim.tasks import Language
@@ -58,9 +57,6 @@ class TestbedModel:
         if self.abstract_skeleton:
             return eqx.filter_eval_shape(self.build, model_config, key, None)
         return self.build(model_config, key, None)
-
-    def init(self, model_config: Any, key: PRNGKeyArray, dtype=None) -> eqx.Module:
-        return self.build(model_config, key, dtype)
 
 
 def _transformer_shape(lang: Language, config) -> Any:

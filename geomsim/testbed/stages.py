@@ -108,7 +108,7 @@ def init_params(bed: Testbed, dtype=None) -> PyTree:
     """Fresh model parameters (`config.model`) for every seed (leading seed axis); `dtype`
     defaults to JAX's default float."""
     model = MODELS[bed.config.model]
-    return jax.jit(jax.vmap(lambda k: as_functional(model.init(bed.model_config, k, dtype))[1]))(
+    return jax.jit(jax.vmap(lambda k: as_functional(model.build(bed.model_config, k, dtype))[1]))(
         bed.seed_keys(Stream.INIT))
 
 
