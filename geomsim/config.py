@@ -10,7 +10,12 @@ one declaration the layer builds:
   validated instance; tables named in `skip_tables` (e.g. `[repro]`, which
   belongs to `paper_repro`) are ignored;
 * `add_flags(parser, cls)`: one `--flag` per field for argparse;
-* `digest(config, fields)`: a stable hash deciding whether saved work is reusable.
+* `digest(config, fields)`: a stable hash of settings (e.g. that every process of a
+  group runs the same config);
+* `stage_key(config, fields, *parents)`: the cache key of a stage of a pipeline: its
+  own settings, its parents' keys and the code's version (`code_version`), so saved
+  work is reused only when nothing that made it changed;
+* `option_like(cls, name, default)`: a field of another config with another default.
 
 Every bad value raises `ConfigError` with one line naming the field and the
 allowed range; the CLIs print it instead of a traceback.  A dataclass may add
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -49,6 +55,15 @@ def option(default: Any = dataclasses.MISSING, *, help: str, check: Check | None
     metadata = {"help": help, "check": check, "parse": parse, "flag": flag, "shown": shown}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def option_like(cls, name: str, default: Any, *, help: str | None = None) -> Any:
+    """`cls`'s field `name` (its help, check and parser) with another default: for a config
+    that extends `cls` and needs, e.g., fewer seeds by default, without a second declaration."""
+    metadata = dict(cls.__dataclass_fields__[name].metadata)
+    if help is not None:
+        metadata["help"] = help
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -223,12 +238,41 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def digest(config: Any, fields: tuple[str, ...] | None = None) -> str:
-    """16-hex-digit hash of the named fields (all when None): decides reuse of saved work."""
+    """16-hex-digit hash of the named fields (all when None)."""
     data = to_dict(config)
     if fields is not None:
         data = {f: data[f] for f in fields}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _hash(data)
+
+
+@functools.cache
+def code_version() -> str:
+    """Hash of geomsim's own source files (their paths and bytes).
+
+    Part of every stage key: saved work made by other code is recomputed instead of
+    reused.  A finer map (a stage -> the modules it runs) would keep more work across
+    edits, but is one more hand-kept list that goes stale silently, which is the
+    failure this guards against (e.g. a changed task in `geomsim.tasks.language`
+    reusing a model trained on the old one).  ~150 files: a few milliseconds, once.
+    """
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def stage_key(config: Any, fields: tuple[str, ...], *parents: str) -> str:
+    """The cache key of a pipeline stage: the stage's own settings (`fields` of `config`),
+    the keys of the stages it starts from, and `code_version()`.  A change to any of them,
+    or to any ancestor's settings through its key, makes the key (and the saved work) new."""
+    data = to_dict(config)
+    return _hash({"settings": {f: data[f] for f in fields}, "parents": list(parents), "code": code_version()})
 
 
 def _shown(value: Any) -> str:

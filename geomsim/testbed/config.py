@@ -7,6 +7,7 @@ units and range on the field.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,17 +19,11 @@ from geomsim.testbed.models import MODELS
 
 
 @dataclass(frozen=True)
-class TestbedConfig:
-    """Every setting of the testbed (units: steps, nats, learning rates per step).
-
-    Language: n_symbols, length, modulus.  Model: width, depth, heads.
-    Stages: pretrain_* and align_* (AdamW, fresh batches each step);
-    finetune_* (full-batch gradient descent on a fixed benign dataset, recorded
-    on a log grid: the degradation after N steps); early_* (the same at a tiny
-    learning rate, resolving the early-time Taylor regime).  Diagnostics: alignment rank k, curvature operator
-    ('hessian' or 'fisher'), LoRA rank, the order of the exact Taylor expansion of `Delta L_A(t)`
-    (taylor_order, 1-6; its compile time grows with the order).
-    """
+class BedConfig:
+    """What every testbed command shares: the language, the model, its pretraining and
+    alignment, the evaluation sets and the alignment rank (units: steps, learning rates
+    per step).  `TestbedConfig` and the sweep's config extend it; their pretrained
+    models are one checkpoint (`PRETRAIN_FIELDS`)."""
 
     seeds: int = option(3, help="independent models, trained as one vmapped program (>= 1)", check=at_least(1))
     seed: int = option(0, help="base random seed (>= 0)", check=at_least(0))
@@ -49,6 +44,51 @@ class TestbedConfig:
     align_lr: float = option(1e-3, help="alignment peak learning rate (> 0)", check=positive)
     align_harmful_fraction: float = option(0.3, help="harmful requests (refused) in alignment batches, in [0, 1)",
                                            check=in_range(0, 1, open_hi=True))
+    eval_size: int = option(256, help="held-out examples per evaluation set (>= 1)", check=at_least(1))
+    rank: int = option(8, help="dimension k of the alignment subspace S (>= 1)", check=at_least(1))
+
+    __test__ = False  # not a pytest test class
+
+    def check(self) -> None:
+        if self.width % self.heads:
+            raise ConfigError(f"heads: must divide width={self.width} (got {self.heads})")
+        if not self.modulus <= self.n_symbols:
+            raise ConfigError(f"modulus: must be in [2, n_symbols={self.n_symbols}] (got {self.modulus})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_layer.to_dict(self)
+
+
+# The settings of the shared stages (each stage's key: these, its parent's key, the code's version).
+PRETRAIN_FIELDS = (
+    "seeds", "seed", "n_symbols", "length", "modulus", "width", "depth", "heads", "model", "batch",
+    "pretrain_steps", "pretrain_lr", "pretrain_harmful_fraction",
+)
+ALIGN_FIELDS = ("align_steps", "align_lr", "align_harmful_fraction")
+
+
+def pretrain_key(config: BedConfig) -> str:
+    """The pretrained models' cache key (the same for every command on the same settings)."""
+    return config_layer.stage_key(config, PRETRAIN_FIELDS)
+
+
+def shared_part(config: BedConfig) -> dict[str, Any]:
+    """`config`'s `BedConfig` fields: how another testbed config starts from the same models."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(BedConfig)}
+
+
+@dataclass(frozen=True)
+class TestbedConfig(BedConfig):
+    """Every setting of the testbed (units: steps, nats, learning rates per step).
+
+    Language, model, pretrain_* and align_* (AdamW, fresh batches each step): `BedConfig`.
+    finetune_* (full-batch gradient descent on a fixed benign dataset, recorded
+    on a log grid: the degradation after N steps); early_* (the same at a tiny
+    learning rate, resolving the early-time Taylor regime).  Diagnostics: alignment rank k, curvature operator
+    ('hessian' or 'fisher'), LoRA rank, the order of the exact Taylor expansion of `Delta L_A(t)`
+    (taylor_order, 1-6; its compile time grows with the order).
+    """
+
     finetune_tasks: tuple[str, ...] = option(FINETUNE_TASKS, help=f"benign tasks, comma-separated, from {', '.join(TASKS)}",
                                              check=each(one_of(*TASKS)))
     finetune_size: int = option(64, help="examples per fine-tuning dataset (>= 1)", check=at_least(1))
@@ -59,8 +99,6 @@ class TestbedConfig:
     early_steps: int = option(100, help="GD steps of the early-time fine-tune (>= 1)", check=at_least(1))
     early_lr: float = option(2e-5, help="learning rate of the early-time fine-tune (> 0)", check=positive)
     early_records: int = option(30, help="log-spaced records of the early fine-tune (2..early_steps)", check=at_least(2))
-    eval_size: int = option(256, help="held-out examples per evaluation set (>= 1)", check=at_least(1))
-    rank: int = option(8, help="dimension k of the alignment subspace S (>= 1)", check=at_least(1))
     operator: str = option("fisher", help="curvature operator defining S: hessian or fisher", check=one_of("hessian", "fisher"))
     lanczos_iters: int = option(40, help="Lanczos iterations per SLQ probe (>= 1)", check=at_least(1))
     slq_probes: int = option(4, help="SLQ probe vectors (>= 1)", check=at_least(1))
@@ -68,31 +106,12 @@ class TestbedConfig:
     taylor_order: int = option(4, help="order of the exact Taylor expansion of Delta L_A (1..6)", check=in_range(1, 6))
     threshold: float = option(0.1, help="Delta L_A threshold for time to failure, nats (> 0)", check=positive)
 
-    __test__ = False  # not a pytest test class, despite the name
-
     def check(self) -> None:
-        if self.width % self.heads:
-            raise ConfigError(f"heads: must divide width={self.width} (got {self.heads})")
-        if not self.modulus <= self.n_symbols:
-            raise ConfigError(f"modulus: must be in [2, n_symbols={self.n_symbols}] (got {self.modulus})")
+        super().check()
         for prefix in ("finetune", "early"):
             records, steps = getattr(self, f"{prefix}_records"), getattr(self, f"{prefix}_steps")
             if not records <= steps:
                 raise ConfigError(f"{prefix}_records: must be in [2, {prefix}_steps={steps}] (got {records})")
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_layer.to_dict(self)
-
-    def digest(self, *fields: str) -> str:
-        """Hash of the named fields (all when none): decides whether a checkpoint is reusable."""
-        return config_layer.digest(self, fields or None)
-
-
-PRETRAIN_FIELDS = (
-    "seeds", "seed", "n_symbols", "length", "modulus", "width", "depth", "heads", "model", "batch",
-    "pretrain_steps", "pretrain_lr", "pretrain_harmful_fraction",
-)
-ALIGN_FIELDS = (*PRETRAIN_FIELDS, "align_steps", "align_lr", "align_harmful_fraction")
 
 
 def make_testbed_config(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TestbedConfig:

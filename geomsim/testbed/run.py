@@ -1,6 +1,6 @@
 """Run the transformer testbed end to end and write tidy results.
 
-Stages (each reuses a checkpoint whose config digest matches):
+Stages (each reuses a checkpoint saved under its key: its settings, its parent's key, the code's version):
     pretrain -> align -> diagnostics at the aligned model -> fine-tune
     (full: the degradation after N steps; early: tiny steps resolving the
     Taylor regime; lora: low-rank adapters) -> tables, summary, figures.
@@ -26,13 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from geomsim.config import stage_key
 from geomsim.io import Table, environment_versions, write_csv, write_json
 from geomsim.sweep.progress import Progress
 from geomsim.testbed import diagnostics, stages
-from geomsim.testbed.checkpoints import load_checkpoint, save_checkpoint
-from geomsim.testbed.config import ALIGN_FIELDS, PRETRAIN_FIELDS, TestbedConfig
+from geomsim.testbed.checkpoints import checkpointed
+from geomsim.testbed.config import ALIGN_FIELDS, TestbedConfig, pretrain_key
 from geomsim.testbed.summary import summarise
-from geomsim.watchdog import watched
 
 
 @dataclass
@@ -46,18 +46,10 @@ class TestbedResult:
     __test__ = False  # not a pytest test class, despite the name
 
 
-def _trained(bed, out_dir, name, fields, params, train_fn, timings, bar):
-    digest = bed.config.digest(*fields)
-    loaded = load_checkpoint(out_dir, name, params, digest)
-    if loaded is not None:
-        bar.advance(1, f"{name} (checkpoint)")
-        return loaded, None
-    t0 = time.perf_counter()
-    params, losses = watched(f"testbed stage {name}", train_fn, bed, params)
-    timings[name] = round(time.perf_counter() - t0, 2)
-    save_checkpoint(out_dir, name, params, {"digest": digest, "config": bed.config.to_dict()})
-    bar.advance(1, name)
-    return params, np.asarray(losses)
+def _trained(bed, out_dir, name, key, params, train_fn, timings, bar):
+    params, losses, _ = checkpointed(out_dir, name, key, params, lambda: train_fn(bed, params), timings=timings,
+                                     bar=bar, meta={"config": bed.config.to_dict()})
+    return params, None if losses is None else np.asarray(losses)
 
 
 def _stage_rows(bed, evaluations: dict[str, dict[str, np.ndarray]]) -> Table:
@@ -139,10 +131,11 @@ def run_testbed(
     bed = stages.build(config)
     params = stages.init_params(bed)
     evaluations = {"init": stages.evaluate(bed, params)}
-    params, pre_losses = _trained(bed, out_dir, "pretrain", PRETRAIN_FIELDS, params, stages.pretrain, timings, bar)
+    pretrained = pretrain_key(config)
+    params, pre_losses = _trained(bed, out_dir, "pretrain", pretrained, params, stages.pretrain, timings, bar)
     evaluations["pretrain"] = stages.evaluate(bed, params)
     if stop_after != "pretrain":
-        params, align_losses = _trained(bed, out_dir, "align", ALIGN_FIELDS, params, stages.align, timings, bar)
+        params, align_losses = _trained(bed, out_dir, "align", stage_key(config, ALIGN_FIELDS, pretrained), params, stages.align, timings, bar)
         evaluations["align"] = stages.evaluate(bed, params)
     if stop_after is not None:
         table = _stage_rows(bed, evaluations)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
+from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, option_like, positive
 from geomsim.tasks.language import TASKS
+from geomsim.testbed import config as bed_config
+from geomsim.testbed.config import BedConfig
 
 ARMS = ("polished_eps0", "polished", "as_trained")
 
 
 @dataclass(frozen=True)
-class TestbedSweepConfig:
+class TestbedSweepConfig(BedConfig):
     """Every setting of the sweep (units: steps, nats, gradient-flow time).
 
     Grid: `refusal_sigma` (sharpness knob: each level aligns its own models to
@@ -19,25 +21,14 @@ class TestbedSweepConfig:
     the benign task `(1 - a) L_<task_base> + a L_<task_other>`) x `seeds`.
     """
 
-    seeds: int = option(4, help="independent models per sharpness level (integer >= 1)", check=at_least(1))
-    seed: int = option(0, help="base random seed (integer >= 0)", check=at_least(0))
-    n_symbols: int = option(12, help="operand alphabet size (>= 4)", check=at_least(4))
-    length: int = option(5, help="operand length (>= 2)", check=at_least(2))
-    modulus: int = option(7, help="modulus of the modsum task (2..n_symbols)", check=at_least(2))
-    width: int = option(32, help="transformer width (divisible by heads)", check=at_least(1))
-    depth: int = option(2, help="transformer blocks (>= 1)", check=at_least(1))
-    heads: int = option(4, help="attention heads (>= 1)", check=at_least(1))
-    batch: int = option(128, help="examples per pretraining / alignment step (>= 1)", check=at_least(1))
-    pretrain_steps: int = option(600, help="AdamW pretraining steps (>= 1)", check=at_least(1))
-    pretrain_lr: float = option(3e-3, help="pretraining peak learning rate (> 0)", check=positive)
-    pretrain_harmful_fraction: float = option(
-        0.2, help="fraction of harmful requests (answered) in pretraining batches, in [0, 1)",
-        check=in_range(0, 1, open_hi=True))
-    align_steps: int = option(200, help="AdamW alignment steps per sharpness level (>= 1)", check=at_least(1))
-    align_lr: float = option(1e-3, help="alignment peak learning rate (> 0)", check=positive)
-    align_harmful_fraction: float = option(
-        0.3, help="fraction of harmful requests (refused) in alignment batches, in (0, 1)",
-        check=in_range(0, 1, open_lo=True, open_hi=True))
+    # The language, model, pretraining and alignment: `BedConfig`'s; these defaults differ.
+    seeds: int = option_like(BedConfig, "seeds", 4, help="independent models per sharpness level (>= 1)")
+    align_steps: int = option_like(BedConfig, "align_steps", 200, help="AdamW alignment steps per sharpness level (>= 1)")
+    align_harmful_fraction: float = option_like(
+        BedConfig, "align_harmful_fraction", 0.3,
+        help="harmful requests (refused) in alignment batches, in (0, 1): the calibration needs some")
+    eval_size: int = option_like(BedConfig, "eval_size", 128)
+    rank: int = option_like(BedConfig, "rank", 1)
     refusal_sigma: tuple[float, ...] = option(
         (0.3, 0.1, 0.03, 0.01), help="sharpness knob: target non-refusal probability per level, each in (0, 0.5)",
         check=each(in_range(0, 0.5, open_lo=True, open_hi=True)))
@@ -51,8 +42,6 @@ class TestbedSweepConfig:
         (0.03, 0.1, 0.3, 1.0), help="coupling knob: weight a of task_other, each in [0, 1]",
         check=each(in_range(0, 1)))
     task_size: int = option(16, help="fine-tuning examples per component task (>= 1)", check=at_least(1))
-    eval_size: int = option(128, help="held-out examples for harm rate and task accuracy (>= 1)", check=at_least(1))
-    rank: int = option(1, help="dimension k of the alignment subspace S (>= 1)", check=at_least(1))
     num_eigs: int = option(8, help="top alignment eigenpairs measured per model (> rank)", check=at_least(2))
     flow_t_min: float = option(1e-3, help="first recorded flow time, in units of 1/||H_F|| (> 0)", check=positive)
     flow_t_max: float = option(10.0, help="last recorded flow time, in units of 1/||H_F|| (> flow_t_min)",
@@ -73,13 +62,10 @@ class TestbedSweepConfig:
     chunk: int = option(8, help="runs per vmapped batch (memory vs speed; 8 keeps the default sweep near 3.5 GiB) (>= 1)",
                         check=at_least(1))
 
-    __test__ = False  # not a pytest test class, despite the name
-
     def check(self) -> None:
-        if self.width % self.heads:
-            raise ConfigError(f"heads: must divide width={self.width} (got {self.heads})")
-        if not self.modulus <= self.n_symbols:
-            raise ConfigError(f"modulus: must be in [2, n_symbols={self.n_symbols}] (got {self.modulus})")
+        super().check()
+        if not self.align_harmful_fraction > 0:
+            raise ConfigError(f"align_harmful_fraction: must be in (0, 1) (got {self.align_harmful_fraction!r})")
         if not self.rank < self.num_eigs:
             raise ConfigError(f"num_eigs: must be > rank={self.rank} (got {self.num_eigs})")
         if not self.flow_t_max > self.flow_t_min:
@@ -95,8 +81,8 @@ class TestbedSweepConfig:
         return len(self.refusal_sigma), len(self.mix), self.seeds
 
 
-# Fields each cached stage depends on (a stage is redone only when one of them changes).
-PRETRAIN_FIELDS = ("seeds", "seed", "n_symbols", "length", "modulus", "width", "depth", "heads", "batch",
-                   "pretrain_steps", "pretrain_lr", "pretrain_harmful_fraction")
-ALIGN_FIELDS = (*PRETRAIN_FIELDS, "align_steps", "align_lr", "align_harmful_fraction", "refusal_sigma")
-POLISH_FIELDS = (*ALIGN_FIELDS, "align_set", "hold_set", "polish_steps")
+# The settings of the sweep's own stages (beyond their parents': see `stage_key`).
+ALIGN_FIELDS = (*bed_config.ALIGN_FIELDS, "refusal_sigma")
+POLISH_FIELDS = ("align_set", "hold_set", "polish_steps")
+SPECTRUM_FIELDS = ("rank", "num_eigs", "eval_size")
+TASK_FIELDS = ("task_base", "task_other", "mix", "task_size")

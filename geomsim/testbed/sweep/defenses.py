@@ -24,8 +24,8 @@ projection, on each point's polished model; not replay, `NOT_FORECAST_ADAM`) at 
 step, against the measured `Delta L_A` there: the rank correlation over the defenses per
 point and how often the forecast names the measured best.
 Each defense's results and measured seconds are kept in `<out>/cache/defense_<name>` under
-the digest of the settings it depends on (`DEFENSE_FIELDS` plus its own, `DEFENSE_SETTINGS`):
-a rerun into the same folder loads the finished defenses and runs only the rest.
+its stage key (`DEFENSE_FIELDS` plus its own `DEFENSE_SETTINGS`, chained to the models'
+key): a rerun into the same folder loads the finished defenses and runs only the rest.
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from geomsim import config as config_layer
-from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
+from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive, stage_key
 from geomsim.curvature import hessian_operator
 from geomsim.defenses import curvature_projection, static_projection, tracked_projection
 from geomsim.diagnose.defenses import Settings, defended_models, forecastable
@@ -70,9 +69,8 @@ from geomsim.theory.forecast import adam_sign
 from geomsim.watchdog import watched
 
 TESTBED_DEFENSES = ("none", "static_projection", "tracked_projection", "curvature_projection", "replay", "lora")
-FORECAST_VERSION = 1  # bump when the defense forecast's code changes (its cache key)
-# What every defense's runs depend on beyond the polished models (the Adam arm's inputs; not
-# its chunking), and each defense's own settings: the digests of the cached results.
+# What every defense's runs depend on beyond the models and spectra (the Adam arm's inputs; not
+# its chunking), and each defense's own settings: with `Models.key`, the cached results' keys.
 DEFENSE_FIELDS = tuple(f for f in ADAM_FIELDS if f != "chunk")
 DEFENSE_SETTINGS = {"none": (), "static_projection": (),
                     "tracked_projection": ("defense_every", "tracked_tol", "tracked_matvecs"),
@@ -194,16 +192,15 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
         # A rerun (--resume after a crash, a new figure) loads each finished defense, its
         # measured seconds too, instead of tracing and running it again (6-10 s each here).
         arrays, hit = cached_arrays(out_dir, f"defense_{name}",
-                                    config_layer.digest(cfg, (*DEFENSE_FIELDS, *DEFENSE_SETTINGS[name])), compute)
+                                    stage_key(cfg, (*DEFENSE_FIELDS, *DEFENSE_SETTINGS[name]), models.key), compute)
         seconds[name] = float(arrays.pop("seconds"))
         results[name] = arrays
         if hit:
             reused.append(f"defense_{name}")
         bar.advance(1, f"{name} (cache)" if hit else name)
     tables = _tables(cfg, points, results)
-    # the code's version in the key: a changed forecast must not reuse a stale cache
-    digest = f"{config_layer.digest(cfg, (*DEFENSE_FIELDS, 'defenses', 'defense_growth'))}-v{FORECAST_VERSION}"
-    forecast, hit = cached_arrays(out_dir, "forecast_defenses", digest, lambda: _forecast(cfg, data, inputs))
+    key = stage_key(cfg, (*DEFENSE_FIELDS, "defenses", "defense_growth"), models.key)
+    forecast, hit = cached_arrays(out_dir, "forecast_defenses", key, lambda: _forecast(cfg, data, inputs))
     if hit:
         reused.append("forecast_defenses")
     tables["defense_forecast"] = _forecast_table(tables["defense_points"], forecast)

@@ -54,7 +54,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from geomsim import config as config_layer
-from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive
+from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive, stage_key
 from geomsim.curvature import ggn_operator, hessian_operator
 from geomsim.diagnose.verdict import diagnosis_methods
 from geomsim.dynamics import log_record_steps
@@ -65,7 +65,7 @@ from geomsim.tasks import Batch, answer_loss_of_logits
 from geomsim.testbed.streams import RunFold, Stream
 from geomsim.testbed.summary import median
 from geomsim.testbed.sweep import law, stages
-from geomsim.testbed.sweep.config import POLISH_FIELDS, TestbedSweepConfig
+from geomsim.testbed.sweep.config import TASK_FIELDS, TestbedSweepConfig
 from geomsim.testbed.sweep.run import begin_run, prepare_models_once, run_chunks, select, write_report
 from geomsim.theory.aic import Subspace, aic
 from geomsim.theory.calibration import (
@@ -99,9 +99,6 @@ FORECAST_ARMS = ("polished", "as_trained")
 # with --task-model linearized, and with Adam.
 VERDICTS = {"gd": diagnosis_methods("gd", "hessian"), "gd_linearized": diagnosis_methods("gd", "linearized"),
             "adam": diagnosis_methods("adam", "hessian")}
-# What a cached chunk holds changes with the code, not the config: bump this when forecast_run
-# gains or changes an output, so old chunks are recomputed instead of reused (2: linearized_gd).
-CHUNK_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -139,9 +136,8 @@ class TestbedForecastConfig(TestbedSweepConfig):
             raise ConfigError(f"calibration: file not found: {self.calibration}")
 
 
-FORECAST_FIELDS = (*POLISH_FIELDS, "task_base", "task_other", "mix", "task_size", "rank", "num_eigs", "arms",
-                   "gd_lr_scale", "gd_steps", "gd_records", "krylov", "levels", "forecast_span", "forecast_points",
-                   "adam_lr", "adam_batch", "adam_steps", "adam_records", "adam_batches", "chunk")
+FORECAST_FIELDS = (*TASK_FIELDS, "arms", "gd_lr_scale", "gd_steps", "gd_records", "krylov", "levels", "forecast_span",
+                   "forecast_points", "adam_lr", "adam_batch", "adam_steps", "adam_records", "adam_batches", "chunk")
 
 
 def _mixture_logits(data: stages.SweepData, p: PyTree, sets) -> tuple[Array, ...]:
@@ -326,7 +322,7 @@ def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, 
     )
     t0 = time.perf_counter()
     out = run_chunks("forecast", lambda chunk: forecast_chunk(data, chunk), inputs, len(runs), cfg,
-                      f"{config_layer.digest(cfg, FORECAST_FIELDS)}-{CHUNK_VERSION}", out_dir, bar, reused, group)
+                      stage_key(cfg, FORECAST_FIELDS, models.key), out_dir, bar, reused, group)
     timings["forecast_runs"] = round(time.perf_counter() - t0, 2)
     if out is None:  # not process 0: it writes the report
         return None

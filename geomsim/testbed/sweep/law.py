@@ -43,6 +43,7 @@ from geomsim.curvature import eigsh, hessian_operator
 from geomsim.dynamics import gradient_flow, log_record_steps, measure
 from geomsim.landscapes import FunctionLandscape, tilt_overlap
 from geomsim.tasks import Batch, answer_accuracy, answer_loss, harm_rate, make_batch
+from geomsim.testbed.models import MODELS
 from geomsim.testbed.sweep.config import TestbedSweepConfig
 from geomsim.testbed.sweep.stages import SweepData
 from geomsim.theory import Subspace, align_coefficients, landscape_aic
@@ -87,8 +88,10 @@ def _landscape(data: SweepData, theta0: PyTree, basis: Float[Array, "k d"], targ
 
 def law_taylor(data: SweepData, theta0: PyTree, basis: Float[Array, "k d"], target: Array, base: Batch,
                other: Batch, mix: Array, keep: Array) -> Float[Array, " 5"]:
-    """Exact Taylor coefficients c0..c4 of `Delta L_A(t)` along the run's gradient flow."""
-    return align_coefficients(_landscape(data, theta0, basis, target, base, other, mix, keep)[0], 4)
+    """Exact Taylor coefficients c0..c4 of `Delta L_A(t)` along the run's gradient flow
+    (by the model's `taylor_method`: jet has no rule for the Llama model's scan)."""
+    return align_coefficients(_landscape(data, theta0, basis, target, base, other, mix, keep)[0], 4,
+                              MODELS[data.config.model].taylor_method)
 
 
 def law_run(data: SweepData, theta0: PyTree, basis: Float[Array, "k d"], lam: Float[Array, " k"], target: Array,

@@ -1,6 +1,6 @@
 """Run the transformer sharpness x coupling sweep end to end and write tidy results.
 
-Stages (each reused from `<out>` when the settings it depends on are unchanged):
+Stages (each reused from `<out>` under its key: its settings, its parent's key, the code's version):
     pretrain (float32) -> calibrated alignment per sharpness level (float32)
     -> Gauss-Newton polish (float64) -> spectra of H_A at the polished and the
     as-trained models -> law runs (AIC + exact Taylor c1..c4 at theta0, then
@@ -36,25 +36,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from geomsim import config as config_layer
-from geomsim.config import ConfigError
+from geomsim.config import ConfigError, stage_key
 from geomsim.io import Table, environment_versions, write_csv, write_json
 from geomsim.processes import ProcessGroup, current_group
 from geomsim.sweep.progress import Progress
 from geomsim.testbed import stages as testbed_stages
-from geomsim.testbed.checkpoints import load_checkpoint, save_checkpoint
-from geomsim.testbed.config import PRETRAIN_FIELDS as TESTBED_PRETRAIN_FIELDS
+from geomsim.testbed.checkpoints import checkpointed
+from geomsim.testbed.config import pretrain_key
 from geomsim.testbed.streams import Stream
 from geomsim.testbed.sweep import law, stages
 from geomsim.testbed.sweep.cache import cached_arrays, is_cached
-from geomsim.testbed.sweep.config import ALIGN_FIELDS, ARMS, POLISH_FIELDS, TestbedSweepConfig
+from geomsim.testbed.sweep.config import (
+    ALIGN_FIELDS,
+    ARMS,
+    POLISH_FIELDS,
+    SPECTRUM_FIELDS,
+    TASK_FIELDS,
+    TestbedSweepConfig,
+)
 from geomsim.testbed.sweep.summary import adam_points, fit_runs, summarise
 from geomsim.watchdog import watched
 
-# Settings the law runs and the Adam runs depend on, beyond the polished models.
-LAW_FIELDS = (*POLISH_FIELDS, "task_base", "task_other", "mix", "task_size", "rank", "num_eigs",
-              "flow_t_min", "flow_t_max", "flow_ratio", "flow_solver", "chunk")
-ADAM_FIELDS = (*POLISH_FIELDS, "task_base", "task_other", "mix", "task_size", "eval_size", "rank", "num_eigs",
-               "adam_lr", "adam_batch", "adam_steps", "adam_records", "chunk")
+# Settings the law runs and the Adam runs depend on, beyond the models and spectra (`Models.key`).
+LAW_FIELDS = (*TASK_FIELDS, "flow_t_min", "flow_t_max", "flow_ratio", "flow_solver", "chunk")
+ADAM_FIELDS = (*TASK_FIELDS, "adam_lr", "adam_batch", "adam_steps", "adam_records", "chunk")
 
 
 @dataclass
@@ -68,21 +73,6 @@ class SweepResult:
 
 def _as(dtype, tree):
     return jax.tree.map(lambda x: x.astype(dtype), tree)
-
-
-def _checkpointed(out_dir: Path, name: str, digest: str, like, compute, timings: dict, bar: Progress,
-                  reused: list[str]):
-    loaded = load_checkpoint(out_dir, name, like, digest)
-    if loaded is not None:
-        bar.advance(1, f"{name} (checkpoint)")
-        reused.append(name)
-        return loaded, True
-    t0 = time.perf_counter()
-    params = watched(f"testbed stage {name}", compute)
-    timings[name] = round(time.perf_counter() - t0, 2)
-    save_checkpoint(out_dir, name, params, {"digest": digest})
-    bar.advance(1, name)
-    return params, False
 
 
 def run_index(config: TestbedSweepConfig) -> list[tuple[str, int, int, int]]:
@@ -149,12 +139,24 @@ def run_chunks(name: str, chunk_fn, inputs: dict[str, Any], n: int, config: Test
 
 @dataclass
 class Models:
-    """The sweep's models: polished and as-trained (AdamW) per (level, seed), with spectra."""
+    """The sweep's models: polished and as-trained (AdamW) per (level, seed), with spectra.
+
+    `key`: the spectra's stage key, the parent key of every stage that starts from them."""
 
     data: stages.SweepData
     aligned: Any
     polished: Any
     spec: dict[str, np.ndarray]
+    key: str
+
+
+def model_keys(cfg: TestbedSweepConfig) -> dict[str, str]:
+    """The stage keys of the models and spectra, each chained to its parent's."""
+    keys = {"pretrain": pretrain_key(cfg)}
+    keys["sweep_align"] = stage_key(cfg, ALIGN_FIELDS, keys["pretrain"])
+    keys["sweep_polish"] = stage_key(cfg, POLISH_FIELDS, keys["sweep_align"])
+    keys["spectrum"] = stage_key(cfg, SPECTRUM_FIELDS, keys["sweep_polish"])
+    return keys
 
 
 def prepare_models(cfg: TestbedSweepConfig, out_dir: Path, bar: Progress, timings: dict, reused: list[str]
@@ -165,17 +167,18 @@ def prepare_models(cfg: TestbedSweepConfig, out_dir: Path, bar: Progress, timing
     data = stages.build(cfg)
     bed = data.bed
     init = testbed_stages.init_params(bed, jnp.float32)
-    pretrained, _ = _checkpointed(
-        out_dir, "pretrain", bed.config.digest(*TESTBED_PRETRAIN_FIELDS), init,
-        lambda: testbed_stages.pretrain(bed, init)[0], timings, bar, reused)
+    keys = model_keys(cfg)
+
+    def checkpoint(name, like, compute):
+        params, _, loaded = checkpointed(out_dir, name, keys[name], like, compute, timings=timings, bar=bar)
+        if loaded:
+            reused.append(name)
+        return params
+
+    pretrained = checkpoint("pretrain", init, lambda: testbed_stages.pretrain(bed, init))
     like = jax.tree.map(lambda x: jnp.broadcast_to(x, (levels, *x.shape)), pretrained)
-    aligned, _ = _checkpointed(
-        out_dir, "sweep_align", config_layer.digest(cfg, ALIGN_FIELDS), like,
-        lambda: stages.align_levels(data, pretrained)[0], timings, bar, reused)
-    aligned = _as(jnp.float64, aligned)
-    polished, _ = _checkpointed(
-        out_dir, "sweep_polish", config_layer.digest(cfg, POLISH_FIELDS), aligned,
-        lambda: stages.polish(data, aligned)[0], timings, bar, reused)
+    aligned = _as(jnp.float64, checkpoint("sweep_align", like, lambda: stages.align_levels(data, pretrained)))
+    polished = checkpoint("sweep_polish", aligned, lambda: stages.polish(data, aligned))
 
     t0 = time.perf_counter()
 
@@ -192,15 +195,14 @@ def prepare_models(cfg: TestbedSweepConfig, out_dir: Path, bar: Progress, timing
                 out[f"{state}_{k}"] = v[i * levels * seeds:(i + 1) * levels * seeds].reshape(levels, seeds, *v.shape[1:])
         return out
 
-    spec, hit = cached_arrays(out_dir, "spectrum", config_layer.digest(cfg, (*POLISH_FIELDS, "rank", "num_eigs",
-                                                                             "eval_size")), spectra)
+    spec, hit = cached_arrays(out_dir, "spectrum", keys["spectrum"], spectra)
     if hit:
         reused.append("spectrum")
     else:
         timings["spectrum"] = round(time.perf_counter() - t0, 2)
     bar.advance(1, "spectra")
 
-    return Models(data, aligned, polished, spec)
+    return Models(data, aligned, polished, spec, keys["spectrum"])
 
 
 def prepare_models_once(cfg: TestbedSweepConfig, out_dir: Path, bar: Progress, timings: dict, reused: list[str],
@@ -287,14 +289,14 @@ def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progre
         key=jax.vmap(lambda i: data.key(Stream.SWEEP_LAW, i))(jnp.arange(len(runs))),
     )
     law_out = run_chunks("law", lambda runs: law.law_chunk(data, runs), law_inputs, len(runs), cfg,
-                          config_layer.digest(cfg, LAW_FIELDS), out_dir, bar, reused, group)
+                          stage_key(cfg, LAW_FIELDS, models.key), out_dir, bar, reused, group)
     timings["law_runs"] = round(time.perf_counter() - t0, 2)
 
     # --- Adam: the realistic fine-tune, polished models, real task ------------------------
     t0 = time.perf_counter()
     adam_out = run_chunks("adam", jax.vmap(lambda kw: law.adam_run(data, **kw)), adam_inputs(cfg, models, points),
                            len(points), cfg,
-                           config_layer.digest(cfg, ADAM_FIELDS), out_dir, bar, reused, group)
+                           stage_key(cfg, ADAM_FIELDS, models.key), out_dir, bar, reused, group)
     timings["adam_runs"] = round(time.perf_counter() - t0, 2)
     if law_out is None or adam_out is None:  # not process 0: it writes the report
         return None

@@ -18,7 +18,6 @@ Arrays carry leading `(level, seed)` axes.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -42,7 +41,7 @@ from geomsim.tasks import (
     refusal_log_odds,
 )
 from geomsim.testbed import stages as testbed_stages
-from geomsim.testbed.config import TestbedConfig
+from geomsim.testbed.config import TestbedConfig, shared_part
 from geomsim.testbed.polish import gauss_newton
 from geomsim.testbed.streams import Stream
 from geomsim.testbed.sweep.config import TestbedSweepConfig
@@ -87,9 +86,7 @@ class SweepData:
 
 def testbed_config(config: TestbedSweepConfig) -> TestbedConfig:
     """The testbed config sharing the sweep's language, model and pretraining (its checkpoints too)."""
-    shared = {f.name: getattr(config, f.name) for f in dataclasses.fields(TestbedConfig)
-              if hasattr(config, f.name) and f.name not in ("rank",)}
-    return TestbedConfig(**shared, finetune_tasks=(config.task_base, config.task_other),
+    return TestbedConfig(**shared_part(config), finetune_tasks=(config.task_base, config.task_other),
                          finetune_size=config.task_size)
 
 
