@@ -268,7 +268,9 @@ def test_a_rerun_reuses_each_finished_defense_and_redoes_a_stale_one(defended, t
 
 
 def test_defense_cli_bad_input_is_one_line(capsys):
-    from geomsim.testbed.sweep.defense_cli import main as defense_main
+    from functools import partial
+
+    defense_main = partial(main, command="defenses")
 
     for flags, field in ((["--defenses", "none,bogus"], "defenses"), (["--defenses", "static_projection"], "defenses"),
                          (["--replay-fraction", "1.5"], "replay_fraction")):
@@ -354,7 +356,9 @@ def test_forecast_validation_scores_every_method_at_every_level(forecasts):
 
 
 def test_forecast_cli_bad_input_is_one_line(capsys):
-    from geomsim.testbed.sweep.forecast_cli import main as forecast_main
+    from functools import partial
+
+    forecast_main = partial(main, command="forecast")
 
     for flags, field in ((["--threshold", "0.5"], "threshold"), (["--gd-lr-scale", "2.5"], "gd_lr_scale"),
                          (["--arms", "polished,bogus"], "arms"), (["--calibration", "no/such.json"], "calibration")):

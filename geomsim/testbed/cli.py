@@ -15,6 +15,8 @@ from geomsim.config import ConfigError
 from geomsim.plotting.formats import add_figures_flag, figure_formats
 from geomsim.processes import report_error
 from geomsim.testbed.config import TestbedConfig
+from geomsim.testbed.sweep.cli import SUBCOMMANDS
+from geomsim.testbed.sweep.cli import main as sweep_main
 from geomsim.watchdog import Stalled, add_stall_flag
 
 PROG = "python -m geomsim.testbed"
@@ -22,18 +24,8 @@ PROG = "python -m geomsim.testbed"
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["sweep"]:
-        from geomsim.testbed.sweep.cli import main as sweep_main
-
-        return sweep_main(argv[1:])
-    if argv[:1] == ["defenses"]:
-        from geomsim.testbed.sweep.defense_cli import main as defense_main
-
-        return defense_main(argv[1:])
-    if argv[:1] == ["forecast"]:
-        from geomsim.testbed.sweep.forecast_cli import main as forecast_main
-
-        return forecast_main(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:  # sweep, defenses, forecast: on the sweep's models
+        return sweep_main(argv[1:], argv[0])
     parser = argparse.ArgumentParser(
         prog=PROG, description=__doc__.splitlines()[0],
         epilog="`python -m geomsim.testbed sweep --help`: the sharpness x coupling sweep (the quartic law on the "

@@ -4,17 +4,21 @@ sharpness x coupling grid, with its controls (see `geomsim.testbed.sweep.run`)."
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from geomsim import config as config_layer
 from geomsim._runtime import enable_compilation_cache
 from geomsim.config import ConfigError
 from geomsim.plotting.formats import add_figures_flag, figure_formats
 from geomsim.processes import ProcessLost, add_process_flags, current_group, report_error, start_processes
-from geomsim.testbed.sweep.config import TestbedSweepConfig
+from geomsim.testbed.sweep.config import ARMS, TestbedSweepConfig
 from geomsim.watchdog import Stalled, add_stall_flag
 
 PROG = "python -m geomsim.testbed sweep"
@@ -79,51 +83,87 @@ def run_split(prog: str, run, config, out_dir: Path, figures: str, quiet: bool, 
         return None, report_error(prog, err, 1, True)
 
 
-def run_command(prog: str, cls, doc: str, name: str, argv: list[str] | None, run, describe, headline,
-                processes: bool = False) -> int:
-    """Parse, run and print a testbed subcommand: `run()` returns the run function (imported
-    late, after the flags are checked), `describe(config)` the progress line's text and
-    `headline(summary)` the dict printed as JSON; output under `runs/<name>-<timestamp>` by default.
-    `processes`: the run splits over a group of processes (`geomsim.processes`)."""
-    parsed = parse(build_parser(prog, cls, doc, f"runs/{name}-<timestamp>", processes), cls, argv)
+def _sweep_headline(result) -> dict:
+    s = result.summary
+    return {
+        "lambda_spread": s["lambda_spread"], "gamma_spread": s["gamma_spread"],
+        "s_part_exponent_median": {arm: s["arms"][arm]["s_part"]["exponent_median"] for arm in s["arms"]},
+        "total_exponent_median": {arm: s["arms"][arm]["total"]["exponent_median"] for arm in s["arms"]},
+        "c4_ratio_median_polished_eps0": s["arms"]["polished_eps0"]["s_part"]["c4_ratio_median"],
+        "adam_task_accuracy_min": s["adam"]["task_accuracy_min"],
+        "spearman": {k: v["rho"] for k, v in s["spearman"].items()},
+        "wall_seconds": s["wall_seconds"],
+    }
+
+
+def _points(c) -> str:
+    return f"{c.grid_shape[0]} x {c.grid_shape[1]} x {c.grid_shape[2]} points"
+
+
+DEFENSE_HEADLINE = ("align_increase_median", "harm_rate_median", "task_accuracy_median",
+                    "align_increase_fixed_median", "harm_rate_fixed_median", "task_accuracy_fixed_median",
+                    "overhead_ratio")
+FORECAST_HEADLINE = ("t_fail_ratio_median", "within_2x_fraction", "log10_error_median")
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One `python -m geomsim.testbed <name>` command on the sweep's models.
+
+    config: its config class (`module:Class`) and run: its run function (`module:function`),
+    both imported when the command runs (`--help` of another command imports neither);
+    describe(config): the start line; headline(result): the JSON printed at the end;
+    processes: the run splits over a group of processes (`geomsim.processes`)."""
+
+    doc: str
+    config: str
+    run: str
+    describe: Callable[[Any], str]
+    headline: Callable[[Any], dict]
+    processes: bool = True
+
+
+SUBCOMMANDS = {
+    "sweep": Subcommand(
+        __doc__, "geomsim.testbed.sweep.config:TestbedSweepConfig", "geomsim.testbed.sweep.run:run_testbed_sweep",
+        lambda c: (f"{c.grid_shape[0]} sharpness x {c.grid_shape[1]} coupling x {c.grid_shape[2]} seeds x "
+                   f"{len(ARMS)} arms"), _sweep_headline),
+    "defenses": Subcommand(
+        "`python -m geomsim.testbed defenses`: every defense on the transformer, from the same polished models on "
+        "the same batches (see `geomsim.testbed.sweep.defenses`).",
+        "geomsim.testbed.sweep.defenses:TestbedDefenseConfig", "geomsim.testbed.sweep.defenses:run_testbed_defenses",
+        lambda c: f"{', '.join(c.defenses)} on {_points(c)}",
+        lambda s: {name: {k: d[k] for k in DEFENSE_HEADLINE if k in d} for name, d in s["defenses"].items()},
+        processes=False),
+    "forecast": Subcommand(
+        "`python -m geomsim.testbed forecast`: every forecast of `Delta L_A` made at theta0, scored against "
+        "measured gradient-descent fine-tunes of the transformer (see `geomsim.testbed.sweep.forecast`).",
+        "geomsim.testbed.sweep.forecast:TestbedForecastConfig", "geomsim.testbed.sweep.forecast:run_testbed_forecast",
+        lambda c: f"{_points(c)} x {len(c.arms)} arm(s), {c.gd_steps} GD steps each",
+        lambda s: {name: {k: d[k] for k in FORECAST_HEADLINE} for name, d in s["methods"].items()}),
+}
+
+
+def _load(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(argv: list[str] | None = None, command: str = "sweep") -> int:
+    """`python -m geomsim.testbed <command>` (`SUBCOMMANDS`): parse, run, print the headline
+    JSON; output under `runs/testbed-<command>-<timestamp>` by default."""
+    sub = SUBCOMMANDS[command]
+    cls, name, prog = _load(sub.config), f"testbed-{command}", f"{PROG.rsplit(' ', 1)[0]} {command}"
+    parsed = parse(build_parser(prog, cls, sub.doc, f"runs/{name}-<timestamp>", sub.processes), cls, argv)
     if parsed is None:
         return 2
     config, out, figures, quiet, several = parsed
     out_dir = Path(out) if out else Path("runs") / time.strftime(f"{name}-%Y%m%d-%H%M%S")
-    print(current_group().label(f"geomsim {name.replace('-', ' ')}: {describe(config)} -> {out_dir}"),
+    print(current_group().label(f"geomsim {name.replace('-', ' ')}: {sub.describe(config)} -> {out_dir}"),
           file=sys.stderr)
-    summary, status = run_split(prog, run(), config, out_dir, figures, quiet, several)
-    if summary is None:
-        return status
-    print(json.dumps(headline(summary), indent=1))
-    print(f"wrote {out_dir}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parsed = parse(build_parser(), TestbedSweepConfig, argv)
-    if parsed is None:
-        return 2
-    config, out, figures, quiet, several = parsed
-    from geomsim.testbed.sweep.run import run_testbed_sweep
-
-    out_dir = Path(out) if out else Path("runs") / time.strftime("testbed-sweep-%Y%m%d-%H%M%S")
-    levels, mixes, seeds = config.grid_shape
-    print(current_group().label(f"geomsim testbed sweep: {levels} sharpness x {mixes} coupling x {seeds} seeds "
-                                f"x 3 arms -> {out_dir}"), file=sys.stderr)
-    result, status = run_split(PROG, run_testbed_sweep, config, out_dir, figures, quiet, several)
+    result, status = run_split(prog, _load(sub.run), config, out_dir, figures, quiet, several)
     if result is None:
         return status
-    s = result.summary
-    eps0 = s["arms"]["polished_eps0"]
-    print(json.dumps({
-        "lambda_spread": s["lambda_spread"], "gamma_spread": s["gamma_spread"],
-        "s_part_exponent_median": {arm: s["arms"][arm]["s_part"]["exponent_median"] for arm in s["arms"]},
-        "total_exponent_median": {arm: s["arms"][arm]["total"]["exponent_median"] for arm in s["arms"]},
-        "c4_ratio_median_polished_eps0": eps0["s_part"]["c4_ratio_median"],
-        "adam_task_accuracy_min": s["adam"]["task_accuracy_min"],
-        "spearman": {k: v["rho"] for k, v in s["spearman"].items()},
-        "wall_seconds": s["wall_seconds"],
-    }, indent=1))
+    print(json.dumps(sub.headline(result), indent=1))
     print(f"wrote {out_dir}")
     return 0
