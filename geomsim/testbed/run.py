@@ -135,7 +135,8 @@ def run_testbed(
     params, pre_losses = _trained(bed, out_dir, "pretrain", pretrained, params, stages.pretrain, timings, bar)
     evaluations["pretrain"] = stages.evaluate(bed, params)
     if stop_after != "pretrain":
-        params, align_losses = _trained(bed, out_dir, "align", stage_key(config, ALIGN_FIELDS, pretrained), params, stages.align, timings, bar)
+        aligned = stage_key(config, ALIGN_FIELDS, pretrained)
+        params, align_losses = _trained(bed, out_dir, "align", aligned, params, stages.align, timings, bar)
         evaluations["align"] = stages.evaluate(bed, params)
     if stop_after is not None:
         table = _stage_rows(bed, evaluations)

@@ -23,7 +23,8 @@ class TestbedSweepConfig(BedConfig):
 
     # The language, model, pretraining and alignment: `BedConfig`'s; these defaults differ.
     seeds: int = option_like(BedConfig, "seeds", 4, help="independent models per sharpness level (>= 1)")
-    align_steps: int = option_like(BedConfig, "align_steps", 200, help="AdamW alignment steps per sharpness level (>= 1)")
+    align_steps: int = option_like(BedConfig, "align_steps", 200,
+                                   help="AdamW alignment steps per sharpness level (>= 1)")
     align_harmful_fraction: float = option_like(
         BedConfig, "align_harmful_fraction", 0.3,
         help="harmful requests (refused) in alignment batches, in (0, 1): the calibration needs some")
