@@ -86,7 +86,7 @@ from geomsim.models import Transformer  # noqa: E402
 from geomsim.sweep.progress import Progress  # noqa: E402
 from geomsim.tasks.language import REFUSE  # noqa: E402
 from geomsim.testbed.sweep import law, stages  # noqa: E402
-from geomsim.testbed.sweep.forecast import FORECAST_FIELDS, TestbedForecastConfig, run_index  # noqa: E402
+from geomsim.testbed.sweep.forecast import TestbedForecastConfig, run_index  # noqa: E402
 from geomsim.testbed.sweep.run import prepare_models, select  # noqa: E402
 from geomsim.theory.forecast import alignment_risk, forecast_errors  # noqa: E402
 
@@ -109,7 +109,7 @@ def load_runs(out_dir: Path, config_path: Path):
     geomsim_summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     if geomsim_summary is not None:
         ran = config_layer.build(TestbedForecastConfig, None, geomsim_summary["config"])
-        if config_layer.digest(ran, FORECAST_FIELDS) != config_layer.digest(cfg, FORECAST_FIELDS):
+        if config_layer.digest(ran) != config_layer.digest(cfg):
             raise SystemExit(f"{config_path}: settings differ from the run in {out_dir} (summary.json config)")
     reused: list[str] = []
     t0 = time.perf_counter()

@@ -58,12 +58,15 @@ def option(default: Any = dataclasses.MISSING, *, help: str, check: Check | None
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def option_like(cls, name: str, default: Any, *, help: str | None = None) -> Any:
-    """`cls`'s field `name` (its help, check and parser) with another default: for a config
-    that extends `cls` and needs, e.g., fewer seeds by default, without a second declaration."""
+def option_like(cls, name: str, default: Any, *, help: str | None = None, check: Check | None = None) -> Any:
+    """`cls`'s field `name` (its help, check and parser) with another default (and, where
+    given, another help or a narrower check): for a config that extends `cls` and needs,
+    e.g., more seeds by default, without a second declaration of the rest."""
     metadata = dict(cls.__dataclass_fields__[name].metadata)
     if help is not None:
         metadata["help"] = help
+    if check is not None:
+        metadata["check"] = check
     return dataclasses.field(default=default, metadata=metadata)
 
 

@@ -70,8 +70,8 @@ class ProcessGroup:
 
         return np.asarray(self._collective(name, lambda: multihost_utils.broadcast_one_to_all(np.asarray(values))))
 
-    def check_same(self, field: str, text: str) -> None:
-        """ConfigError on every process unless all of them passed the same `text`."""
+    def check_same(self, field: str, text: str, fix: str = "start every process with the same flags") -> None:
+        """ConfigError on every process unless all of them passed the same `text` (`fix`: what to do)."""
         if self.count == 1:
             return
         from jax.experimental import multihost_utils
@@ -80,8 +80,7 @@ class ProcessGroup:
         gathered = np.asarray(self._collective(field, lambda: multihost_utils.process_allgather(code)))
         different = [i for i in range(self.count) if not np.array_equal(gathered[i], gathered[0])]
         if different:
-            raise ConfigError(f"{field}: process {different[0]} was started with a different {field} than process 0; "
-                              "start every process with the same flags")
+            raise ConfigError(f"{field}: process {different[0]} was started with a different {field} than process 0; {fix}")
 
     def share(self, items: Sequence[Any]) -> list[Any]:
         """This process's share of `items` (round robin: balanced after a resume too)."""

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     config_layer.add_flags(parser, TestbedConfig)
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file with any setting above; flags override it")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: runs/testbed-<timestamp>); "
-                        "checkpoints there are reused when their config matches")
+                        "checkpoints there are reused when their settings and the code match")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override a setting, e.g. --set seeds=2 (the same as --seeds 2)")
     parser.add_argument("--stop-after", choices=["pretrain", "align"],

@@ -26,9 +26,10 @@ class TestbedSweepConfig(BedConfig):
     align_steps: int = option_like(BedConfig, "align_steps", 200,
                                    help="AdamW alignment steps per sharpness level (>= 1)")
     align_harmful_fraction: float = option_like(
-        BedConfig, "align_harmful_fraction", 0.3,
-        help="harmful requests (refused) in alignment batches, in (0, 1): the calibration needs some")
-    eval_size: int = option_like(BedConfig, "eval_size", 128)
+        BedConfig, "align_harmful_fraction", 0.3, check=in_range(0, 1, open_lo=True, open_hi=True),
+        help="fraction of harmful requests (refused) in alignment batches, in (0, 1): the calibration needs some")
+    eval_size: int = option_like(BedConfig, "eval_size", 128,
+                                 help="held-out examples for harm rate and task accuracy (>= 1)")
     rank: int = option_like(BedConfig, "rank", 1)
     refusal_sigma: tuple[float, ...] = option(
         (0.3, 0.1, 0.03, 0.01), help="sharpness knob: target non-refusal probability per level, each in (0, 0.5)",
@@ -65,8 +66,6 @@ class TestbedSweepConfig(BedConfig):
 
     def check(self) -> None:
         super().check()
-        if not self.align_harmful_fraction > 0:
-            raise ConfigError(f"align_harmful_fraction: must be in (0, 1) (got {self.align_harmful_fraction!r})")
         if not self.rank < self.num_eigs:
             raise ConfigError(f"num_eigs: must be > rank={self.rank} (got {self.num_eigs})")
         if not self.flow_t_max > self.flow_t_min:

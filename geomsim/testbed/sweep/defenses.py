@@ -50,6 +50,7 @@ from geomsim.landscapes import FunctionLandscape
 from geomsim.models.lora import lora_init, lora_merge
 from geomsim.sweep.progress import Progress
 from geomsim.tasks import PRETRAIN_TASKS, concat, make_batch, refusal_kl
+from geomsim.testbed.models import MODELS
 from geomsim.testbed.streams import RunFold
 from geomsim.testbed.summary import median, spearman
 from geomsim.testbed.sweep import law
@@ -151,9 +152,10 @@ def _finetune(cfg: TestbedDefenseConfig, data, name: str, basis_rows, target, ba
 
             return law.Finetune(adam, zeros, adam.init(theta0), lambda z: z, replay)
         if name == "lora":
-            adapter = lora_init(theta0, cfg.lora_rank, key)
+            targets = MODELS[cfg.model].lora_targets
+            adapter = lora_init(theta0, cfg.lora_rank, key, targets)
             return law.Finetune(adam, adapter, adam.init(adapter),
-                                lambda a: jax.tree.map(jnp.subtract, lora_merge(theta0, a), theta0))
+                                lambda a: jax.tree.map(jnp.subtract, lora_merge(theta0, a, targets), theta0))
         raise ValueError(f"defense: unknown {name!r}")
 
     return make

@@ -299,6 +299,8 @@ def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, 
     cfg = config
     group = current_group()
     group.check_same("config", config_layer.digest(cfg))
+    # The stage keys hold the code's version: every process must run the same geomsim.
+    group.check_same("code", config_layer.code_version(), "run the same geomsim (its source files) in every process")
     runs = run_index(cfg)
     bar = Progress(4 + -(-len(runs) // cfg.chunk) + 1, group.label("testbed forecast"), enabled=progress)
     timings: dict[str, float] = {}

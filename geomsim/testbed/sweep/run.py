@@ -256,6 +256,8 @@ def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progre
     cfg = config
     group = current_group()
     group.check_same("config", config_layer.digest(cfg))
+    # The stage keys hold the code's version: every process must run the same geomsim.
+    group.check_same("code", config_layer.code_version(), "run the same geomsim (its source files) in every process")
     levels, mixes, seeds = cfg.grid_shape
     runs, points = run_index(cfg), point_index(cfg)
     n_law_chunks = -(-len(runs) // cfg.chunk)
