@@ -125,7 +125,7 @@ class Simulated(ProcessGroup):
     def agree(self, _name, values):
         return np.asarray(values)
 
-    def check_same(self, field, text):
+    def check_same(self, field, text, fix=""):
         pass
 
 
