@@ -274,8 +274,7 @@ def stage_key(config: Any, fields: tuple[str, ...], *parents: str) -> str:
     """The cache key of a pipeline stage: the stage's own settings (`fields` of `config`),
     the keys of the stages it starts from, and `code_version()`.  A change to any of them,
     or to any ancestor's settings through its key, makes the key (and the saved work) new."""
-    data = to_dict(config)
-    return _hash({"settings": {f: data[f] for f in fields}, "parents": list(parents), "code": code_version()})
+    return _hash({"settings": digest(config, fields), "parents": list(parents), "code": code_version()})
 
 
 def _shown(value: Any) -> str:

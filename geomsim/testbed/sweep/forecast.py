@@ -53,20 +53,25 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
-from geomsim import config as config_layer
 from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive, stage_key
 from geomsim.curvature import ggn_operator, hessian_operator
 from geomsim.diagnose.verdict import diagnosis_methods
 from geomsim.dynamics import log_record_steps
 from geomsim.io import Table
-from geomsim.processes import current_group
 from geomsim.sweep.progress import Progress
 from geomsim.tasks import Batch, answer_loss_of_logits
 from geomsim.testbed.streams import RunFold, Stream
 from geomsim.testbed.summary import median
 from geomsim.testbed.sweep import law, stages
 from geomsim.testbed.sweep.config import TASK_FIELDS, TestbedSweepConfig
-from geomsim.testbed.sweep.run import begin_run, prepare_models_once, run_chunks, select, write_report
+from geomsim.testbed.sweep.run import (
+    begin_run,
+    checked_group,
+    prepare_models_once,
+    run_chunks,
+    select,
+    write_report,
+)
 from geomsim.theory.aic import Subspace, aic
 from geomsim.theory.calibration import (
     ALPHA,
@@ -297,10 +302,7 @@ def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, 
     """
     t_start, out_dir = begin_run(out_dir, "the forecast validation")
     cfg = config
-    group = current_group()
-    group.check_same("config", config_layer.digest(cfg))
-    # The stage keys hold the code's version: every process must run the same geomsim.
-    group.check_same("code", config_layer.code_version(), "run the same geomsim (its source files) in every process")
+    group = checked_group(cfg)
     runs = run_index(cfg)
     bar = Progress(4 + -(-len(runs) // cfg.chunk) + 1, group.label("testbed forecast"), enabled=progress)
     timings: dict[str, float] = {}

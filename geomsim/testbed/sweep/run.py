@@ -237,6 +237,15 @@ def adam_inputs(cfg: TestbedSweepConfig, models: Models, points: list[tuple[int,
     )
 
 
+def checked_group(cfg: TestbedSweepConfig) -> ProcessGroup:
+    """This process's group, once every member runs the same config and the same code (the
+    stage keys hold both: a member on other code would redo and overwrite the saved work)."""
+    group = current_group()
+    group.check_same("config", config_layer.digest(cfg))
+    group.check_same("code", config_layer.code_version(), "run the same geomsim (its source files) in every process")
+    return group
+
+
 def begin_run(out_dir: str | Path, what: str) -> tuple[float, Path]:
     """Start time and the created output folder of a run that needs float64 (the polish)."""
     if not jax.config.jax_enable_x64:
@@ -254,10 +263,7 @@ def run_testbed_sweep(config: TestbedSweepConfig, out_dir: str | Path, *, progre
     """
     t_start, out_dir = begin_run(out_dir, "the testbed sweep")
     cfg = config
-    group = current_group()
-    group.check_same("config", config_layer.digest(cfg))
-    # The stage keys hold the code's version: every process must run the same geomsim.
-    group.check_same("code", config_layer.code_version(), "run the same geomsim (its source files) in every process")
+    group = checked_group(cfg)
     levels, mixes, seeds = cfg.grid_shape
     runs, points = run_index(cfg), point_index(cfg)
     n_law_chunks = -(-len(runs) // cfg.chunk)
