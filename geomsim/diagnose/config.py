@@ -71,6 +71,10 @@ class DiagnoseConfig:
     min_task_progress: float = option(0.5, help="a defense is recommended only if it keeps this fraction of the "
                                       "undefended task-loss decrease at the undefended crossing (0..1)",
                                       check=in_range(0, 1))
+    pilot_steps: int = option(0, help="a pilot: run this many real steps of --optimizer first, then rescale each "
+                              "forecast by the measured alignment-loss increase (it only moves the verdict earlier; a "
+                              "crossing within the pilot is measured); 0 = forecast before any fine-tuning (0..100000)",
+                              check=in_range(0, 100000))
     horizon: float = option(0.0, help="last forecast time t (> 0; 0 = 10 / ||H_F||)", check=at_least(0))
     threshold: float = option(1e-2, help="alignment-loss increase that counts as failure, nats (> 0)",
                               check=positive)

@@ -35,6 +35,7 @@ from geomsim.diagnose.defenses import (
     forecastable,
 )
 from geomsim.diagnose.model import AlignedModel
+from geomsim.diagnose.pilot import BUDGET, PilotSettings, pilot_report, run_pilot, with_pilot
 from geomsim.diagnose.products import products, second_moment
 from geomsim.diagnose.verdict import aic_conditions, load_calibration, verdict
 from geomsim.finite import MeasurementError, NonFiniteError, require_finite
@@ -341,6 +342,15 @@ def _defenses(config: DiagnoseConfig, c: _Compiled, model, measured: _Measured, 
     return table
 
 
+def _pilot(config: DiagnoseConfig, model, inputs, times, curves, t_fail) -> dict[str, Any]:
+    """The pilot's measured curve and each method rescaled by it (geomsim.diagnose.pilot)."""
+    settings = PilotSettings(config.pilot_steps, config.optimizer, config.minibatch)
+    curve = _run("diagnose: the pilot fine-tune", run_pilot, settings, model, inputs["lr"], inputs["adam_eps"],
+                 inputs["weight_decay"])
+    require_finite(curve._asdict(), "the pilot fine-tune")
+    return pilot_report(curve, config.lr, config.threshold, times, curves, t_fail)
+
+
 def _examples_per_step(config: DiagnoseConfig, model: Landscape | AlignedModel) -> int | None:
     """Task examples one step of the fine-tune sees: every task batch (gd, full-batch
     Adam) or one (`--minibatch`); None for a Landscape (no examples)."""
@@ -402,7 +412,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
         raise ConfigError(f"rank: must be in [1, d - 1] = [1, {dim - 1}] for this model (got {config.rank})")
     key = jax.random.key(config.seed)
     m = min(config.krylov or 32, dim)
-    stages = 3 if config.defenses == ("none",) else 4
+    stages = 3 + (config.defenses != ("none",)) + (config.pilot_steps > 0)
     _say(f"[1/{stages}] AIC at theta0 and local models (d = {dim}, k = {config.rank}, {config.operator}, "
          f"Krylov depth {m})", quiet)
     _check_operators(config, model)
@@ -435,9 +445,18 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     if config.defenses != ("none",):
         _say(f"[3/{stages}] the forecast under {', '.join(config.defenses)}", quiet)
         defenses = _defenses(config, c, model, measured, key, times, inputs, t_fail, horizon)
-    _say(f"[{stages}/{stages}] report", quiet)
     chosen = verdict(config.optimizer, config.lr, config.threshold, t_fail, spread, calibration,
                      _examples_per_step(config, model))
+    pilot = None
+    if config.pilot_steps:
+        _say(f"[{stages - 1}/{stages}] pilot: {config.pilot_steps} real steps of {config.optimizer} at lr "
+             f"{config.lr:g}", quiet)
+        pilot = _pilot(config, model, inputs, times, curves, t_fail)
+        chosen = with_pilot(chosen, pilot, config.lr, config.optimizer != "flow", _examples_per_step(config, model))
+        if pilot["budget"] > BUDGET:
+            _say(f"note: the pilot is {pilot['budget']:.1%} of the zero-step point forecast's steps (the budget a "
+                 f"pilot is meant for: {BUDGET:.0%})", quiet)
+    _say(f"[{stages}/{stages}] report", quiet)
     report = {
         "model": config.model or config.hf,
         "aic": res.to_dict(),
@@ -448,6 +467,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
         "t_fail": t_fail,
         "t_fail_spread": spread,
         "verdict": chosen,
+        "pilot": pilot,
         "aic_conditions": aic_conditions(res.to_dict(), chosen["t_fail"], config.optimizer),
         "defenses": defenses,
         "adam": None if adam is None else {
@@ -494,7 +514,7 @@ def _markdown(report: dict[str, Any]) -> str:
 
 **Verdict:** {_verdict_line(report)} ({_basis(report)}; docs/theory.md, section 10).
 
-{_interval_note(report)}
+{_interval_note(report)}{_pilot_note(report)}
 
 | AIC condition | holds | measured | criterion |
 | --- | --- | --- | --- |
@@ -556,6 +576,25 @@ def _interval_note(report: dict[str, Any]) -> str:
             f"{cal['alpha']:.0%} per end; {cal['source']}). The earliest lower end binds: `{v['method']}`'s, "
             f"{spread} times {low}, after which the measured crossing came in all but {cal['alpha']:.0%} of its "
             f"calibration fine-tunes; {high}; {cal['missed']} crossed where it forecast none.")
+
+
+def _pilot_note(report: dict[str, Any]) -> str:
+    pilot = report.get("pilot")
+    if not pilot:
+        return ""
+    lr, tau = report["config"]["lr"], report["threshold"]
+    head = (f"\n\n**Pilot:** {pilot['steps']} real steps (t = {pilot['t']:.4g}, {pilot['budget']:.1%} of the zero-step "
+            f"point forecast's steps); measured increase {pilot['align_increase'][-1]:.4g} nats. ")
+    if pilot["crossed_step"] is not None:
+        return head + (f"The pilot itself crossed {tau:g} nats at step {pilot['crossed_step']} (t = "
+                       f"{pilot['crossed_step'] * lr:.4g}): measured, this is the verdict.")
+    rows = "\n".join(f"| {name} | {_fmt(m['forecast_at_pilot'])} | {m['ratio']:.3g} | {_fmt(m['t_fail'])} | "
+                     f"{_fmt(m['t_fail_rescaled'])} |" for name, m in pilot["methods"].items())
+    moved = ("The earliest rescaled crossing is earlier than the calibrated early end, so it is the verdict's early "
+             "end." if pilot["moved_verdict"] else "No rescaled crossing is earlier than the calibrated early end, "
+             "which stands (a pilot never moves the verdict later: the calibration is of zero-step forecasts).")
+    return head + moved + ("\n\n| method | forecast at the pilot's t (nats) | measured / forecast | t_fail before | "
+                           "t_fail rescaled |\n| --- | --- | --- | --- | --- |\n" + rows)
 
 
 def _basis(report: dict[str, Any]) -> str:

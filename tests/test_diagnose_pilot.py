@@ -1,0 +1,105 @@
+"""`--pilot-steps`: the pilot is the fine-tune it stands for, an exact forecast is left as it
+is, a shape-wrong one is rescaled, a crossing within the pilot is the verdict, and the
+verdict never moves later (geomsim.diagnose.pilot)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from geomsim.diagnose import DiagnoseConfig, diagnose
+from geomsim.diagnose.examples import quadratic, tiny_classifier
+from geomsim.diagnose.pilot import PilotSettings, run_pilot, with_pilot
+from geomsim.io import loads_strict
+
+
+def _adamw_by_hand(model, lr, eps, wd, steps, b1=0.9, b2=0.999):
+    """AdamW written out (not optax), one task batch per step in turn: (Delta L_A, L_F) per step."""
+    flat, unravel = ravel_pytree(model.params)
+    m, v, a0 = jnp.zeros_like(flat), jnp.zeros_like(flat), model.align_loss(model.params)
+    batches = model.task_batches
+    align, task = [], []
+    for n in range(steps):
+        batch = jax.tree.map(lambda d, n=n: d[n % batches.count], batches.data)
+        g = ravel_pytree(jax.grad(lambda p, b=batch: model.batch_loss(p, b))(unravel(flat)))[0]
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
+        m_hat, v_hat = m / (1 - b1 ** (n + 1)), v / (1 - b2 ** (n + 1))
+        flat = flat - lr * (m_hat / (jnp.sqrt(v_hat) + eps) + wd * flat)
+        align.append(model.align_loss(unravel(flat)) - a0)
+        task.append(model.task_loss(unravel(flat)))
+    return np.asarray(align), np.asarray(task)
+
+
+def test_the_pilot_is_the_fine_tune_it_stands_for():
+    """Minibatch AdamW on the 4-batch classifier against AdamW written out; GD on the
+    quadratic landscape against GD written out."""
+    model = tiny_classifier()
+    assert model.task_batches.stacked and model.task_batches.count == 4
+    lr, eps, wd, steps = 3e-2, 1e-8, 1e-2, 9
+    curve = run_pilot(PilotSettings(steps, "adamw", True), model, jnp.asarray(lr), jnp.asarray(eps), jnp.asarray(wd))
+    align, task = _adamw_by_hand(model, lr, eps, wd, steps)
+    np.testing.assert_allclose(curve.align_increase, align, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(curve.task_loss, task, rtol=1e-9)
+    assert np.all(np.diff(task) != 0) and align[-1] != 0  # it moved
+    # Negative control: full-batch Adam is another fine-tune (every batch each step).
+    full = run_pilot(PilotSettings(steps, "adamw", False), model, jnp.asarray(lr), jnp.asarray(eps), jnp.asarray(wd))
+    assert not np.allclose(full.task_loss, task, rtol=1e-6)
+
+    land, lr = quadratic(), 0.01
+    curve = run_pilot(PilotSettings(5, "gd", False), land, jnp.asarray(lr), jnp.asarray(1e-8), jnp.asarray(0.0))
+    theta, expected = land.theta0, []
+    for _ in range(5):
+        theta = jax.tree.map(lambda x, g: x - lr * g, theta, jax.grad(land.task_loss)(theta))
+        expected.append(land.align_loss(theta) - land.align_loss(land.theta0))
+    np.testing.assert_allclose(curve.align_increase, expected, rtol=1e-10)
+
+
+def test_an_exact_forecast_stays_a_shape_wrong_one_is_rescaled_and_a_crossing_is_measured(tmp_path):
+    """On quadratic losses the quadratic GD model is exact: measured / forecast = 1 at the
+    pilot, and its rescaled crossing is its zero-step one. The quartic bound omits this
+    landscape's first- and second-order terms (eps > 0): its ratio is far from 1 and its
+    rescaled crossing moves. With a lower threshold the pilot itself crosses, and its
+    first measured crossing is the verdict."""
+    lr, steps = 0.01, 20
+    config = DiagnoseConfig(model="geomsim.diagnose.examples:quadratic", rank=2, optimizer="gd", lr=lr,
+                            pilot_steps=steps, defenses=("none",))
+    report = diagnose(config, tmp_path / "below", quiet=True)
+    pilot = report["pilot"]
+    assert pilot["steps"] == steps == report["verdict"]["pilot_steps"] and pilot["crossed_step"] is None
+    exact, bound = pilot["methods"]["quadratic_gd"], pilot["methods"]["paper_bound"]
+    # 1e-3: the forecast is read between its 64 log-spaced samples (log-log interpolation)
+    assert abs(exact["ratio"] - 1) < 1e-3, exact
+    assert math.isclose(exact["t_fail_rescaled"], exact["t_fail"], rel_tol=1e-3), exact
+    assert bound["ratio"] > 2 and bound["t_fail_rescaled"] < 0.9 * bound["t_fail"], bound
+    assert pilot["budget"] == steps / (report["verdict"]["t_fail"] / lr)
+    written = loads_strict((tmp_path / "below" / "report.json").read_text())
+    assert written["pilot"]["align_increase"] == pilot["align_increase"]
+    assert "**Pilot:** 20 real steps" in (tmp_path / "below" / "report.md").read_text()
+
+    low = DiagnoseConfig(**{**config.__dict__, "threshold": 0.5 * pilot["align_increase"][-1]})
+    report = diagnose(low, tmp_path / "crossed", quiet=True)
+    first = int(np.argmax(np.asarray(pilot["align_increase"]) >= low.threshold)) + 1  # the same 20 steps
+    assert report["pilot"]["crossed_step"] == first < steps
+    v = report["verdict"]
+    assert v["method"] == "pilot (measured)" and v["steps"] == v["steps_low"] == v["steps_high"] == first
+    assert "itself crossed" in (tmp_path / "crossed" / "report.md").read_text()
+
+
+def test_a_pilot_moves_the_verdict_earlier_never_later():
+    chosen = {"method": "taylor", "t_fail": 2.0, "t_fail_low": 1.0, "t_fail_high": 4.0, "steps": 200.0,
+              "steps_low": 100.0, "steps_high": 400.0, "examples_low": 800.0, "pilot_steps": 0}
+
+    def pilot(rescaled):
+        return {"steps": 5, "crossed_step": None, "methods": {"a": {"t_fail_rescaled": rescaled},
+                                                            "b": {"t_fail_rescaled": math.inf}}}
+
+    later = pilot(1.5)
+    assert with_pilot(chosen, later, 0.01, True, 8) == {**chosen, "pilot_steps": 5} and not later["moved_verdict"]
+    earlier = pilot(0.5)
+    out = with_pilot(chosen, earlier, 0.01, True, 8)
+    assert earlier["moved_verdict"] and earlier["budget"] == 5 / 200
+    assert (out["method"], out["t_fail_low"], out["steps_low"], out["examples_low"]) == ("a (pilot-rescaled)", 0.5,
+                                                                                        50.0, 400.0)
+    assert (out["t_fail"], out["t_fail_high"]) == (2.0, 4.0)  # the point forecast and the late end stand
