@@ -120,6 +120,7 @@ def test_ggn_and_fisher_agree_for_a_categorical_model_and_resamples_spread(tmp_p
     (["--model", "geomsim.diagnose.examples:quadratic", "--defenses", "replay,replay"], "defenses: each at most"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--replay", "0"], "replay"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--pilot-steps", "-1"], "pilot_steps"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--optimizer", "adam", "--b2", "1"], "b2"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--min-task-progress", "1.5"], "min_task_progress"),
 ])
 def test_bad_input_is_one_line_naming_the_flag(flags, field, tmp_path, capsys):

@@ -11,11 +11,11 @@ from jax.flatten_util import ravel_pytree
 
 from geomsim.diagnose import DiagnoseConfig, diagnose
 from geomsim.diagnose.examples import quadratic, tiny_classifier
-from geomsim.diagnose.pilot import PilotSettings, run_pilot, with_pilot
+from geomsim.diagnose.pilot import PilotInputs, PilotSettings, run_pilot, with_pilot
 from geomsim.io import loads_strict
 
 
-def _adamw_by_hand(model, lr, eps, wd, steps, b1=0.9, b2=0.999):
+def _adamw_by_hand(model, lr, eps, wd, steps, b1, b2):
     """AdamW written out (not optax), one task batch per step in turn: (Delta L_A, L_F) per step."""
     flat, unravel = ravel_pytree(model.params)
     m, v, a0 = jnp.zeros_like(flat), jnp.zeros_like(flat), model.align_loss(model.params)
@@ -37,18 +37,19 @@ def test_the_pilot_is_the_fine_tune_it_stands_for():
     quadratic landscape against GD written out."""
     model = tiny_classifier()
     assert model.task_batches.stacked and model.task_batches.count == 4
-    lr, eps, wd, steps = 3e-2, 1e-8, 1e-2, 9
-    curve = run_pilot(PilotSettings(steps, "adamw", True), model, jnp.asarray(lr), jnp.asarray(eps), jnp.asarray(wd))
-    align, task = _adamw_by_hand(model, lr, eps, wd, steps)
+    lr, eps, wd, b1, b2, steps = 3e-2, 1e-8, 1e-2, 0.8, 0.99, 9  # b1, b2 not optax's defaults: they reach it
+    numbers = PilotInputs(*map(jnp.asarray, (lr, eps, wd, b1, b2)))
+    curve = run_pilot(PilotSettings(steps, "adamw", True), model, numbers)
+    align, task = _adamw_by_hand(model, lr, eps, wd, steps, b1, b2)
     np.testing.assert_allclose(curve.align_increase, align, rtol=1e-9, atol=1e-15)
     np.testing.assert_allclose(curve.task_loss, task, rtol=1e-9)
     assert np.all(np.diff(task) != 0) and align[-1] != 0  # it moved
     # Negative control: full-batch Adam is another fine-tune (every batch each step).
-    full = run_pilot(PilotSettings(steps, "adamw", False), model, jnp.asarray(lr), jnp.asarray(eps), jnp.asarray(wd))
+    full = run_pilot(PilotSettings(steps, "adamw", False), model, numbers)
     assert not np.allclose(full.task_loss, task, rtol=1e-6)
 
     land, lr = quadratic(), 0.01
-    curve = run_pilot(PilotSettings(5, "gd", False), land, jnp.asarray(lr), jnp.asarray(1e-8), jnp.asarray(0.0))
+    curve = run_pilot(PilotSettings(5, "gd", False), land, PilotInputs(*map(jnp.asarray, (lr, 1e-8, 0.0, 0.9, 0.999))))
     theta, expected = land.theta0, []
     for _ in range(5):
         theta = jax.tree.map(lambda x, g: x - lr * g, theta, jax.grad(land.task_loss)(theta))

@@ -52,6 +52,12 @@ class DiagnoseConfig:
     lr: float = option(1e-2, help="step size of gd, adam, adamw; time t = steps x lr (> 0)", check=positive)
     adam_eps: float = option(1e-8, help="adam / adamw: eps of the update g / (sqrt(v) + eps) (optax's default) "
                              "(> 0)", check=positive)
+    b1: float = option(0.9, help="adam / adamw: decay of the first moment (optax's default); the pilot's steps use it, "
+                       "the zero-step forecast (Adam's flow limit) does not depend on it, in [0, 1)",
+                       check=in_range(0, 1, open_hi=True))
+    b2: float = option(0.999, help="adam / adamw: decay of the second moment (optax's default); the pilot's steps "
+                       "use it, the zero-step forecast does not depend on it, in [0, 1)",
+                       check=in_range(0, 1, open_hi=True))
     weight_decay: float = option(1e-4, help="adamw: decoupled weight decay (optax's default) (>= 0)",
                                  check=at_least(0))
     minibatch: bool = option(False, help="adam / adamw: each step takes one task batch, so Adam's second moment "

@@ -55,13 +55,23 @@ class PilotCurve(NamedTuple):
     task_loss: Float[Array, " n"]
 
 
-def pilot_optimizer(name: str, lr: Array, adam_eps: Array, weight_decay: Array) -> optax.GradientTransformation:
+class PilotInputs(NamedTuple):
+    """The optimizer's numbers, program inputs (a new value recompiles nothing)."""
+
+    lr: Array
+    adam_eps: Array
+    weight_decay: Array
+    b1: Array
+    b2: Array
+
+
+def pilot_optimizer(name: str, x: PilotInputs) -> optax.GradientTransformation:
     """The fine-tune the diagnosis forecasts, as optax builds it (flow: gd steps of size lr)."""
     if name == "adam":
-        return optax.adam(lr, eps=adam_eps)
+        return optax.adam(x.lr, b1=x.b1, b2=x.b2, eps=x.adam_eps)
     if name == "adamw":
-        return optax.adamw(lr, eps=adam_eps, weight_decay=weight_decay)
-    return optax.sgd(lr)
+        return optax.adamw(x.lr, b1=x.b1, b2=x.b2, eps=x.adam_eps, weight_decay=x.weight_decay)
+    return optax.sgd(x.lr)
 
 
 def _step_loss(model: Landscape | AlignedModel, minibatch: bool):
@@ -77,10 +87,10 @@ def _step_loss(model: Landscape | AlignedModel, minibatch: bool):
 
 
 @eqx.filter_jit
-def run_pilot(s: PilotSettings, model: Landscape | AlignedModel, lr, adam_eps, weight_decay) -> PilotCurve:
+def run_pilot(s: PilotSettings, model: Landscape | AlignedModel, x: PilotInputs) -> PilotCurve:
     """N steps of the optimizer from theta0 in one program (`lax.scan`)."""
     theta0 = model.theta0 if isinstance(model, Landscape) else model.params
-    opt = pilot_optimizer(s.optimizer, lr, adam_eps, weight_decay)
+    opt = pilot_optimizer(s.optimizer, x)
     loss = _step_loss(model, s.minibatch)
     a0 = model.align_loss(theta0)
 

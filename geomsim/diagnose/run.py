@@ -35,7 +35,7 @@ from geomsim.diagnose.defenses import (
     forecastable,
 )
 from geomsim.diagnose.model import AlignedModel
-from geomsim.diagnose.pilot import BUDGET, PilotSettings, pilot_report, run_pilot, with_pilot
+from geomsim.diagnose.pilot import BUDGET, PilotInputs, PilotSettings, pilot_report, run_pilot, with_pilot
 from geomsim.diagnose.products import products, second_moment
 from geomsim.diagnose.verdict import aic_conditions, load_calibration, verdict
 from geomsim.finite import MeasurementError, NonFiniteError, require_finite
@@ -345,8 +345,8 @@ def _defenses(config: DiagnoseConfig, c: _Compiled, model, measured: _Measured, 
 def _pilot(config: DiagnoseConfig, model, inputs, times, curves, t_fail) -> dict[str, Any]:
     """The pilot's measured curve and each method rescaled by it (geomsim.diagnose.pilot)."""
     settings = PilotSettings(config.pilot_steps, config.optimizer, config.minibatch)
-    curve = _run("diagnose: the pilot fine-tune", run_pilot, settings, model, inputs["lr"], inputs["adam_eps"],
-                 inputs["weight_decay"])
+    numbers = PilotInputs(*(inputs[name] for name in PilotInputs._fields))
+    curve = _run("diagnose: the pilot fine-tune", run_pilot, settings, model, numbers)
     require_finite(curve._asdict(), "the pilot fine-tune")
     return pilot_report(curve, config.lr, config.threshold, times, curves, t_fail)
 
@@ -420,7 +420,8 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     c = _Compiled(config.rank, num_eigs, m, config.trace_samples, config.operator, config.task_model,
                   config.optimizer, config.minibatch)
     # inputs of the programs, made once
-    inputs = {name: _scalar(getattr(config, name)) for name in ("lr", "threshold", "adam_eps", "weight_decay")}
+    inputs = {name: _scalar(getattr(config, name)) for name in ("lr", "threshold", "adam_eps", "weight_decay", "b1",
+                                                                "b2")}
     measured = _run("diagnose: the measurement at theta0", _measure, c, model, key, inputs["threshold"],
                     inputs["adam_eps"], inputs["weight_decay"])
     _check_measured(measured)
@@ -588,6 +589,9 @@ def _pilot_note(report: dict[str, Any]) -> str:
     if pilot["crossed_step"] is not None:
         return head + (f"The pilot itself crossed {tau:g} nats at step {pilot['crossed_step']} (t = "
                        f"{pilot['crossed_step'] * lr:.4g}): measured, this is the verdict.")
+    if pilot["align_increase"][-1] <= 0:
+        return head + ("The alignment loss did not rise during the pilot, so no forecast is rescaled; the zero-step "
+                       "verdict stands.")
     rows = "\n".join(f"| {name} | {_fmt(m['forecast_at_pilot'])} | {m['ratio']:.3g} | {_fmt(m['t_fail'])} | "
                      f"{_fmt(m['t_fail_rescaled'])} |" for name, m in pilot["methods"].items())
     moved = ("The earliest rescaled crossing is earlier than the calibrated early end, so it is the verdict's early "
