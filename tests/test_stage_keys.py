@@ -41,7 +41,7 @@ def test_every_setting_reaches_a_stage_key_or_is_read_after_the_runs():
     """A new field in no stage's settings would be reused stale: each field of the sweep and
     its two extensions is in a key, or listed here as read only by the summaries."""
     from geomsim.testbed.sweep.config import ALIGN_FIELDS, POLISH_FIELDS, SPECTRUM_FIELDS
-    from geomsim.testbed.sweep.defenses import DEFENSE_FIELDS, DEFENSE_SETTINGS, TestbedDefenseConfig
+    from geomsim.testbed.sweep.defenses import DEFENSE_FIELDS, REGISTRY, TestbedDefenseConfig
     from geomsim.testbed.sweep.forecast import FORECAST_FIELDS, TestbedForecastConfig
     from geomsim.testbed.sweep.run import ADAM_FIELDS
 
@@ -49,7 +49,7 @@ def test_every_setting_reaches_a_stage_key_or_is_read_after_the_runs():
     post_hoc = {"accuracy_target", "slope_tol", "min_decades"}  # the summaries' settings
     for cls, keyed, after in (
         (TestbedSweepConfig, {*LAW_FIELDS, *ADAM_FIELDS}, post_hoc),
-        (TestbedDefenseConfig, {*DEFENSE_FIELDS, *(f for s in DEFENSE_SETTINGS.values() for f in s), "defenses",
+        (TestbedDefenseConfig, {*DEFENSE_FIELDS, *(f for d in REGISTRY.values() for f in d.settings), "defenses",
                                 "defense_growth"}, post_hoc | {"flow_t_min", "flow_t_max", "flow_ratio",
                                                                "flow_solver", "chunk"}),
         (TestbedForecastConfig, set(FORECAST_FIELDS), post_hoc | {"flow_t_min", "flow_t_max", "flow_ratio",

@@ -24,16 +24,17 @@ projection, on each point's polished model; not replay, `NOT_FORECAST_ADAM`) at 
 step, against the measured `Delta L_A` there: the rank correlation over the defenses per
 point and how often the forecast names the measured best.
 Each defense's results and measured seconds are kept in `<out>/cache/defense_<name>` under
-its stage key (`DEFENSE_FIELDS` plus its own `DEFENSE_SETTINGS`, chained to the models'
+its stage key (`DEFENSE_FIELDS` plus its own `REGISTRY` settings, chained to the models'
 key): a rerun into the same folder loads the finished defenses and runs only the rest.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -69,14 +70,114 @@ from geomsim.testbed.sweep.summary import adam_points
 from geomsim.theory.forecast import adam_sign
 from geomsim.watchdog import watched
 
-TESTBED_DEFENSES = ("none", "static_projection", "tracked_projection", "curvature_projection", "replay", "lora")
+
+class Point(NamedTuple):
+    """What a defense of one (level, mix, seed) point is built from: the sweep's S0 rows,
+    the refusal target, the fine-tuning sets and mixture, and the defense's key."""
+
+    cfg: TestbedDefenseConfig
+    data: Any
+    rows: Any
+    target: Any
+    base: Any
+    other: Any
+    mix: Any
+    key: Any
+
+
+def _align_operator(point: Point):
+    """`params -> H_A` operator; a plain closure (a bound method would carry the point's
+    arrays into the projections' static fields)."""
+    data, target = point.data, point.target
+
+    def operator_at(params):
+        return hessian_operator(lambda p: data.align_loss(p, target), params)
+
+    return operator_at
+
+
+def _unchanged(z):
+    return z
+
+
+def _after_adam(point: Point, theta0, projection) -> law.Finetune:
+    """Adam's update, then `projection` (the applied step has no component in its span)."""
+    opt = optax.chain(optax.adam(point.cfg.adam_lr), projection)
+    return law.Finetune(opt, jax.tree.map(jnp.zeros_like, theta0), opt.init(theta0), _unchanged)
+
+
+def _none(point: Point, theta0) -> law.Finetune:
+    return law.plain_finetune(point.cfg, theta0)
+
+
+def _static(point: Point, theta0) -> law.Finetune:
+    return _after_adam(point, theta0, static_projection(point.rows))
+
+
+def _tracked(point: Point, theta0) -> law.Finetune:
+    cfg = point.cfg
+    krylov = min(max(2 * cfg.rank + 1, 10), cfg.tracked_matvecs)
+    return _after_adam(point, theta0, tracked_projection(_align_operator(point), cfg.rank, cfg.defense_every, point.key,
+                                                         tol=cfg.tracked_tol, krylov_dim=krylov,
+                                                         max_matvecs=cfg.tracked_matvecs))
+
+
+def _curvature(point: Point, theta0) -> law.Finetune:
+    cfg = point.cfg
+    task_gradient = jax.grad(law.mixture_task(point.data, point.base, point.other, point.mix))(theta0)
+    krylov = min(max(2 * cfg.defense_growth + 1, 10), cfg.tracked_matvecs)
+    projection, _, _ = curvature_projection(_align_operator(point), theta0, task_gradient, point.rows,
+                                            cfg.defense_growth, point.key, tol=cfg.tracked_tol, krylov_dim=krylov,
+                                            max_matvecs=cfg.tracked_matvecs)
+    return _after_adam(point, theta0, projection)
+
+
+def _replay(point: Point, theta0) -> law.Finetune:
+    cfg, data = point.cfg, point.data
+    harm_tasks = [t for t in PRETRAIN_TASKS if t != "marker_echo"]
+    per = -(-cfg.replay_batch // len(harm_tasks))
+
+    def replay(p, k):
+        prompts = concat([make_batch(data.lang, t, jax.random.fold_in(k, i), per, harmful=True)
+                          for i, t in enumerate(harm_tasks)]).tokens[:, : data.lang.answer_start]
+        return cfg.replay_fraction * refusal_kl(data.apply_fn, p, prompts, point.target)
+
+    adam = optax.adam(cfg.adam_lr)
+    return law.Finetune(adam, jax.tree.map(jnp.zeros_like, theta0), adam.init(theta0), _unchanged, replay)
+
+
+def _lora(point: Point, theta0) -> law.Finetune:
+    targets = MODELS[point.cfg.model].lora_targets
+    adapter = lora_init(theta0, point.cfg.lora_rank, point.key, targets)
+    adam = optax.adam(point.cfg.adam_lr)
+    return law.Finetune(adam, adapter, adam.init(adapter),
+                        lambda a: jax.tree.map(jnp.subtract, lora_merge(theta0, a, targets), theta0))
+
+
+class TestbedDefense(NamedTuple):
+    """A defense of the testbed: `build(point, theta0_float32) -> Finetune` for `law.adam_run`,
+    and the config fields it reads beyond the Adam arm's (in its results' stage key)."""
+
+    build: Callable[[Point, Any], law.Finetune]
+    settings: tuple[str, ...] = ()
+
+
+# One entry per defense (the module docstring says what each does).
+REGISTRY = {
+    "none": TestbedDefense(_none),
+    "static_projection": TestbedDefense(_static),
+    "tracked_projection": TestbedDefense(_tracked, ("defense_every", "tracked_tol", "tracked_matvecs")),
+    "curvature_projection": TestbedDefense(_curvature, ("defense_growth", "tracked_tol", "tracked_matvecs")),
+    "replay": TestbedDefense(_replay, ("replay_fraction", "replay_batch")),
+    "lora": TestbedDefense(_lora, ("lora_rank",)),
+}
+
+
+TESTBED_DEFENSES = tuple(REGISTRY)
 # What every defense's runs depend on beyond the models and spectra (the Adam arm's inputs; not
-# its chunking), and each defense's own settings: with `Models.key`, the cached results' keys.
+# its chunking); with each defense's own settings (`REGISTRY`) and `Models.key`, the cached
+# results' keys.
 DEFENSE_FIELDS = tuple(f for f in ADAM_FIELDS if f != "chunk")
-DEFENSE_SETTINGS = {"none": (), "static_projection": (),
-                    "tracked_projection": ("defense_every", "tracked_tol", "tracked_matvecs"),
-                    "curvature_projection": ("defense_growth", "tracked_tol", "tracked_matvecs"),
-                    "replay": ("replay_fraction", "replay_batch"), "lora": ("lora_rank",)}
 
 
 @dataclass(frozen=True)
@@ -109,58 +210,6 @@ class TestbedDefenseConfig(TestbedSweepConfig):
             raise ConfigError("defenses: must include none (the reference for overheads and damage)")
 
 
-def _finetune(cfg: TestbedDefenseConfig, data, name: str, basis_rows, target, base, other, mix, key):
-    """`theta0 -> Finetune` for one defense and one run (all inputs of one point)."""
-    adam = optax.adam(cfg.adam_lr)
-
-    def align_loss(p):
-        return data.align_loss(p, target)
-
-    def operator_at(p):
-        return hessian_operator(align_loss, p)
-
-    def make(theta0):
-        zeros = jax.tree.map(jnp.zeros_like, theta0)
-        rows = basis_rows.astype(jnp.float32)
-        if name == "none":
-            return law.plain_finetune(cfg, theta0)
-        if name == "static_projection":
-            opt = optax.chain(adam, static_projection(rows))
-            return law.Finetune(opt, zeros, opt.init(theta0), lambda z: z)
-        if name == "tracked_projection":
-            krylov = min(max(2 * cfg.rank + 1, 10), cfg.tracked_matvecs)
-            opt = optax.chain(adam, tracked_projection(operator_at, cfg.rank, cfg.defense_every, key,
-                                                       tol=cfg.tracked_tol, krylov_dim=krylov,
-                                                       max_matvecs=cfg.tracked_matvecs))
-            return law.Finetune(opt, zeros, opt.init(theta0), lambda z: z)
-        if name == "curvature_projection":
-            task_gradient = jax.grad(law.mixture_task(data, base, other, mix))(theta0)
-            krylov = min(max(2 * cfg.defense_growth + 1, 10), cfg.tracked_matvecs)
-            projection, _, _ = curvature_projection(operator_at, theta0, task_gradient, rows, cfg.defense_growth, key,
-                                                    tol=cfg.tracked_tol, krylov_dim=krylov,
-                                                    max_matvecs=cfg.tracked_matvecs)
-            opt = optax.chain(adam, projection)
-            return law.Finetune(opt, zeros, opt.init(theta0), lambda z: z)
-        if name == "replay":
-            harm_tasks = [t for t in PRETRAIN_TASKS if t != "marker_echo"]
-            per = -(-cfg.replay_batch // len(harm_tasks))
-
-            def replay(p, k):
-                prompts = concat([make_batch(data.lang, t, jax.random.fold_in(k, i), per, harmful=True)
-                                  for i, t in enumerate(harm_tasks)]).tokens[:, : data.lang.answer_start]
-                return cfg.replay_fraction * refusal_kl(data.apply_fn, p, prompts, target)
-
-            return law.Finetune(adam, zeros, adam.init(theta0), lambda z: z, replay)
-        if name == "lora":
-            targets = MODELS[cfg.model].lora_targets
-            adapter = lora_init(theta0, cfg.lora_rank, key, targets)
-            return law.Finetune(adam, adapter, adam.init(adapter),
-                                lambda a: jax.tree.map(jnp.subtract, lora_merge(theta0, a, targets), theta0))
-        raise ValueError(f"defense: unknown {name!r}")
-
-    return make
-
-
 def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, progress: bool = True,
                          plots: bool = True) -> dict[str, Any]:
     """Every defense on every (level, mix, seed) point; returns the summary (also `<out>/summary.json`)."""
@@ -180,9 +229,9 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
 
         def compute(name=name):
             def one(kw):
-                make = _finetune(cfg, data, name, kw["basis"], kw["target"], kw["base"], kw["other"], kw["mix"],
-                                 jax.random.fold_in(kw["key"], RunFold.DEFENSE))
-                return law.adam_run(data, **kw, finetune=make)
+                point = Point(cfg, data, kw["basis"].astype(jnp.float32), kw["target"], kw["base"], kw["other"],
+                              kw["mix"], jax.random.fold_in(kw["key"], RunFold.DEFENSE))
+                return law.adam_run(data, **kw, finetune=lambda theta0: REGISTRY[name].build(point, theta0))
 
             # Compiled ahead of the timing, on the flat leaves (the pytree of `Compiled`'s
             # argument info cannot be rebuilt into typed modules).
@@ -194,7 +243,7 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
         # A rerun (--resume after a crash, a new figure) loads each finished defense, its
         # measured seconds too, instead of tracing and running it again (6-10 s each here).
         arrays, hit = cached_arrays(out_dir, f"defense_{name}",
-                                    stage_key(cfg, (*DEFENSE_FIELDS, *DEFENSE_SETTINGS[name]), models.key), compute)
+                                    stage_key(cfg, (*DEFENSE_FIELDS, *REGISTRY[name].settings), models.key), compute)
         seconds[name] = float(arrays.pop("seconds"))
         results[name] = arrays
         if hit:
