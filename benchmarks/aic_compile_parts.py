@@ -4,14 +4,20 @@ at a time, each variant lowered and compiled in a fresh process (no persistent c
 with the test suite's compiler settings (`jax_disable_most_optimizations`, float64).
 
     python benchmarks/aic_compile_parts.py --repeats 3
+    python benchmarks/aic_compile_parts.py --passes      # XLA's own timings of the default variant
 
-Prints a Markdown table: median lower / compile seconds and the HLO text size per variant.
+Prints a Markdown table: median lower / compile seconds and the HLO text size per variant;
+with `--passes`, the default variant's compile split into XLA's HLO pass pipeline and its
+code generation, and the slowest passes (XLA's verbose log: `TF_CPP_VMODULE`).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -58,10 +64,39 @@ print(json.dumps({"lower": t1 - t0, "compile": t2 - t1, "hlo_chars": len(lowered
 """
 
 
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def passes() -> None:
+    """XLA's timings of the AIC program (`jit__lambda`): pipeline, code generation, passes."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "hlo_pass_pipeline=1,cpu_compiler=1"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, "{}"], capture_output=True, text=True, check=True, env=env)
+    per_pass, module, stages = collections.Counter(), None, {}
+    for line in proc.stderr.splitlines():
+        if m := re.search(r"HLO pass pipeline on module (\S+):", line):
+            module = m.group(1)
+        elif (m := re.search(r"HLO pass: (\S+) time: ([\d.]+) (us|ms|s) ", line)) and module == "jit__lambda":
+            per_pass[m.group(1)] += float(m.group(2)) * UNITS[m.group(3)]
+        elif m := re.search(r"(Running HLO passes on|Compiling) \[jit__lambda\] for CPU( using JIT)? time: ([\d.]+) "
+                            r"(us|ms|s) ", line):
+            stages["passes" if m.group(1) == "Running HLO passes on" else "jit"] = float(m.group(3)) * UNITS[m.group(4)]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"compile {result['compile']:.2f} s: HLO pass pipeline {stages.get('passes', 0):.2f} s, "
+          f"code generation (JIT) {stages.get('jit', 0):.2f} s")
+    print("| pass (cumulative over its runs; nested pipelines count in their parents too) | s |")
+    print("| --- | --- |")
+    for name, secs in per_pass.most_common(8):
+        print(f"| {name} | {secs:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--passes", action="store_true", help="XLA's pass timings of the default variant")
     args = parser.parse_args()
+    if args.passes:
+        passes()
+        return
     rows = {name: [] for name in VARIANTS}
     for _ in range(args.repeats):  # interleaved: machine drift spreads over every variant
         for name, kw in VARIANTS.items():

@@ -74,7 +74,8 @@ def test_an_exact_forecast_stays_a_shape_wrong_one_is_rescaled_and_a_crossing_is
     assert abs(exact["ratio"] - 1) < 1e-3, exact
     assert math.isclose(exact["t_fail_rescaled"], exact["t_fail"], rel_tol=1e-3), exact
     assert bound["ratio"] > 2 and bound["t_fail_rescaled"] < 0.9 * bound["t_fail"], bound
-    assert pilot["budget"] == steps / (report["verdict"]["t_fail"] / lr)
+    assert pilot["budget_fraction"] == steps / (report["verdict"]["t_fail"] / lr)
+    assert report["verdict"]["pilot"] == ("rescaled" if pilot["moved_verdict"] else None)
     written = loads_strict((tmp_path / "below" / "report.json").read_text())
     assert written["pilot"]["align_increase"] == pilot["align_increase"]
     assert "**Pilot:** 20 real steps" in (tmp_path / "below" / "report.md").read_text()
@@ -84,7 +85,8 @@ def test_an_exact_forecast_stays_a_shape_wrong_one_is_rescaled_and_a_crossing_is
     first = int(np.argmax(np.asarray(pilot["align_increase"]) >= low.threshold)) + 1  # the same 20 steps
     assert report["pilot"]["crossed_step"] == first < steps
     v = report["verdict"]
-    assert v["method"] == "pilot (measured)" and v["steps"] == v["steps_low"] == v["steps_high"] == first
+    assert (v["method"], v["pilot"]) == ("measured", "measured") and v["steps"] == v["steps_low"] == first
+    assert v["steps_high"] == first and v["t_fail"] == first * lr
     assert "itself crossed" in (tmp_path / "crossed" / "report.md").read_text()
 
 
@@ -92,15 +94,32 @@ def test_a_pilot_moves_the_verdict_earlier_never_later():
     chosen = {"method": "taylor", "t_fail": 2.0, "t_fail_low": 1.0, "t_fail_high": 4.0, "steps": 200.0,
               "steps_low": 100.0, "steps_high": 400.0, "examples_low": 800.0, "pilot_steps": 0}
 
-    def pilot(rescaled):
-        return {"steps": 5, "crossed_step": None, "methods": {"a": {"t_fail_rescaled": rescaled},
-                                                            "b": {"t_fail_rescaled": math.inf}}}
+    def pilot(**rescaled):
+        return {"steps": 5, "crossed_step": None, "methods": {
+            name: {"t_fail_rescaled": t, "moves_verdict": name != "paper_bound"} for name, t in rescaled.items()}}
 
-    later = pilot(1.5)
-    assert with_pilot(chosen, later, 0.01, True, 8) == {**chosen, "pilot_steps": 5} and not later["moved_verdict"]
-    earlier = pilot(0.5)
+    later = pilot(a=1.5, b=math.inf, c=math.nan)
+    assert with_pilot(chosen, later, 0.01, True, 8) == {**chosen, "pilot_steps": 5, "pilot": None}
+    assert not later["moved_verdict"] and later["zero_step_low"] == 1.0 and later["zero_step_method"] == "taylor"
+    earlier = pilot(a=0.5, b=0.7, paper_bound=0.1)  # the quartic bound's rescaled crossing never moves it
     out = with_pilot(chosen, earlier, 0.01, True, 8)
-    assert earlier["moved_verdict"] and earlier["budget"] == 5 / 200
-    assert (out["method"], out["t_fail_low"], out["steps_low"], out["examples_low"]) == ("a (pilot-rescaled)", 0.5,
-                                                                                        50.0, 400.0)
+    assert earlier["moved_verdict"] and earlier["budget_fraction"] == 5 / 200
+    assert (out["method"], out["pilot"], out["t_fail_low"], out["steps_low"], out["examples_low"]) == (
+        "a", "rescaled", 0.5, 50.0, 400.0)
     assert (out["t_fail"], out["t_fail_high"]) == (2.0, 4.0)  # the point forecast and the late end stand
+
+
+def test_an_adam_pilot_reports_both_ways(tmp_path):
+    """Adam's report with a pilot that stays below the threshold and one that crosses it
+    (report.md describes Adam's method by its t_fail entry: a pilot's verdict must not break it)."""
+    config = DiagnoseConfig(model="geomsim.diagnose.examples:quadratic", rank=2, optimizer="adam", lr=1e-3,
+                            pilot_steps=10, defenses=("none",))
+    report = diagnose(config, tmp_path / "below", quiet=True)
+    assert report["pilot"]["crossed_step"] is None and set(report["pilot"]["methods"]) == {"adam_sign"}
+    assert "**Pilot:** 10 real steps" in (tmp_path / "below" / "report.md").read_text()
+    rise = report["pilot"]["align_increase"][-1]
+    assert rise > 0, rise
+    crossed = diagnose(DiagnoseConfig(**{**config.__dict__, "threshold": rise / 2}), tmp_path / "crossed", quiet=True)
+    assert crossed["verdict"]["pilot"] == "measured" and crossed["verdict"]["steps"] <= 10
+    text = (tmp_path / "crossed" / "report.md").read_text()
+    assert "within the pilot" in text and "measured: the pilot's fine-tune" in text

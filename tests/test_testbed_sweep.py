@@ -107,11 +107,43 @@ def test_the_law_and_its_controls(tiny):
     assert 0 <= arms["polished_eps0"]["lower_bound_holds_fraction"] <= 1
 
 
-def test_rerun_resumes_from_the_saved_stages(tiny):
+def recorded_stage_keys(monkeypatch) -> list:
+    """Every stage key the sweep, the defenses and the forecast validation compute, as
+    `(own fields, parent keys, key)`."""
+    from geomsim.testbed.sweep import defenses, forecast
+
+    calls, real = [], config_layer.stage_key
+
+    def record(config, fields, *parents):
+        key = real(config, fields, *parents)
+        calls.append((tuple(fields), parents, key))
+        return key
+
+    for module in (sweep_run, defenses, forecast):
+        monkeypatch.setattr(module, "stage_key", record)
+    return calls
+
+
+def assert_measurements_chain_to_the_models(calls: list) -> None:
+    """Each stage after the models' (law, Adam, each defense, the defenses' forecast, the
+    forecast chunks) has the spectra's key, `Models.key`, as its one parent: a call site
+    that chained to another stage (or to none) would keep stale results after a retrain."""
+    model_stages = {sweep_run.ALIGN_FIELDS, sweep_run.POLISH_FIELDS, sweep_run.SPECTRUM_FIELDS}
+    [spectrum] = [key for fields, _, key in calls if fields == sweep_run.SPECTRUM_FIELDS]
+    measured = [(fields, parents) for fields, parents, _ in calls if fields not in model_stages]
+    assert measured, calls
+    for fields, parents in measured:
+        assert parents == (spectrum,), fields
+
+
+def test_rerun_resumes_from_the_saved_stages(tiny, monkeypatch):
     config, result = tiny
+    calls = recorded_stage_keys(monkeypatch)
     again = run_testbed_sweep(config, result.out_dir, progress=False, plots=False)
     assert set(again.summary["reused"]) >= {"pretrain", "sweep_align", "sweep_polish", "spectrum", "law", "adam"}
     np.testing.assert_array_equal(again.tables["runs"]["s_exponent"], result.tables["runs"]["s_exponent"])
+    assert {fields for fields, _, _ in calls} >= {sweep_run.LAW_FIELDS, sweep_run.ADAM_FIELDS}
+    assert_measurements_chain_to_the_models(calls)
 
 
 class Simulated(ProcessGroup):
@@ -236,7 +268,7 @@ def test_static_projection_keeps_the_adam_path_out_of_s0(defended):
     assert np.max(curves["subspace_norm"][lora]) > 0  # LoRA is not a projection
 
 
-def test_a_rerun_reuses_each_finished_defense_and_redoes_a_stale_one(defended, tmp_path):
+def test_a_rerun_reuses_each_finished_defense_and_redoes_a_stale_one(defended, tmp_path, monkeypatch):
     """Each defense's results (and its measured seconds) are cached under its own digest: a
     rerun loads the finished ones; one whose settings changed (its digest) is recomputed,
     to the same numbers (same program, same keys)."""
@@ -251,7 +283,10 @@ def test_a_rerun_reuses_each_finished_defense_and_redoes_a_stale_one(defended, t
         shutil.copytree(fixture_out / name, out / name)
     stale = out / "cache" / "defense_static_projection.json"
     stale.write_text(stale.read_text().replace('"digest": "', '"digest": "stale-'))
+    calls = recorded_stage_keys(monkeypatch)
     again = run_testbed_defenses(config, out, progress=False, plots=False)
+    assert len([c for c in calls if c[0][: len(DEFENSE_FIELDS)] == DEFENSE_FIELDS]) == len(config.defenses) + 1
+    assert_measurements_chain_to_the_models(calls)
     expected = {f"defense_{name}" for name in config.defenses if name != "static_projection"}
     assert {r for r in again["reused"] if r.startswith("defense_")} == expected
     for name in set(config.defenses) - {"static_projection"}:
@@ -353,6 +388,17 @@ def test_forecast_validation_scores_every_method_at_every_level(forecasts):
         for level in config.levels:
             steps = runs[f"{family}_verdict_steps_{level:g}"]
             assert np.all(np.isnan(steps) | (steps >= 0)), steps
+
+
+def test_a_forecast_rerun_loads_its_chunks_chained_to_the_models(forecasts, monkeypatch):
+    from geomsim.testbed.sweep.forecast import FORECAST_FIELDS, run_testbed_forecast
+
+    config, summary, out = forecasts
+    calls = recorded_stage_keys(monkeypatch)
+    again = run_testbed_forecast(config, out, progress=False, plots=False)
+    assert "forecast" in again["reused"] and again["methods"].keys() == summary["methods"].keys()
+    assert FORECAST_FIELDS in {fields for fields, _, _ in calls}
+    assert_measurements_chain_to_the_models(calls)
 
 
 def test_forecast_cli_bad_input_is_one_line(capsys):

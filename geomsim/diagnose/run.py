@@ -454,9 +454,8 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
              f"{config.lr:g}", quiet)
         pilot = _pilot(config, model, inputs, times, curves, t_fail)
         chosen = with_pilot(chosen, pilot, config.lr, config.optimizer != "flow", _examples_per_step(config, model))
-        if pilot["budget"] > BUDGET:
-            _say(f"note: the pilot is {pilot['budget']:.1%} of the zero-step point forecast's steps (the budget a "
-                 f"pilot is meant for: {BUDGET:.0%})", quiet)
+        if (pilot["budget_fraction"] or 0.0) > BUDGET:
+            _say(f"note: the pilot is {_budget(pilot)}", quiet)
     _say(f"[{stages}/{stages}] report", quiet)
     report = {
         "model": config.model or config.hf,
@@ -540,6 +539,10 @@ def _markdown(report: dict[str, Any]) -> str:
 
 def _verdict_line(report: dict[str, Any]) -> str:
     v, tau = report["verdict"], report["threshold"]
+    if v.get("pilot") == "measured":
+        when = f"step {v['steps']:g} at lr {report['config']['lr']:g}" if v["steps"] is not None else "t"
+        return (f"alignment loss **rose by {tau:g} nats within the pilot**, at {when} (t = {_fmt(v['t_fail'])}; "
+                "measured, not forecast)")
     low = v["t_fail_low"]
     if low is None or not np.isfinite(low):
         return f"alignment loss is not forecast to rise by {tau:g} nats before t = {report['horizon']:.4g}"
@@ -560,6 +563,17 @@ def _verdict_line(report: dict[str, Any]) -> str:
 
 def _interval_note(report: dict[str, Any]) -> str:
     v = report["verdict"]
+    if v.get("pilot") == "measured":
+        return "Interval: none; the crossing was measured by the pilot's own steps."
+    moved = ""
+    if v.get("pilot") == "rescaled":  # the interval below is the zero-step one; the pilot moved its early end
+        v = {**v, "method": report["pilot"]["zero_step_method"]}
+        moved = (f" Then the pilot moved the early end earlier, to `{report['verdict']['method']}`'s rescaled "
+                 "crossing (uncalibrated; see the pilot below).")
+    return _zero_step_interval(report, v) + moved
+
+
+def _zero_step_interval(report: dict[str, Any], v: dict[str, Any]) -> str:
     cal = v["calibration"]
     if cal is None:
         each = ("each method's 5%-95% spread over `--resamples`" if v["resampled"] else
@@ -579,30 +593,50 @@ def _interval_note(report: dict[str, Any]) -> str:
             f"calibration fine-tunes; {high}; {cal['missed']} crossed where it forecast none.")
 
 
+def _budget(pilot: dict[str, Any]) -> str:
+    fraction = pilot["budget_fraction"]
+    if fraction is None:
+        return "the zero-step point forecast never crosses"
+    over = f", more than the {BUDGET:.0%} a pilot is meant to cost" if fraction > BUDGET else ""
+    return f"{fraction:.1%} of the zero-step point forecast's steps{over}"
+
+
 def _pilot_note(report: dict[str, Any]) -> str:
     pilot = report.get("pilot")
     if not pilot:
         return ""
     lr, tau = report["config"]["lr"], report["threshold"]
-    head = (f"\n\n**Pilot:** {pilot['steps']} real steps (t = {pilot['t']:.4g}, {pilot['budget']:.1%} of the zero-step "
-            f"point forecast's steps); measured increase {pilot['align_increase'][-1]:.4g} nats. ")
+    head = (f"\n\n**Pilot:** {pilot['steps']} real steps (t = {pilot['t']:.4g}; {_budget(pilot)}); measured increase "
+            f"{pilot['align_increase'][-1]:.4g} nats. ")
     if pilot["crossed_step"] is not None:
         return head + (f"The pilot itself crossed {tau:g} nats at step {pilot['crossed_step']} (t = "
                        f"{pilot['crossed_step'] * lr:.4g}): measured, this is the verdict.")
     if pilot["align_increase"][-1] <= 0:
         return head + ("The alignment loss did not rise during the pilot, so no forecast is rescaled; the zero-step "
                        "verdict stands.")
-    rows = "\n".join(f"| {name} | {_fmt(m['forecast_at_pilot'])} | {m['ratio']:.3g} | {_fmt(m['t_fail'])} | "
-                     f"{_fmt(m['t_fail_rescaled'])} |" for name, m in pilot["methods"].items())
-    moved = ("The earliest rescaled crossing is earlier than the calibrated early end, so it is the verdict's early "
-             "end." if pilot["moved_verdict"] else "No rescaled crossing is earlier than the calibrated early end, "
-             "which stands (a pilot never moves the verdict later: the calibration is of zero-step forecasts).")
+
+    def num(v):  # a forecast that is not positive at the pilot's time has no ratio, so no rescaled crossing
+        return f"{v:.4g}" if v is not None and np.isfinite(v) else "n/a"
+
+    def rescaled(m):
+        return _fmt(m["t_fail_rescaled"]) if np.isfinite(m["ratio"]) else "n/a"
+
+    rows = "\n".join(f"| {name} | {num(m['forecast_at_pilot'])} | {num(m['ratio'])} | {_fmt(m['t_fail'])} | "
+                     f"{rescaled(m)} | {'yes' if m['moves_verdict'] else 'no (its shape omits c1, c2)'} |"
+                     for name, m in pilot["methods"].items())
+    moved = (f"`{report['verdict']['method']}` rescaled crosses before the zero-step early end (t = "
+             f"{_fmt(pilot['zero_step_low'])}), so its crossing is the verdict's early end, uncalibrated."
+             if pilot["moved_verdict"] else "No rescaled crossing that may move the verdict is earlier than the "
+             "zero-step early end, which stands (a pilot never moves the verdict later: the calibration is of "
+             "zero-step forecasts).")
     return head + moved + ("\n\n| method | forecast at the pilot's t (nats) | measured / forecast | t_fail before | "
-                           "t_fail rescaled |\n| --- | --- | --- | --- | --- |\n" + rows)
+                           "t_fail rescaled | may move the verdict |\n| --- | --- | --- | --- | --- | --- |\n" + rows)
 
 
 def _basis(report: dict[str, Any]) -> str:
     method = report["verdict"]["method"]
+    if report["verdict"].get("pilot") == "measured":
+        return "measured: the pilot's fine-tune"
     adam = report.get("adam")
     if adam is None:
         described = {"taylor": "the Taylor polynomial c1..c4", "paper_bound": "the quartic bound",
