@@ -80,6 +80,9 @@ def passes() -> None:
         elif m := re.search(r"(Running HLO passes on|Compiling) \[jit__lambda\] for CPU( using JIT)? time: ([\d.]+) "
                             r"(us|ms|s) ", line):
             stages["passes" if m.group(1) == "Running HLO passes on" else "jit"] = float(m.group(3)) * UNITS[m.group(4)]
+    if not per_pass or len(stages) < 2:
+        raise SystemExit("XLA's log had no pass or stage timings for jit__lambda: its format changed; see "
+                         "TF_CPP_VMODULE in this script")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"compile {result['compile']:.2f} s: HLO pass pipeline {stages.get('passes', 0):.2f} s, "
           f"code generation (JIT) {stages.get('jit', 0):.2f} s")

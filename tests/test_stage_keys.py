@@ -49,7 +49,7 @@ def test_every_setting_reaches_a_stage_key_or_is_read_after_the_runs():
     post_hoc = {"accuracy_target", "slope_tol", "min_decades"}  # the summaries' settings
     for cls, keyed, after in (
         (TestbedSweepConfig, {*LAW_FIELDS, *ADAM_FIELDS}, post_hoc),
-        (TestbedDefenseConfig, {*DEFENSE_FIELDS, *(f for d in REGISTRY.values() for f in d.settings), "defenses",
+        (TestbedDefenseConfig, {*DEFENSE_FIELDS, *(f for d in REGISTRY.values() for f in d.own_fields), "defenses",
                                 "defense_growth"}, post_hoc | {"flow_t_min", "flow_t_max", "flow_ratio",
                                                                "flow_solver", "chunk"}),
         (TestbedForecastConfig, set(FORECAST_FIELDS), post_hoc | {"flow_t_min", "flow_t_max", "flow_ratio",

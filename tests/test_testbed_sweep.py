@@ -296,7 +296,7 @@ def test_a_rerun_reuses_each_finished_defense_and_redoes_a_stale_one(defended, t
         np.testing.assert_array_equal(new[key], old[key])
     # A defense's own settings change its key only: lora_rank reaches lora alone.
     changed = dataclasses.replace(config, lora_rank=config.lora_rank + 1)
-    for name, own in ((n, d.settings) for n, d in REGISTRY.items()):
+    for name, own in ((n, d.own_fields) for n, d in REGISTRY.items()):
         fields = (*DEFENSE_FIELDS, *own)
         same = config_layer.stage_key(config, fields, "parent") == config_layer.stage_key(changed, fields, "parent")
         assert same == (name != "lora"), name

@@ -159,7 +159,7 @@ class TestbedDefense(NamedTuple):
     and the config fields it reads beyond the Adam arm's (in its results' stage key)."""
 
     build: Callable[[Point, Any], law.Finetune]
-    settings: tuple[str, ...] = ()
+    own_fields: tuple[str, ...] = ()
 
 
 # One entry per defense (the module docstring says what each does).
@@ -243,7 +243,7 @@ def run_testbed_defenses(config: TestbedDefenseConfig, out_dir: str | Path, *, p
         # A rerun (--resume after a crash, a new figure) loads each finished defense, its
         # measured seconds too, instead of tracing and running it again (6-10 s each here).
         arrays, hit = cached_arrays(out_dir, f"defense_{name}",
-                                    stage_key(cfg, (*DEFENSE_FIELDS, *REGISTRY[name].settings), models.key), compute)
+                                    stage_key(cfg, (*DEFENSE_FIELDS, *REGISTRY[name].own_fields), models.key), compute)
         seconds[name] = float(arrays.pop("seconds"))
         results[name] = arrays
         if hit:
