@@ -122,7 +122,7 @@ def pilot_report(curve: PilotCurve, lr: float, threshold: float, times, curves: 
                  t_fail: dict[str, float]) -> dict[str, Any]:
     """The pilot's measured curve and, per method, its forecast at `t_N`, the ratio, the
     rescaled crossing (see the module docstring) and whether it may move the verdict
-    (`RESCALED`); `crossed_step` is the measured first crossing (None if the pilot stayed
+    (not for `NOT_RESCALABLE`); `crossed_step` is the measured first crossing (None if the pilot stayed
     below the threshold)."""
     align = np.asarray(curve.align_increase, dtype=float)
     steps = align.shape[0]
@@ -167,9 +167,10 @@ def with_pilot(chosen: dict[str, Any], pilot: dict[str, Any], lr: float, stepped
     "rescaled"): the measured crossing if the pilot crossed (`method` "measured"), else
     the zero-step verdict with its early end moved to the earliest rescaled crossing of a
     method that may move it, where that is earlier (never later; `method` is then that
-    method). Sets `pilot["moved_verdict"]`, `pilot["zero_step_low"]` and
-    `pilot["zero_step_method"]` (the zero-step verdict's early end and its method) and `pilot["budget_fraction"]` (N / the zero-step point forecast's steps; None
-    when that forecast never crosses)."""
+    method). Sets `pilot["moved_verdict"]`; `pilot["zero_step_low"]` and
+    `pilot["zero_step_method"]`, the zero-step verdict's early end and its method; and
+    `pilot["budget_fraction"]`, N / the zero-step point forecast's steps (None when that
+    forecast never crosses)."""
     out = dict(chosen, pilot_steps=pilot["steps"], pilot=None)
     point_steps = chosen["t_fail"] / lr
     pilot["budget_fraction"] = pilot["steps"] / point_steps if math.isfinite(point_steps) else None
