@@ -38,15 +38,14 @@ def configure_runtime() -> None:
     os.environ["XLA_FLAGS"] = f"{flags} {SCHEDULER_FLAG}".strip()
 
 
-def enable_compilation_cache(min_compile_secs: float = 0.5) -> str | None:
+def enable_compilation_cache() -> str | None:
     """Keep JAX's persistent compilation cache for the command-line tools, so a second
     run of the same command does not recompile (benchmarks/RESULTS.md measures it).
 
     The folder is `$GEOMSIM_JAX_CACHE`, else `$XDG_CACHE_HOME/geomsim/jax` (default
     `~/.cache/geomsim/jax`); `GEOMSIM_NO_JAX_CACHE=1` turns it off.  Returns the
     folder, or None when off.  Programs are keyed by JAX/XLA version, flags and shapes,
-    so a stale entry is never used. Programs that compiled faster than `min_compile_secs`
-    are not kept.
+    so a stale entry is never used.
     """
     if os.environ.get("GEOMSIM_NO_JAX_CACHE", "") not in ("", "0"):
         return None
@@ -55,5 +54,9 @@ def enable_compilation_cache(min_compile_secs: float = 0.5) -> str | None:
     import jax
 
     jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_secs)
+    # Every program, however small: a warm diagnosis of the examples' classifier spent 2.8 s
+    # recompiling ~60 programs under the former 0.5 s threshold (the model factory's random
+    # draws, eager array ops), each 0.01-0.3 s; reading one back costs ~0.01 s
+    # (benchmarks/RESULTS.md, "Caching every program").
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return folder

@@ -37,12 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_layer.build(DiagnoseConfig, file, args)
         import jax
 
-        # Every program, however small: warm, the examples' classifier (Fisher, Gauss-Newton)
-        # spent 2.8 s recompiling ~60 programs of 0.01-0.3 s under the 0.5 s default (its
-        # factory's random draws, eager array ops); kept, 8.3 -> 5.4 s warm and no slower cold
-        # (medians of 3, benchmarks/RESULTS.md, "Caching every program"). The sweep keeps
-        # the default: there it cost ~1.6 s cold and saved nothing warm.
-        enable_compilation_cache(min_compile_secs=0.0)
+        enable_compilation_cache()
         jax.config.update("jax_enable_x64", True)
         from geomsim.diagnose.run import diagnose
 
