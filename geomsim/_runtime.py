@@ -54,9 +54,5 @@ def enable_compilation_cache() -> str | None:
     import jax
 
     jax.config.update("jax_compilation_cache_dir", folder)
-    # Every program, however small: a warm diagnosis of the examples' classifier spent 2.8 s
-    # recompiling ~60 programs under the former 0.5 s threshold (the model factory's random
-    # draws, eager array ops), each 0.01-0.3 s; reading one back costs ~0.01 s
-    # (benchmarks/RESULTS.md, "Caching every program").
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return folder
