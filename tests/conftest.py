@@ -12,7 +12,11 @@ jax.config.update("jax_enable_x64", True)
 # Many tests build the same programs from fresh closures (e.g. the sweep with one
 # config), which JAX's in-memory caches miss; the persistent cache compiles each
 # distinct program once per checkout (and is keyed on the jax/XLA versions and flags).
-jax.config.update("jax_compilation_cache_dir", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+CACHE = Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"
+jax.config.update("jax_compilation_cache_dir", str(CACHE))
+# The CLIs called in-process (`main([...])`) set the cache folder from this variable: without
+# it they moved the rest of the worker's programs into the user's ~/.cache/geomsim/jax.
+os.environ.setdefault("GEOMSIM_JAX_CACHE", str(CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 # The suite is dominated by XLA compilation, not by running the programs; most
 # optimisation passes roughly halve compile time.  GEOMSIM_TEST_OPTIMIZED=1 runs
