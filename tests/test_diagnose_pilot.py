@@ -92,7 +92,7 @@ def test_an_exact_forecast_stays_a_shape_wrong_one_is_rescaled_and_a_crossing_is
 
 def test_a_pilot_moves_the_verdict_earlier_never_later():
     chosen = {"method": "taylor", "t_fail": 2.0, "t_fail_low": 1.0, "t_fail_high": 4.0, "steps": 200.0,
-              "steps_low": 100.0, "steps_high": 400.0, "examples_low": 800.0, "pilot_steps": 0}
+              "steps_low": 100.0, "steps_high": 400.0, "examples_low": 800.0, "pilot_steps": 0, "pilot": None}
 
     def pilot(**rescaled):
         return {"steps": 5, "crossed_step": None, "methods": {

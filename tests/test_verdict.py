@@ -40,7 +40,7 @@ def test_the_earliest_calibrated_lower_end_binds_at_the_nearest_level():
     np.testing.assert_allclose([v["t_fail_low"], v["steps_low"], v["examples_low"]],
                                [10**-0.2, 10**-0.2 / 0.1, 320 * 10**-0.2], rtol=1e-12)
     assert v["t_fail_high"] == math.inf  # alignment_risk never crosses: no upper end
-    assert v["calibration"]["methods"] == ["alignment_risk", "quadratic_gd", "taylor"] and v["pilot_steps"] == 0
+    assert v["calibration"]["methods"] == ["alignment_risk", "quadratic_gd", "taylor"] and v["pilot_steps"] == 0 and v["pilot"] is None
     # at 1e-3 quadratic_gd's bound is the earlier one
     v = verdict("gd", 0.1, 1e-3, T_FAIL, None, doc, None)
     assert v["method"] == "quadratic_gd" and v["t_fail_low"] == 2.0 * 10**-2.0

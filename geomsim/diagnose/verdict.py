@@ -78,7 +78,7 @@ def calibration_document(families: dict[str, dict[str, LevelCalibrations]], sour
 def verdict(optimizer: str, lr: float, threshold: float, t_fail: dict[str, float], spread: dict[str, Any] | None,
             doc: dict[str, Any] | None, examples_per_step: int | None) -> dict[str, Any]:
     """`{method, t_fail, t_fail_low, t_fail_high, steps, steps_low, steps_high, examples_low,
-    pilot_steps, calibration, resampled}` (t = steps x lr; steps at the given lr, None for
+    pilot_steps, pilot, calibration, resampled}` (t = steps x lr; steps at the given lr, None for
     gradient flow; non-finite numbers become null in JSON).
 
     Every method forecast here that is calibrated for the optimizer's family gives an
@@ -125,6 +125,7 @@ def verdict(optimizer: str, lr: float, threshold: float, t_fail: dict[str, float
         "examples_low": (steps(low) * examples_per_step
                          if stepped and examples_per_step and math.isfinite(low) else None),
         "pilot_steps": 0,
+        "pilot": None,  # geomsim.diagnose.pilot: "measured" or "rescaled" when a pilot set the verdict
         "calibration": None if cal is None else {
             **cal.to_dict(), "level": level, "fallback": thin, "family": family, "source": doc.get("source", ""),
             "methods": sorted(options)},
