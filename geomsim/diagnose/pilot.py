@@ -33,6 +33,7 @@ from jaxtyping import Array, Float
 
 from geomsim.diagnose.model import AlignedModel
 from geomsim.landscapes.base import Landscape
+from geomsim.theory.forecast import loglog_at
 from geomsim.theory.laws import first_crossing
 
 BUDGET = 0.05  # of the zero-step forecast's steps: the pilot a team can afford (issue 19)
@@ -103,45 +104,48 @@ def run_pilot(s: PilotSettings, model: Landscape | AlignedModel, x: PilotInputs)
     return PilotCurve(align, task)
 
 
-def _loglog(times: np.ndarray, curve: np.ndarray, t: float) -> float:
-    """A forecast curve at t: log-log interpolation between the two samples around t when
-    both are positive; below the first sample, that sample scaled by (t / t_0)^2 (the
-    onset's t^2) when it is positive; nan otherwise (a curve that is not positive there
-    has no ratio) and above the last sample."""
-    if not times[0] <= t <= times[-1]:
-        return float(curve[0] * (t / times[0]) ** 2) if t < times[0] and curve[0] > 0 else math.nan
-    i = min(max(int(np.searchsorted(times, t)), 1), len(times) - 1)
-    (t0, t1), (v0, v1) = times[i - 1: i + 1], curve[i - 1: i + 1]
-    if not (v0 > 0 and v1 > 0):
-        return math.nan
-    w = (math.log(t) - math.log(t0)) / (math.log(t1) - math.log(t0))
-    return float(math.exp((1 - w) * math.log(v0) + w * math.log(v1)))
+@jax.jit
+def _rescaled(times: Float[Array, " r"], curves: Float[Array, "m r"], t_n, measured, threshold):
+    """Per forecast (a row of `curves`): its value at `t_n` (log-log between the two samples
+    around it when both are positive; below the first sample that sample times (t / t_0)^2,
+    the onset's t^2, when it is positive; nan otherwise and above the last), the ratio
+    `measured / forecast` (nan unless both are positive) and the rescaled curve's first
+    crossing from the pilot's own point on (nan without a ratio). One program for every
+    method, its shapes fixed by the forecast grid (the samples up to `t_n` stand at the
+    pilot's point)."""
+
+    def one(curve):
+        inside = loglog_at(times, curve, t_n)
+        below = jnp.where(curve[0] > 0, curve[0] * (t_n / times[0]) ** 2, jnp.nan)
+        at = jnp.where(t_n < times[0], below, jnp.where(inside > 0, inside, jnp.nan))
+        ratio = jnp.where((at > 0) & (measured > 0), measured / at, jnp.nan)
+        later = times > t_n
+        ts = jnp.concatenate([t_n[None], jnp.where(later, times, t_n)])
+        values = jnp.concatenate([measured[None], jnp.where(later, ratio * curve, measured)])
+        return at, ratio, jnp.where(jnp.isfinite(ratio), first_crossing(ts, values, threshold), jnp.nan)
+
+    return jax.vmap(one)(curves)
 
 
 def pilot_report(curve: PilotCurve, lr: float, threshold: float, times, curves: dict[str, Any],
                  t_fail: dict[str, float]) -> dict[str, Any]:
     """The pilot's measured curve and, per method, its forecast at `t_N`, the ratio, the
-    rescaled crossing (see the module docstring) and whether it may move the verdict
-    (not for `NOT_RESCALABLE`); `crossed_step` is the measured first crossing (None if the pilot stayed
-    below the threshold)."""
+    rescaled crossing (see the module docstring and `_rescaled`) and whether it may move
+    the verdict (not for `NOT_RESCALABLE`); `crossed_step` is the measured first crossing
+    (None if the pilot stayed below the threshold)."""
     align = np.asarray(curve.align_increase, dtype=float)
     steps = align.shape[0]
     t_n = steps * lr
     above = np.flatnonzero(align >= threshold)
     crossed = int(above[0]) + 1 if above.size else None
-    times = np.asarray(times, dtype=float)
-    methods = {}
-    for name, values in curves.items():
-        values = np.asarray(values, dtype=float)
-        at_pilot = _loglog(times, values, t_n)
-        ratio = align[-1] / at_pilot if at_pilot > 0 and align[-1] > 0 else math.nan
-        rescaled = math.nan  # no ratio, no rescaled forecast (JSON null, the table's n/a)
-        if math.isfinite(ratio):  # from the pilot's own point on, log-log interpolated as every t_fail
-            later = times > t_n
-            rescaled = float(first_crossing(np.r_[t_n, times[later]], np.r_[align[-1], ratio * values[later]],
-                                            threshold))
-        methods[name] = {"forecast_at_pilot": at_pilot, "ratio": ratio, "t_fail_rescaled": rescaled,
-                         "t_fail": t_fail.get(name, math.nan), "moves_verdict": _rescalable(name)}
+    names = list(curves)
+    times = jnp.asarray(times)
+    at, ratio, rescaled = (np.asarray(x, dtype=float) for x in _rescaled(
+        times, jnp.stack([jnp.asarray(curves[n], times.dtype) for n in names]), jnp.asarray(t_n, times.dtype),
+        jnp.asarray(align[-1], times.dtype), jnp.asarray(threshold, times.dtype)))
+    methods = {name: {"forecast_at_pilot": float(at[i]), "ratio": float(ratio[i]),
+                      "t_fail_rescaled": float(rescaled[i]), "t_fail": t_fail.get(name, math.nan),
+                      "moves_verdict": _rescalable(name)} for i, name in enumerate(names)}
     return {"steps": steps, "t": t_n, "align_increase": align.tolist(),
             "task_loss": np.asarray(curve.task_loss, dtype=float).tolist(),
             "crossed_step": crossed, "methods": methods}

@@ -369,7 +369,7 @@ def time_to_failure(times: Float[Array, " r"], forecast: Float[Array, " r"], thr
     return first_crossing(times, forecast, threshold)
 
 
-def _loglog_at(times: Float[Array, " r"], values: Float[Array, " r"], t: Array) -> Array:
+def loglog_at(times: Float[Array, " r"], values: Float[Array, " r"], t: Array) -> Array:
     """A positive sampled curve at time t, interpolated linearly in (log t, log value);
     0 where the curve is <= 0 at either neighbour, nan outside the sampled range."""
     i = jnp.clip(jnp.searchsorted(times, t), 1, times.shape[0] - 1)
@@ -396,7 +396,7 @@ def forecast_errors(measured_times: Float[Array, " n"], measured: Float[Array, "
     t_meas = jax.vmap(lambda lv: first_crossing(measured_times, measured, lv))(levels)
     t_fcst = jax.vmap(lambda lv: first_crossing(times, forecast, lv))(levels)
     reached = jnp.isfinite(t_meas)
-    at = jax.vmap(lambda t: _loglog_at(times, forecast, t))(jnp.where(reached, t_meas, times[0]))
+    at = jax.vmap(lambda t: loglog_at(times, forecast, t))(jnp.where(reached, t_meas, times[0]))
     error = jnp.where(at > 0, jnp.abs(jnp.log10(jnp.where(at > 0, at, 1.0) / levels)), jnp.inf)
     error = jnp.where(reached & ~jnp.isnan(at), error, jnp.nan)
     ratio = jnp.where(reached, t_fcst / jnp.where(reached, t_meas, 1.0), jnp.nan)
