@@ -283,13 +283,13 @@ def stage_breakdown(problem: Path, rank: int, dtype: str) -> dict:
           lambda la: landscape_aic(la, rank, trace_samples=0, window=False, third_order=False, **base))
     piece("aic: + Taylor laws with c3", lambda la: landscape_aic(la, rank, trace_samples=0, window=False, **base))
     piece("local models (Krylov 64)", lambda la: landscape_local_models(la, min(64, dim)))
-    from geomsim.diagnose.run import _figures
+    from geomsim.diagnose.run import write_figures
 
     report = {"aic": full.to_dict(), "threshold": THRESHOLD,
               "forecast": {"t": np.geomspace(1e-4, 1.0, 64).tolist(), "align_increase": {"taylor": [1.0] * 64}}}
     with tempfile.TemporaryDirectory() as figs:
         t0 = time.perf_counter()
-        _figures(report, np.asarray(full.eigenvalues), Path(figs))
+        write_figures(report, np.asarray(full.eigenvalues), Path(figs))
         seconds = time.perf_counter() - t0
         out["figures (matplotlib import + 2 PNG + 2 PDF)"] = {"compile": 0.0, "run": seconds, "compile_cpu": 0.0,
                                                               "run_cpu": seconds}

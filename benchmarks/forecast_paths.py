@@ -52,8 +52,8 @@ from geomsim.testbed.streams import Stream  # noqa: E402
 from geomsim.testbed.sweep import law, stages  # noqa: E402
 from geomsim.testbed.sweep.forecast import (  # noqa: E402
     TestbedForecastConfig,
-    _mixture_ggn,
     forecast_steps,
+    mixture_ggn,
     run_index,
 )
 from geomsim.testbed.sweep.run import prepare_models, select  # noqa: E402
@@ -100,7 +100,7 @@ def one_run(data, cfg, theta0, target, base, other, mix, key):
     total = int(forecast_steps(cfg)[-1])
     f0 = logits(flat0)
     paths = {}
-    for name, op in (("ggn", _mixture_ggn(data, theta0, base, other, mix)), ("hessian", task_op)):
+    for name, op in (("ggn", mixture_ggn(data, theta0, base, other, mix)), ("hessian", task_op)):
         basis = tridiag_sym(KRYLOV, reortho="full")(op.mv_flat, g).Q_tall  # (m, d)
         jv = jax.lax.map(lambda v: jax.jvp(logits, (flat0,), (v,))[1], basis)  # m tangents of the logits
 

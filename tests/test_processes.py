@@ -48,7 +48,7 @@ def test_two_processes_write_the_one_process_tables(single, tmp_path):
 
 def test_resume_after_one_process_was_killed(single, tmp_path):
     out = tmp_path / "killed"
-    (code0, err0), (code1, _) = sweep(out, 2, dies=(1, "geomsim.sweep.run", "_save_chunk"))
+    (code0, err0), (code1, _) = sweep(out, 2, dies=(1, "geomsim.sweep.run", "save_chunk"))
     assert code1 == 9
     assert code0 == 1 and "rerun every process (a sweep: with --resume" in err0, err0
     assert err0.count("Traceback") == 0, err0

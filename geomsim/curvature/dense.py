@@ -22,7 +22,9 @@ from geomsim.curvature.likelihoods import Likelihood, resolve_likelihood
 from geomsim.curvature.operators import EmpiricalFisherOperator
 
 
-def _over_batches(batches, fn: Callable[[Any], Array]) -> Array:
+def over_batches(batches, fn: Callable[[Any], Array]) -> Array:
+    """`sum_b w_b fn(b)` over the batches (their weights), or `fn(None)` without batches: the
+    dense references' mean over batches, as the matrix-free operators take it."""
     bs = as_batches(batches)
     if bs is None:
         return fn(None)
@@ -38,7 +40,7 @@ def dense_hessian(loss: Callable, params: PyTree, batches: Any = None) -> Float[
         f = (lambda x: loss(unravel(x))) if batch is None else (lambda x: loss(unravel(x), batch))
         return jax.hessian(f)(flat)
 
-    return _over_batches(batches, one)
+    return over_batches(batches, one)
 
 
 def _jacobian(model_fn, params, inputs) -> tuple[Array, Array]:
@@ -57,7 +59,7 @@ def dense_ggn(model_fn: Callable, loss_fn: Callable, params: PyTree, batches: An
         h_out = jax.hessian(lambda o: loss_fn(o.reshape(outputs.shape), targets))(outputs.reshape(-1))
         return jac.T @ h_out @ jac
 
-    return _over_batches(batches, one)
+    return over_batches(batches, one)
 
 
 def dense_fisher(model_fn: Callable, params: PyTree, batches: Any, *,
@@ -72,7 +74,7 @@ def dense_fisher(model_fn: Callable, params: PyTree, batches: Any, *,
         jac = jac.reshape(blocks.shape[0], event, -1)
         return jnp.einsum("nad,nab,nbe->de", jac, blocks, jac) / blocks.shape[0]
 
-    return _over_batches(batches, one)
+    return over_batches(batches, one)
 
 
 def _per_sample_gradient_fisher(model_fn, per_sample_loss, params, inputs, draws) -> Array:
@@ -89,7 +91,7 @@ def dense_empirical_fisher(model_fn: Callable, params: PyTree, batches: Any, *,
     """`G^T G / N` from the matrix G of per-sample gradients at the observed targets."""
     loss = likelihood if callable(likelihood) and not isinstance(likelihood, Likelihood) else \
         resolve_likelihood(likelihood).nll
-    return _over_batches(
+    return over_batches(
         batches, lambda b: _per_sample_gradient_fisher(model_fn, loss, params, b[0], jnp.asarray(b[1])[None])
     )
 
@@ -97,6 +99,6 @@ def dense_empirical_fisher(model_fn: Callable, params: PyTree, batches: Any, *,
 def dense_operator_fisher(op: EmpiricalFisherOperator) -> Float[Array, "d d"]:
     """Dense per-sample-gradient Fisher at the very targets an empirical or
     Monte-Carlo Fisher operator holds (its sampled draws included)."""
-    return _over_batches(
+    return over_batches(
         op.batches, lambda b: _per_sample_gradient_fisher(op.model_fn, op.per_sample_loss, op.params, b[0], b[1])
     )

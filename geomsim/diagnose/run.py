@@ -484,7 +484,7 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     report["figures"] = []
     if leader:  # the numbers on disk first, then the figures (and the report again, naming them)
         _write(report, t_start, out_dir)
-        figures = _figures(report, np.asarray(res.eigenvalues), out_dir)
+        figures = write_figures(report, np.asarray(res.eigenvalues), out_dir)
         if figures:
             report["figures"] = figures
             _write(report, t_start, out_dir)
@@ -658,7 +658,8 @@ def _method_notes(report: dict[str, Any]) -> str:
             "`lambda gamma^2 t^4 / 8`; `alignment_risk` is that package's formula.")
 
 
-def _figures(report: dict[str, Any], eigenvalues: np.ndarray, out_dir: Path) -> list[str]:
+def write_figures(report: dict[str, Any], eigenvalues: np.ndarray, out_dir: Path) -> list[str]:
+    """The report's figures in `out_dir` (the formats of `--figures`); their file names."""
     if not current_formats():
         return []  # --figures none: matplotlib is not even imported
     from geomsim.plotting.style import ALIGN_LABEL, TIME_LABEL, plt, save

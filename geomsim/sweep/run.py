@@ -127,7 +127,7 @@ def _retry_in_worker(out_dir: Path, index: int, err: Stalled) -> None:
     limit = 2 * err.seconds + 600  # the worker watches its own execution; this bounds start-up and compilation
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=limit)
-        if proc.returncode == 0 and _chunk_path(out_dir, index).exists():
+        if proc.returncode == 0 and chunk_path(out_dir, index).exists():
             return
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         why = ", nor in a fresh worker process" if proc.returncode == WORKER_STALLED else (
@@ -139,11 +139,13 @@ def _retry_in_worker(out_dir: Path, index: int, err: Stalled) -> None:
                   "--resume to compute the rest")
 
 
-def _chunk_path(out_dir: Path, index: int) -> Path:
+def chunk_path(out_dir: Path, index: int) -> Path:
+    """Where chunk `index` of a sweep in `out_dir` is saved (its presence means finished)."""
     return out_dir / "chunks" / f"chunk_{index:05d}.npz"
 
 
-def _save_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def save_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """A chunk's arrays as one `.npz`, written atomically (a reader never sees half a chunk)."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     with atomic_open(path, "wb") as handle:
@@ -250,7 +252,7 @@ def run_sweep(
     _check_resume(out_dir, config, resume, chunk)
     group.check_same("config", config.digest())  # also: nobody writes before everyone has checked
     group.check_same("local device count", str(n_devices))
-    missing = np.array([not (resume and _chunk_path(out_dir, i).exists()) for i in range(n_chunks)])
+    missing = np.array([not (resume and chunk_path(out_dir, i).exists()) for i in range(n_chunks)])
     missing = group.agree("sweep chunks", missing)  # process 0's listing: the shares cannot overlap
     mine = group.share(np.flatnonzero(missing).tolist())
     meta: dict[str, Any] = {
@@ -278,20 +280,20 @@ def run_sweep(
                 print(group.label(f"{err}; retrying it in a fresh worker process"), file=sys.stderr, flush=True)
                 _retry_in_worker(out_dir, index, err)
             else:
-                _save_chunk(_chunk_path(out_dir, index), out)
+                save_chunk(chunk_path(out_dir, index), out)
             t_compute += time.perf_counter() - t0
             bar.advance(1, f"chunk {index + 1}/{n_chunks}")
     group.barrier("sweep chunks written")
     if not group.leader:
         return None
 
-    absent = [i for i in range(n_chunks) if not _chunk_path(out_dir, i).exists()]
+    absent = [i for i in range(n_chunks) if not chunk_path(out_dir, i).exists()]
     if absent:
         raise ConfigError(f"out: {len(absent)} chunk files the other processes wrote are not in {out_dir} "
-                          f"(e.g. {_chunk_path(out_dir, absent[0]).name}); --out must be one folder every process sees")
+                          f"(e.g. {chunk_path(out_dir, absent[0]).name}); --out must be one folder every process sees")
     raw_chunks = []
     for index in range(n_chunks):
-        with np.load(_chunk_path(out_dir, index)) as data:
+        with np.load(chunk_path(out_dir, index)) as data:
             raw_chunks.append({name: data[name] for name in data.files})
     raw = {name: np.concatenate([r[name] for r in raw_chunks])[:n] for name in raw_chunks[0]}
 

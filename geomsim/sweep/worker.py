@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     if config.digest() != meta["config_digest"]:
         print(f"config: {out_dir}/meta.json does not rebuild its own config", file=sys.stderr)
         return 2
-    from geomsim.sweep.run import WORKER_STALLED, Chunks, _chunk_path, _save_chunk, precision
+    from geomsim.sweep.run import WORKER_STALLED, Chunks, chunk_path, precision, save_chunk
 
     try:
         with precision(config.float64):
@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     except Stalled as err:
         print(str(err), file=sys.stderr)
         return WORKER_STALLED
-    _save_chunk(_chunk_path(out_dir, index), out)
+    save_chunk(chunk_path(out_dir, index), out)
     return 0
 
 

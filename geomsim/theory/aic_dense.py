@@ -107,7 +107,7 @@ def dense_model_aic(align_loss, task_loss, params, batches=None, *, k: int, oper
     `operator_matrix` replaces the alignment Hessian as the matrix that defines
     S and the spectrum (e.g. a dense GGN or Fisher), as `operator=` does in `aic`.
     """
-    from geomsim.curvature.dense import _over_batches, dense_hessian
+    from geomsim.curvature.dense import dense_hessian, over_batches
 
     flat0, unravel = ravel_pytree(params)
 
@@ -116,8 +116,8 @@ def dense_model_aic(align_loss, task_loss, params, batches=None, *, k: int, oper
 
     hess_a = dense_hessian(align_loss, params, batches)
     hess_f = dense_hessian(task_loss, params, batches)
-    g = _over_batches(batches, lambda b: jax.grad(flat_loss(task_loss, b))(flat0))
-    ga = _over_batches(batches, lambda b: jax.grad(flat_loss(align_loss, b))(flat0))
+    g = over_batches(batches, lambda b: jax.grad(flat_loss(task_loss, b))(flat0))
+    ga = over_batches(batches, lambda b: jax.grad(flat_loss(align_loss, b))(flat0))
     a = hess_a if operator_matrix is None else operator_matrix
     evals, evecs = jnp.linalg.eigh(0.5 * (a + a.T))
     evals, evecs = evals[::-1], evecs[:, ::-1]
@@ -125,8 +125,8 @@ def dense_model_aic(align_loss, task_loss, params, batches=None, *, k: int, oper
     hg = hess_f @ g
     coords = basis @ hg
     if third_order:
-        t_a = _over_batches(batches, lambda b: jax.jacfwd(jax.hessian(flat_loss(align_loss, b)))(flat0))
-        t_f = _over_batches(batches, lambda b: jax.jacfwd(jax.hessian(flat_loss(task_loss, b)))(flat0))
+        t_a = over_batches(batches, lambda b: jax.jacfwd(jax.hessian(flat_loss(align_loss, b)))(flat0))
+        t_f = over_batches(batches, lambda b: jax.jacfwd(jax.hessian(flat_loss(task_loss, b)))(flat0))
         t_a_ggg = jnp.einsum("ijk,i,j,k->", t_a, g, g, g)
         d3f_gg = jnp.einsum("ijk,j,k->i", t_f, g, g)
     else:

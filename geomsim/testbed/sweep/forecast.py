@@ -156,7 +156,7 @@ def _mixture_loss(outputs, sets) -> Array:
     return sum(w * answer_loss_of_logits(o, b) for w, o, b in zip(weights, outputs, sets[:2], strict=True))
 
 
-def _mixture_ggn(data: stages.SweepData, theta0: PyTree, base: Batch, other: Batch, mix: Array):
+def mixture_ggn(data: stages.SweepData, theta0: PyTree, base: Batch, other: Batch, mix: Array):
     """Gauss-Newton matrix of the mixture task: logits of both component sets, then the
     two answer cross-entropies (PSD: cross-entropy is convex in the logits)."""
     return ggn_operator(lambda p, sets: _mixture_logits(data, p, sets), _mixture_loss, theta0,
@@ -218,7 +218,7 @@ def forecast_run(data: stages.SweepData, theta0: PyTree, basis: Float[Array, "k 
     lr = cfg.gd_lr_scale / task_sharpness
     m = min(cfg.krylov, flat0.shape[0])
     hessian_models = local_models(m)(task_op.mv_flat, align_op.mv_flat, g, ga)
-    ggn = _mixture_ggn(data, theta0, base, other, mix)
+    ggn = mixture_ggn(data, theta0, base, other, mix)
     gauss_newton_models = local_models(m)(ggn.mv_flat, align_op.mv_flat, g, ga)
 
     a0 = align(theta0)
