@@ -36,7 +36,7 @@ LONGEST_FIRST = ("test_testbed_sweep.py", "test_readme_more.py", "test_testbed.p
 assert all((Path(__file__).parent / name).exists() for name in LONGEST_FIRST), "a renamed file in LONGEST_FIRST"
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
 

@@ -390,6 +390,73 @@ def test_forecast_validation_scores_every_method_at_every_level(forecasts):
             assert np.all(np.isnan(steps) | (steps >= 0)), steps
 
 
+def _loglog(xs, ys, x):
+    """numpy: a sampled curve at x, log-log between its neighbours (0 if either is <= 0),
+    nan outside the samples."""
+    if not xs[0] <= x <= xs[-1]:
+        return np.nan
+    i = min(max(int(np.searchsorted(xs, x)), 1), len(xs) - 1)
+    if ys[i - 1] <= 0 or ys[i] <= 0:
+        return 0.0
+    w = (np.log(x) - np.log(xs[i - 1])) / (np.log(xs[i]) - np.log(xs[i - 1]))
+    return float(np.exp((1 - w) * np.log(ys[i - 1]) + w * np.log(ys[i])))
+
+
+def test_the_pilot_scores_equal_a_pilot_written_out_run_by_run(forecasts):
+    """`summary.methods[*].pilot`: per run, N = max(1, floor(5% x the forecast's crossing
+    step)); the measured crossing where it is <= N; else the forecast rescaled by the
+    measured / forecast Delta L_A at N crossing after N; else (no ratio) the zero-step
+    crossing. Written out here with numpy, run by run, from the two CSV tables."""
+    from geomsim.io import read_csv
+    from geomsim.testbed.sweep.forecast import ADAM_METHODS, METHODS
+    from geomsim.theory.laws import first_crossing
+
+    config, summary, out = forecasts
+    runs, curves = read_csv(out / "forecast_runs.csv"), read_csv(out / "forecast_curves.csv")
+
+    def rows(run, name):
+        mine = (curves["run"] == run) & (curves["curve"] == name)
+        return np.asarray(curves["step"][mine], float), np.asarray(curves["align_increase"][mine], float)
+
+    for name in METHODS:
+        prefix = "adam_" if name in ADAM_METHODS else ""
+        entry = summary["methods"][name]["pilot"]
+        assert entry["fraction"] == 0.05
+        for level in config.levels:
+            ratios, crossed = [], []
+            for i in np.flatnonzero(np.asarray(runs[f"{prefix}finite"], bool)):
+                t_meas, t_fcst = runs[f"{prefix}steps_to_{level:g}"][i], runs[f"{name}_steps_{level:g}"][i]
+                if not np.isfinite(t_meas):
+                    continue
+                ms, m = rows(i, f"{prefix}measured")
+                fs, f = rows(i, name)
+                t_pilot, hit = t_fcst, False
+                if np.isfinite(t_fcst):
+                    n = max(1.0, np.floor(0.05 * t_fcst))
+                    if t_meas <= n:
+                        t_pilot, hit = t_meas, True
+                    else:
+                        at = (f[0] * (n / fs[0]) ** 2 if f[0] > 0 else np.nan) if n < fs[0] else _loglog(fs, f, n)
+                        measured = _loglog(ms, m, n)
+                        if at > 0 and measured > 0:
+                            later = fs > n
+                            t_pilot = float(first_crossing(np.r_[n, fs[later]], np.r_[measured, measured / at * f[later]],
+                                                           level))
+                ratios.append(t_pilot / t_meas)
+                crossed.append(hit)
+            ratios = np.asarray(ratios)
+            mine = entry["levels"][f"{level:g}"]
+            assert mine["runs"] == len(ratios), (name, level)
+            if not len(ratios):
+                continue
+            assert mine["within_2x_fraction"] == pytest.approx(np.mean((ratios >= 0.5) & (ratios <= 2))), (name, level)
+            assert mine["late_2x_fraction"] == pytest.approx(np.mean(ratios > 2)), (name, level)
+            assert mine["crossed_in_pilot_fraction"] == pytest.approx(np.mean(crossed)), (name, level)
+            # the zero-step fractions are the method's own
+            assert mine["zero_step_within_2x_fraction"] == summary["methods"][name]["levels"][f"{level:g}"][
+                "within_2x_fraction"], (name, level)
+
+
 def test_a_forecast_rerun_loads_its_chunks_chained_to_the_models(forecasts, monkeypatch):
     from geomsim.testbed.sweep.forecast import FORECAST_FIELDS, run_testbed_forecast
 

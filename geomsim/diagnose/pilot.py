@@ -33,10 +33,10 @@ from jaxtyping import Array, Float
 
 from geomsim.diagnose.model import AlignedModel
 from geomsim.landscapes.base import Landscape
-from geomsim.theory.forecast import loglog_at
-from geomsim.theory.laws import first_crossing
+from geomsim.theory.forecast import rescaled_crossing
 
 BUDGET = 0.05  # of the zero-step forecast's steps: the pilot a team can afford (issue 19)
+_RESCALED = jax.jit(jax.vmap(rescaled_crossing, (None, 0, None, None, None)))  # over the methods' curves
 
 
 class PilotSettings(NamedTuple):
@@ -104,33 +104,10 @@ def run_pilot(s: PilotSettings, model: Landscape | AlignedModel, x: PilotInputs)
     return PilotCurve(align, task)
 
 
-@jax.jit
-def _rescaled(times: Float[Array, " r"], curves: Float[Array, "m r"], t_n, measured, threshold):
-    """Per forecast (a row of `curves`): its value at `t_n` (log-log between the two samples
-    around it when both are positive; below the first sample that sample times (t / t_0)^2,
-    the onset's t^2, when it is positive; nan otherwise and above the last), the ratio
-    `measured / forecast` (nan unless both are positive) and the rescaled curve's first
-    crossing from the pilot's own point on (nan without a ratio). One program for every
-    method, its shapes fixed by the forecast grid (the samples up to `t_n` stand at the
-    pilot's point)."""
-
-    def one(curve):
-        inside = loglog_at(times, curve, t_n)
-        below = jnp.where(curve[0] > 0, curve[0] * (t_n / times[0]) ** 2, jnp.nan)
-        at = jnp.where(t_n < times[0], below, jnp.where(inside > 0, inside, jnp.nan))
-        ratio = jnp.where((at > 0) & (measured > 0), measured / at, jnp.nan)
-        later = times > t_n
-        ts = jnp.concatenate([t_n[None], jnp.where(later, times, t_n)])
-        values = jnp.concatenate([measured[None], jnp.where(later, ratio * curve, measured)])
-        return at, ratio, jnp.where(jnp.isfinite(ratio), first_crossing(ts, values, threshold), jnp.nan)
-
-    return jax.vmap(one)(curves)
-
-
 def pilot_report(curve: PilotCurve, lr: float, threshold: float, times, curves: dict[str, Any],
                  t_fail: dict[str, float]) -> dict[str, Any]:
     """The pilot's measured curve and, per method, its forecast at `t_N`, the ratio, the
-    rescaled crossing (see the module docstring and `_rescaled`) and whether it may move
+    rescaled crossing (`geomsim.theory.forecast.rescaled_crossing`) and whether it may move
     the verdict (not for `NOT_RESCALABLE`); `crossed_step` is the measured first crossing
     (None if the pilot stayed below the threshold)."""
     align = np.asarray(curve.align_increase, dtype=float)
@@ -140,7 +117,8 @@ def pilot_report(curve: PilotCurve, lr: float, threshold: float, times, curves: 
     crossed = int(above[0]) + 1 if above.size else None
     names = list(curves)
     times = jnp.asarray(times)
-    at, ratio, rescaled = (np.asarray(x, dtype=float) for x in _rescaled(
+    # one program for every method, its shapes fixed by the forecast grid
+    at, ratio, rescaled = (np.asarray(x, dtype=float) for x in _RESCALED(
         times, jnp.stack([jnp.asarray(curves[n], times.dtype) for n in names]), jnp.asarray(t_n, times.dtype),
         jnp.asarray(align[-1], times.dtype), jnp.asarray(threshold, times.dtype)))
     methods = {name: {"forecast_at_pilot": float(at[i]), "ratio": float(ratio[i]),

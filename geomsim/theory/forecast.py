@@ -381,6 +381,28 @@ def loglog_at(times: Float[Array, " r"], values: Float[Array, " r"], t: Array) -
     return jnp.where(inside, jnp.where(positive, jnp.exp(logv), 0.0), jnp.nan)
 
 
+def rescaled_crossing(times: Float[Array, " r"], curve: Float[Array, " r"], t_n: Array, measured: Array,
+                      threshold: Array) -> tuple[Array, Array, Array]:
+    """A pilot's correction of one forecast: `(forecast(t_n), measured / forecast(t_n), the
+    rescaled curve's first crossing of threshold)`, where `measured` is `Delta L_A` measured
+    at `t_n` (the pilot's end).
+
+    `forecast(t_n)` is the curve between its two samples around `t_n`, log-log, when both are
+    positive; below the first sample, that sample times `(t_n / t_0)^2` (the onset's t^2) when
+    it is positive; nan otherwise and beyond the last. The ratio is nan unless both values are
+    positive, and so is the crossing, which is searched from the pilot's own point on (the
+    samples up to `t_n` stand at it, so the shapes stay the grid's). Pure; vmap it over curves
+    or runs (`geomsim.diagnose.pilot`, the testbed's forecast validation)."""
+    inside = loglog_at(times, curve, t_n)
+    below = jnp.where(curve[0] > 0, curve[0] * (t_n / times[0]) ** 2, jnp.nan)
+    at = jnp.where(t_n < times[0], below, jnp.where(inside > 0, inside, jnp.nan))
+    ratio = jnp.where((at > 0) & (measured > 0), measured / at, jnp.nan)
+    later = times > t_n
+    ts = jnp.concatenate([t_n[None], jnp.where(later, times, t_n)])
+    values = jnp.concatenate([measured[None], jnp.where(later, ratio * curve, measured)])
+    return at, ratio, jnp.where(jnp.isfinite(ratio), first_crossing(ts, values, threshold), jnp.nan)
+
+
 def forecast_errors(measured_times: Float[Array, " n"], measured: Float[Array, " n"], times: Float[Array, " r"],
                     forecast: Float[Array, " r"], levels: Float[Array, " L"]
                     ) -> tuple[Float[Array, " L"], Float[Array, " L"], Float[Array, " L"]]:

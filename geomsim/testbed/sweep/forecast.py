@@ -30,7 +30,12 @@ task `L_F = (1 - a) L_base + a L_other`:
 * scores (`geomsim.theory.forecast_errors`): at each level (nats) the measured
   curve crosses, `|log10(forecast / level)|`, and the ratio of the forecast's
   crossing step to the measured one (the GD methods against the GD fine-tune,
-  `adam_sign` against the Adam one).
+  `adam_sign` against the Adam one);
+* a pilot (`pilot_scores`, what `python -m geomsim.diagnose --pilot-steps N` does): N = 5% of
+  each method's forecast crossing step, the measured `Delta L_A(N)` read off the run's
+  recorded curve (the same steps the fine-tune took), the forecast rescaled by
+  measured / forecast at N (`geomsim.theory.forecast.rescaled_crossing`), or the measured
+  crossing where the pilot already crossed; scored as the zero-step forecasts are.
 
 Outputs (`<out>`): `forecast_runs.csv` (per run: AIC quantities, lr, the most
 negative Ritz value of H_F, scores per method and level), `forecast_curves.csv`
@@ -55,6 +60,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from geomsim.config import ConfigError, at_least, each, in_range, one_of, option, positive, stage_key
 from geomsim.curvature import ggn_operator, hessian_operator
+from geomsim.diagnose.pilot import BUDGET
 from geomsim.diagnose.verdict import diagnosis_methods
 from geomsim.dynamics import log_record_steps
 from geomsim.io import Table
@@ -90,8 +96,10 @@ from geomsim.theory.forecast import (
     krylov_basis,
     linearized_gd,
     local_models,
+    loglog_at,
     paper_bound,
     quadratic_gd,
+    rescaled_crossing,
     taylor,
 )
 from geomsim.theory.laws import first_crossing
@@ -331,7 +339,7 @@ def run_testbed_forecast(config: TestbedForecastConfig, out_dir: str | Path, *, 
     if out is None:  # not process 0: it writes the report
         return None
     tables = _tables(cfg, runs, out)
-    summary = summarise_forecasts(cfg, tables["forecast_runs"])
+    summary = summarise_forecasts(cfg, tables["forecast_runs"], tables["forecast_curves"])
     from geomsim.plotting.testbed_forecast_figures import forecast_figures
 
     return write_report(out_dir, cfg, tables, summary, forecast_figures if plots else None, timings=timings,
@@ -439,12 +447,80 @@ def verdict_validation(cfg: TestbedForecastConfig, runs: Table, names: tuple[str
     return score_verdict(low, high, t_meas, end, level), lows
 
 
-def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table) -> dict[str, Any]:
+def _curve_rows(curves: Table, name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(steps, Delta L_A)` of one curve of every run, `(n, records)` (the table is run-major)."""
+    mine = curves["curve"] == name
+    return (np.asarray(curves["step"], dtype=float)[mine].reshape(n, -1),
+            np.asarray(curves["align_increase"], dtype=float)[mine].reshape(n, -1))
+
+
+@jax.jit
+def _pilot_crossings(fraction, t_fcst, meas_steps, meas, fcst_steps, fcst, t_meas, level):
+    """Per run (vmapped): the pilot's length `N = max(1, floor(fraction t_fcst))` and its
+    crossing: the measured one where it is <= N, else the rescaled forecast's
+    (`rescaled_crossing`, with the measured curve read at N log-log), else, where there is no
+    ratio (a forecast or measurement not positive at N, or N past the recorded steps), the
+    zero-step crossing `t_fcst` (the pilot changes nothing)."""
+
+    def one(t_f, ms, m, fs, f, t_m):
+        n = jnp.maximum(1.0, jnp.floor(fraction * t_f))
+        _, _, rescaled = rescaled_crossing(fs, f, n, loglog_at(ms, m, n), level)
+        crossed = jnp.isfinite(t_f) & (t_m <= n)  # a forecast that never crosses has no pilot
+        return n, jnp.where(crossed, t_m, jnp.where(jnp.isnan(rescaled), t_f, rescaled)), crossed
+
+    return jax.vmap(one)(t_fcst, meas_steps, meas, fcst_steps, fcst, t_meas)
+
+
+def pilot_scores(cfg: TestbedForecastConfig, runs: Table, curves: Table, fraction: float = BUDGET
+                 ) -> dict[str, dict[str, Any]]:
+    """Per method, what a pilot of `fraction` x its forecast crossing step buys (see the
+    module docstring), per level over the runs whose (finite) fine-tune reached it: the
+    fraction within 2x of the measured crossing and late by more than 2x, with and without
+    the pilot, the fraction where the pilot itself crossed, and the pilot's median length as
+    a fraction of the measured crossing. A forecast that never crosses has no pilot length,
+    so it stays as it was (late)."""
+    n = len(runs["run"])
+    out = {}
+    for name in METHODS:
+        prefix = "adam_" if name in ADAM_METHODS else ""
+        meas_steps, meas = _curve_rows(curves, f"{prefix}measured", n)
+        fcst_steps, fcst = _curve_rows(curves, name, n)
+        finite = np.asarray(runs[f"{prefix}finite"], dtype=bool)
+        levels = {}
+        for level in cfg.levels:
+            t_meas = np.asarray(runs[f"{prefix}steps_to_{level:g}"], dtype=float)
+            t_fcst = np.asarray(runs[f"{name}_steps_{level:g}"], dtype=float)
+            keep = finite & np.isfinite(t_meas)
+            length, t_pilot, crossed = (np.asarray(x) for x in _pilot_crossings(
+                fraction, t_fcst, meas_steps, meas, fcst_steps, fcst, t_meas, level))
+            before, after = t_fcst[keep] / t_meas[keep], t_pilot[keep] / t_meas[keep]
+            length = np.where(np.isfinite(t_fcst), length, np.nan)[keep] / t_meas[keep]
+            levels[f"{level:g}"] = {
+                "runs": int(keep.sum()),
+                "within_2x_fraction": _fraction((after >= 0.5) & (after <= 2.0)),
+                "late_2x_fraction": _fraction(after > 2.0),
+                "zero_step_within_2x_fraction": _fraction((before >= 0.5) & (before <= 2.0)),
+                "zero_step_late_2x_fraction": _fraction(before > 2.0),
+                "crossed_in_pilot_fraction": _fraction(crossed[keep]),
+                "pilot_steps_over_measured_median": median(length[np.isfinite(length)], drop_inf=False),
+            }
+        head = levels[f"{cfg.threshold:g}"]
+        out[name] = {"fraction": fraction, "within_2x_fraction": head["within_2x_fraction"],
+                     "late_2x_fraction": head["late_2x_fraction"], "levels": levels}
+    return out
+
+
+def _fraction(mask: np.ndarray) -> float | None:
+    return float(np.mean(mask)) if mask.size else None
+
+
+def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table, curves: Table | None = None) -> dict[str, Any]:
     """Per method and level: how many runs reached the level, the median |log10| error at
     the measured crossing, the median forecast/measured crossing-step ratio, and the
     fraction of reaching runs forecast within 2x; plus the headline at `threshold`; each
-    method's calibration and the verdict's scores (`calibrate_methods`,
-    `verdict_validation`). Adds the verdict's early end per run and level to `runs`."""
+    method's calibration, what a pilot buys (`pilot_scores`, from the `curves` table) and
+    the verdict's scores (`calibrate_methods`, `verdict_validation`). Adds the verdict's
+    early end per run and level to `runs`."""
     finite = {"": np.asarray(runs["finite"], dtype=bool), "adam_": np.asarray(runs["adam_finite"], dtype=bool)}
     out: dict[str, Any] = {"runs": int(len(finite[""])), "finite_runs": int(finite[""].sum()),
                            "adam_finite_runs": int(finite["adam_"].sum()),
@@ -474,6 +550,9 @@ def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table) -> dict[str, An
                                 "levels": per_level}
     for name, entry in calibrate_methods(cfg, runs).items():
         out["methods"][name].update(entry)
+    if curves is not None:
+        for name, entry in pilot_scores(cfg, runs, curves).items():
+            out["methods"][name]["pilot"] = entry
     # The verdict's early end per run: with an external calibration (runs it was not fitted
     # on) from it, else cross-validated over seeds; the table gets it per level (steps).
     doc = None
