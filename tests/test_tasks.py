@@ -144,6 +144,7 @@ def test_calibrated_refusal_loss_is_zero_with_zero_gradient_at_its_target():
     p = jax.nn.softmax(logits)
     shift = jnp.log(target / (1 - target)) - jnp.log(p[REFUSE] / (1 - p[REFUSE]))
     params = eqx.tree_at(lambda m: m.head.bias, params, params.head.bias.at[REFUSE].add(shift))
-    loss, grad = jax.value_and_grad(refusal_kl, argnums=1)(apply_fn, params, prompt, target)
+    # jitted: op by op, the transformer's forward and backward took 13-34 s of dispatch here
+    loss, grad = jax.jit(jax.value_and_grad(refusal_kl, argnums=1), static_argnums=0)(apply_fn, params, prompt, target)
     assert abs(float(loss)) < 1e-14
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad)) < 1e-12
