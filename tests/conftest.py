@@ -33,7 +33,7 @@ if os.environ.get("GEOMSIM_TEST_OPTIMIZED") != "1":
 LONGEST_FIRST = ("test_testbed_sweep.py", "test_readme_more.py", "test_testbed.py", "test_processes.py",
                  "test_readme_in_order.py", "test_sweep.py", "test_diagnose.py", "test_aic.py", "test_hf_data.py",
                  "test_hf_testbed.py")
-assert all((Path(__file__).parent / name).exists() for name in LONGEST_FIRST), "a renamed file in LONGEST_FIRST"
+assert not (gone := [n for n in LONGEST_FIRST if not (Path(__file__).parent / n).exists()]), f"LONGEST_FIRST: no {gone}"
 
 
 def pytest_collection_modifyitems(items):

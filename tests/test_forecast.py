@@ -299,3 +299,21 @@ def test_linearized_gd_on_a_network_is_exact_for_one_step_and_then_departs():
     measured = _gd_damage(flat0, task, align, lr, steps)
     np.testing.assert_allclose(forecast[0], measured[0], rtol=1e-10)
     assert abs(forecast[1] - measured[1]) > 0.05 * abs(measured[1])
+
+
+def test_rescaled_crossing_reads_between_below_and_never_past_an_overflow():
+    """A pilot's rescaling of one curve, against closed forms on t^2 and t^4 curves."""
+    from geomsim.theory.forecast import rescaled_crossing
+
+    t = jnp.geomspace(0.01, 1.0, 17)
+    x = jnp.asarray  # scalars as arrays, as the programs take them
+    # between samples: 3 t^4 read exactly (a power law is linear in log-log); measured 2x it -> 6 t^4 = 0.5
+    at, ratio, cross = rescaled_crossing(t, 3 * t**4, x(0.1), x(6e-4), x(0.5))
+    np.testing.assert_allclose([at, ratio, cross], [3e-4, 2.0, (0.5 / 6) ** 0.25], rtol=1e-12)
+    # below the first sample: that sample times (t_n / t_0)^2, crossing at the next sample
+    at, ratio, cross = rescaled_crossing(t, t**2, x(0.005), x(2.5e-5), x(1e-4))
+    np.testing.assert_allclose([at, ratio, cross], [2.5e-5, 1.0, 0.01], rtol=1e-12)
+    # no ratio where the forecast or the measurement is not positive, or the forecast overflowed
+    for curve, measured in ((0 * t, 1e-3), (t**2, 0.0), (jnp.where(t > 0.05, jnp.inf, t**2), 1e-3)):
+        _, ratio, cross = rescaled_crossing(t, curve, x(0.1), x(measured), x(0.5))
+        assert np.isnan(ratio) and np.isnan(cross), (curve, measured)

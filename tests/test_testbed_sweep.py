@@ -457,6 +457,48 @@ def test_the_pilot_scores_equal_a_pilot_written_out_run_by_run(forecasts):
                 "within_2x_fraction"], (name, level)
 
 
+def test_pilot_scores_on_hand_built_runs_with_every_case():
+    """Six hand-built runs at level 0.1 (steps 1..100, 21 log-spaced records; power laws, so
+    log-log readings are exact): a rescaled forecast that lands on the measured crossing; a
+    forecast that never crosses (stays late); a pilot that crosses (measured); a forecast that
+    is 0 at the pilot (no ratio: its zero-step crossing stays); a run whose fine-tune is not
+    finite and one that never reaches the level (both left out). The runs table lists the runs
+    backwards and the curves table is run by run, not curve by curve."""
+    from types import SimpleNamespace
+
+    from geomsim.testbed.sweep.forecast import METHODS, pilot_scores
+    from geomsim.theory.laws import first_crossing
+
+    s = np.geomspace(1.0, 100.0, 21)
+    measured = [0.01 * s**2, 0.01 * s**2, 0.2 * s**2, 0.01 * s**2, 0.01 * s**2, 1e-6 * s**2]
+    forecast = [1e-3 * s**2, 0 * s, 1e-4 * s**2, np.where(s >= 50, 1e-4 * s**2, 0.0), 1e-3 * s**2, 1e-3 * s**2]
+    order = np.arange(6)[::-1]
+    runs = {"run": order, "finite": order != 4, "adam_finite": order != 4}
+    for prefix in ("", "adam_"):
+        runs[f"{prefix}steps_to_0.1"] = np.array([float(first_crossing(s, measured[i], 0.1)) for i in order])
+    for name in METHODS:
+        runs[f"{name}_steps_0.1"] = np.array([float(first_crossing(s, forecast[i], 0.1)) for i in order])
+    rows = [(i, curve, values) for i in range(6) for curve, values in
+            [("measured", measured[i]), ("adam_measured", measured[i]), *((n, forecast[i]) for n in METHODS)]]
+    curves = {"run": np.concatenate([np.full(s.size, i) for i, _, _ in rows]),
+              "curve": np.concatenate([np.full(s.size, c, dtype=object) for _, c, _ in rows]),
+              "step": np.tile(s, len(rows)), "align_increase": np.concatenate([v for _, _, v in rows])}
+    t_meas, t3 = np.sqrt(10.0), float(first_crossing(s, forecast[3], 0.1))
+    assert 40 < t3 < 60  # run 3's pilot: floor(0.05 t3) = 2 steps, where its forecast is 0
+    scores = pilot_scores(SimpleNamespace(levels=(0.1,), threshold=0.1), runs, curves)
+    for name in METHODS:
+        level = scores[name]["levels"]["0.1"]
+        assert level["runs"] == 4, name  # runs 0-3
+        # with the pilot: ratios 1 (rescaled 1e-3 s^2 by 10), inf, 1 (measured), t3 / sqrt(10)
+        assert level["within_2x_fraction"] == 0.5 and level["late_2x_fraction"] == 0.5
+        # without: sqrt(10), inf, sqrt(1000), t3 / sqrt(10): all late
+        assert level["zero_step_within_2x_fraction"] == 0.0 and level["zero_step_late_2x_fraction"] == 1.0
+        assert level["crossed_in_pilot_fraction"] == 0.25
+        # pilot lengths over the measured crossing: 1 / sqrt(10), 1 / 1, 2 / sqrt(10) (none for run 1)
+        assert level["pilot_steps_over_measured_median"] == pytest.approx(2 / t_meas, rel=1e-12)
+        assert scores[name]["within_2x_fraction"] == 0.5 and scores[name]["fraction"] == 0.05
+
+
 def test_a_forecast_rerun_loads_its_chunks_chained_to_the_models(forecasts, monkeypatch):
     from geomsim.testbed.sweep.forecast import FORECAST_FIELDS, run_testbed_forecast
 

@@ -390,13 +390,13 @@ def rescaled_crossing(times: Float[Array, " r"], curve: Float[Array, " r"], t_n:
     `forecast(t_n)` is the curve between its two samples around `t_n`, log-log, when both are
     positive; below the first sample, that sample times `(t_n / t_0)^2` (the onset's t^2) when
     it is positive; nan otherwise and beyond the last. The ratio is nan unless both values are
-    positive, and so is the crossing, which is searched from the pilot's own point on (the
-    samples up to `t_n` stand at it, so the shapes stay the grid's). Pure; vmap it over curves
-    or runs (`geomsim.diagnose.pilot`, the testbed's forecast validation)."""
+    positive and finite, and so is the crossing, which is searched from the pilot's own point
+    on (the samples up to `t_n` stand at it, so the shapes stay the grid's). Pure; vmap it
+    over curves or runs (`geomsim.diagnose.pilot`, the testbed's forecast validation)."""
     inside = loglog_at(times, curve, t_n)
     below = jnp.where(curve[0] > 0, curve[0] * (t_n / times[0]) ** 2, jnp.nan)
     at = jnp.where(t_n < times[0], below, jnp.where(inside > 0, inside, jnp.nan))
-    ratio = jnp.where((at > 0) & (measured > 0), measured / at, jnp.nan)
+    ratio = jnp.where((at > 0) & jnp.isfinite(at) & (measured > 0), measured / at, jnp.nan)  # an overflow: none
     later = times > t_n
     ts = jnp.concatenate([t_n[None], jnp.where(later, times, t_n)])
     values = jnp.concatenate([measured[None], jnp.where(later, ratio * curve, measured)])

@@ -31,16 +31,18 @@ task `L_F = (1 - a) L_base + a L_other`:
   curve crosses, `|log10(forecast / level)|`, and the ratio of the forecast's
   crossing step to the measured one (the GD methods against the GD fine-tune,
   `adam_sign` against the Adam one);
-* a pilot (`pilot_scores`, what `python -m geomsim.diagnose --pilot-steps N` does): N = 5% of
-  each method's forecast crossing step, the measured `Delta L_A(N)` read off the run's
-  recorded curve (the same steps the fine-tune took), the forecast rescaled by
-  measured / forecast at N (`geomsim.theory.forecast.rescaled_crossing`), or the measured
-  crossing where the pilot already crossed; scored as the zero-step forecasts are.
+* a pilot (`pilot_scores`; the rescaling `python -m geomsim.diagnose --pilot-steps N` does,
+  `geomsim.theory.forecast.rescaled_crossing`): N = 5% of each method's own forecast
+  crossing step, the measured `Delta L_A(N)` read off the run's recorded curve (log-log
+  between the recorded steps, which the fine-tune took), the forecast rescaled by
+  measured / forecast at N, or the measured crossing where the pilot already crossed;
+  scored as the zero-step forecasts are.
 
 Outputs (`<out>`): `forecast_runs.csv` (per run: AIC quantities, lr, the most
 negative Ritz value of H_F, scores per method and level), `forecast_curves.csv`
 (tidy: measured and forecast curves), `summary.json` (figures/manifest.json entry
-`forecast`: per method and level the medians and the within-2x fraction),
+`forecast`: per method and level the medians and the within-2x fraction, the calibration,
+the pilot's scores `methods.*.pilot`, the verdict's),
 figures.
 """
 
@@ -447,11 +449,18 @@ def verdict_validation(cfg: TestbedForecastConfig, runs: Table, names: tuple[str
     return score_verdict(low, high, t_meas, end, level), lows
 
 
-def _curve_rows(curves: Table, name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """`(steps, Delta L_A)` of one curve of every run, `(n, records)` (the table is run-major)."""
+def _curve_rows(curves: Table, name: str, run_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(steps, Delta L_A)` of one curve of every run, `(runs, records)`, in the order of
+    `run_ids` (the runs table's `run` column)."""
     mine = curves["curve"] == name
-    return (np.asarray(curves["step"], dtype=float)[mine].reshape(n, -1),
-            np.asarray(curves["align_increase"], dtype=float)[mine].reshape(n, -1))
+    runs = np.asarray(curves["run"])[mine]
+    order = np.argsort(runs, kind="stable")  # each run's records keep their order
+    counts = np.bincount(runs)
+    if not (counts.size and np.all(counts == counts[0])):
+        raise ValueError(f"curves: the {name} curve has unequal record counts per run")
+    index = np.asarray(run_ids)
+    return (np.asarray(curves["step"], dtype=float)[mine][order].reshape(counts.size, -1)[index],
+            np.asarray(curves["align_increase"], dtype=float)[mine][order].reshape(counts.size, -1)[index])
 
 
 @jax.jit
@@ -479,12 +488,12 @@ def pilot_scores(cfg: TestbedForecastConfig, runs: Table, curves: Table, fractio
     the pilot, the fraction where the pilot itself crossed, and the pilot's median length as
     a fraction of the measured crossing. A forecast that never crosses has no pilot length,
     so it stays as it was (late)."""
-    n = len(runs["run"])
+    run_ids = np.asarray(runs["run"])
     out = {}
     for name in METHODS:
         prefix = "adam_" if name in ADAM_METHODS else ""
-        meas_steps, meas = _curve_rows(curves, f"{prefix}measured", n)
-        fcst_steps, fcst = _curve_rows(curves, name, n)
+        meas_steps, meas = _curve_rows(curves, f"{prefix}measured", run_ids)
+        fcst_steps, fcst = _curve_rows(curves, name, run_ids)
         finite = np.asarray(runs[f"{prefix}finite"], dtype=bool)
         levels = {}
         for level in cfg.levels:
@@ -514,7 +523,7 @@ def _fraction(mask: np.ndarray) -> float | None:
     return float(np.mean(mask)) if mask.size else None
 
 
-def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table, curves: Table | None = None) -> dict[str, Any]:
+def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table, curves: Table) -> dict[str, Any]:
     """Per method and level: how many runs reached the level, the median |log10| error at
     the measured crossing, the median forecast/measured crossing-step ratio, and the
     fraction of reaching runs forecast within 2x; plus the headline at `threshold`; each
@@ -540,7 +549,7 @@ def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table, curves: Table |
                 "log10_error_median": median(np.asarray(runs[f"{name}_log10_error_{level:g}"])[reached],
                                              drop_inf=False),
                 "t_fail_ratio_median": median(ratio, drop_inf=False),
-                "within_2x_fraction": float(np.mean((ratio >= 0.5) & (ratio <= 2.0))) if ratio.size else None,
+                "within_2x_fraction": _fraction((ratio >= 0.5) & (ratio <= 2.0)),
             }
         head = per_level[f"{cfg.threshold:g}"]
         out["methods"][name] = {"against": "adam" if prefix else "gd",
@@ -550,9 +559,8 @@ def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table, curves: Table |
                                 "levels": per_level}
     for name, entry in calibrate_methods(cfg, runs).items():
         out["methods"][name].update(entry)
-    if curves is not None:
-        for name, entry in pilot_scores(cfg, runs, curves).items():
-            out["methods"][name]["pilot"] = entry
+    for name, entry in pilot_scores(cfg, runs, curves).items():
+        out["methods"][name]["pilot"] = entry
     # The verdict's early end per run: with an external calibration (runs it was not fitted
     # on) from it, else cross-validated over seeds; the table gets it per level (steps).
     doc = None
