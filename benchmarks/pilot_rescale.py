@@ -25,11 +25,10 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from geomsim.io import read_table  # noqa: E402
+from geomsim.io import loads_strict, read_table  # noqa: E402
 from geomsim.testbed.sweep.forecast import pilot_scores  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-LEVELS = (1e-3, 1e-2, 1e-1)
 
 
 def main(argv=None):
@@ -39,7 +38,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     runs = read_table(Path(args.out) / "forecast_runs.csv")
     curves = read_table(Path(args.out) / "forecast_curves.csv")
-    levels = SimpleNamespace(levels=LEVELS, threshold=1e-2)  # what pilot_scores reads of the config
+    config = loads_strict((Path(args.out) / "summary.json").read_text())["config"]
+    levels = SimpleNamespace(levels=tuple(config["levels"]), threshold=config["threshold"])  # all pilot_scores reads
     for fraction in (float(f) for f in args.fractions.split(",")):
         print(f"pilot of {fraction:g} x the forecast's crossing step")
         for method, entry in pilot_scores(levels, runs, curves, fraction).items():
