@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -39,10 +38,10 @@ def main(argv=None):
     runs = read_table(Path(args.out) / "forecast_runs.csv")
     curves = read_table(Path(args.out) / "forecast_curves.csv")
     config = loads_strict((Path(args.out) / "summary.json").read_text())["config"]
-    levels = SimpleNamespace(levels=tuple(config["levels"]), threshold=config["threshold"])  # all pilot_scores reads
     for fraction in (float(f) for f in args.fractions.split(",")):
         print(f"pilot of {fraction:g} x the forecast's crossing step")
-        for method, entry in pilot_scores(levels, runs, curves, fraction).items():
+        for method, entry in pilot_scores(runs, curves, tuple(config["levels"]), config["threshold"],
+                                          fraction).items():
             per = [d for d in entry["levels"].values() if d["runs"]]
             count = sum(d["runs"] for d in per)
 

@@ -480,10 +480,11 @@ def _pilot_crossings(fraction, t_fcst, meas_steps, meas, fcst_steps, fcst, t_mea
     return jax.vmap(one)(t_fcst, meas_steps, meas, fcst_steps, fcst, t_meas)
 
 
-def pilot_scores(cfg: TestbedForecastConfig, runs: Table, curves: Table, fraction: float = BUDGET
-                 ) -> dict[str, dict[str, Any]]:
+def pilot_scores(runs: Table, curves: Table, levels: tuple[float, ...], threshold: float,
+                 fraction: float = BUDGET) -> dict[str, dict[str, Any]]:
     """Per method, what a pilot of `fraction` x its forecast crossing step buys (see the
-    module docstring), per level over the runs whose (finite) fine-tune reached it: the
+    module docstring), per level (nats; the headline at `threshold`, one of them) over the
+    runs whose (finite) fine-tune reached it: the
     fraction within 2x of the measured crossing and late by more than 2x, with and without
     the pilot, the fraction where the pilot itself crossed, and the pilot's median length as
     a fraction of the measured crossing. A forecast that never crosses has no pilot length,
@@ -495,8 +496,8 @@ def pilot_scores(cfg: TestbedForecastConfig, runs: Table, curves: Table, fractio
         meas_steps, meas = _curve_rows(curves, f"{prefix}measured", run_ids)
         fcst_steps, fcst = _curve_rows(curves, name, run_ids)
         finite = np.asarray(runs[f"{prefix}finite"], dtype=bool)
-        levels = {}
-        for level in cfg.levels:
+        scores = {}
+        for level in levels:
             t_meas = np.asarray(runs[f"{prefix}steps_to_{level:g}"], dtype=float)
             t_fcst = np.asarray(runs[f"{name}_steps_{level:g}"], dtype=float)
             keep = finite & np.isfinite(t_meas)
@@ -504,7 +505,7 @@ def pilot_scores(cfg: TestbedForecastConfig, runs: Table, curves: Table, fractio
                 fraction, t_fcst, meas_steps, meas, fcst_steps, fcst, t_meas, level))
             before, after = t_fcst[keep] / t_meas[keep], t_pilot[keep] / t_meas[keep]
             length = np.where(np.isfinite(t_fcst), length, np.nan)[keep] / t_meas[keep]
-            levels[f"{level:g}"] = {
+            scores[f"{level:g}"] = {
                 "runs": int(keep.sum()),
                 "within_2x_fraction": _fraction((after >= 0.5) & (after <= 2.0)),
                 "late_2x_fraction": _fraction(after > 2.0),
@@ -513,9 +514,9 @@ def pilot_scores(cfg: TestbedForecastConfig, runs: Table, curves: Table, fractio
                 "crossed_in_pilot_fraction": _fraction(crossed[keep]),
                 "pilot_steps_over_measured_median": median(length[np.isfinite(length)], drop_inf=False),
             }
-        head = levels[f"{cfg.threshold:g}"]
+        head = scores[f"{threshold:g}"]
         out[name] = {"fraction": fraction, "within_2x_fraction": head["within_2x_fraction"],
-                     "late_2x_fraction": head["late_2x_fraction"], "levels": levels}
+                     "late_2x_fraction": head["late_2x_fraction"], "levels": scores}
     return out
 
 
@@ -559,7 +560,7 @@ def summarise_forecasts(cfg: TestbedForecastConfig, runs: Table, curves: Table) 
                                 "levels": per_level}
     for name, entry in calibrate_methods(cfg, runs).items():
         out["methods"][name].update(entry)
-    for name, entry in pilot_scores(cfg, runs, curves).items():
+    for name, entry in pilot_scores(runs, curves, tuple(cfg.levels), cfg.threshold).items():
         out["methods"][name]["pilot"] = entry
     # The verdict's early end per run: with an external calibration (runs it was not fitted
     # on) from it, else cross-validated over seeds; the table gets it per level (steps).
