@@ -28,8 +28,8 @@ if os.environ.get("GEOMSIM_TEST_OPTIMIZED") != "1":
 # xdist (`--dist loadfile --no-loadscope-reorder`, pyproject.toml) hands each worker the next
 # file in collection order; these files go first, longest first (worker-seconds in a fresh-clone
 # run on 2 cores, 2026-12-07: 393, 364, 208, 173, 168, 163, 137, 123, 117, 90), the rest follow
-# in their usual order. By its default order (files with the most tests first) xdist sent the
-# one-test test_readme_in_order.py (168 s) last, to run alone while the other worker idled.
+# in their usual order. xdist's default order (files with the most tests first) put the
+# one-test test_readme_in_order.py (168 s) last, where a long file leaves the other worker idle.
 LONGEST_FIRST = ("test_testbed_sweep.py", "test_readme_more.py", "test_testbed.py", "test_processes.py",
                  "test_readme_in_order.py", "test_sweep.py", "test_diagnose.py", "test_aic.py", "test_hf_data.py",
                  "test_hf_testbed.py")
