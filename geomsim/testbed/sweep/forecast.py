@@ -464,20 +464,23 @@ def _curve_rows(curves: Table, name: str, run_ids: np.ndarray) -> tuple[np.ndarr
 
 
 @jax.jit
-def _pilot_crossings(fraction, t_fcst, meas_steps, meas, fcst_steps, fcst, t_meas, level):
-    """Per run (vmapped): the pilot's length `N = max(1, floor(fraction t_fcst))` and its
+def _pilot_crossings(fraction, t_fcst, meas_steps, meas, fcst_steps, fcst, t_meas, levels):
+    """Per level and run (`t_fcst`, `t_meas`: `(levels, runs)`; one program for a method's
+    every level): the pilot's length `N = max(1, floor(fraction t_fcst))` and its
     crossing: the measured one where it is <= N, else the rescaled forecast's
     (`rescaled_crossing`, with the measured curve read at N log-log), else, where there is no
     ratio (a forecast or measurement not positive at N, or N past the recorded steps), the
     zero-step crossing `t_fcst` (the pilot changes nothing)."""
 
-    def one(t_f, ms, m, fs, f, t_m):
+    def one(t_f, ms, m, fs, f, t_m, level):
         n = jnp.maximum(1.0, jnp.floor(fraction * t_f))
         _, _, rescaled = rescaled_crossing(fs, f, n, loglog_at(ms, m, n), level)
         crossed = jnp.isfinite(t_f) & (t_m <= n)  # a forecast that never crosses has no pilot
         return n, jnp.where(crossed, t_m, jnp.where(jnp.isnan(rescaled), t_f, rescaled)), crossed
 
-    return jax.vmap(one)(t_fcst, meas_steps, meas, fcst_steps, fcst, t_meas)
+    per_run = jax.vmap(one, (0, 0, 0, 0, 0, 0, None))
+    return jax.vmap(per_run, (0, None, None, None, None, 0, 0))(t_fcst, meas_steps, meas, fcst_steps, fcst, t_meas,
+                                                                levels)
 
 
 def pilot_scores(runs: Table, curves: Table, levels: tuple[float, ...], threshold: float,
@@ -490,19 +493,21 @@ def pilot_scores(runs: Table, curves: Table, levels: tuple[float, ...], threshol
     a fraction of the measured crossing. A forecast that never crosses has no pilot length,
     so it stays as it was (late)."""
     run_ids = np.asarray(runs["run"])
+    measured = {p: _curve_rows(curves, f"{p}measured", run_ids) for p in ("", "adam_")}
     out = {}
     for name in METHODS:
         prefix = "adam_" if name in ADAM_METHODS else ""
-        meas_steps, meas = _curve_rows(curves, f"{prefix}measured", run_ids)
         fcst_steps, fcst = _curve_rows(curves, name, run_ids)
         finite = np.asarray(runs[f"{prefix}finite"], dtype=bool)
+        t_meas_all = np.stack([np.asarray(runs[f"{prefix}steps_to_{lv:g}"], dtype=float) for lv in levels])
+        t_fcst_all = np.stack([np.asarray(runs[f"{name}_steps_{lv:g}"], dtype=float) for lv in levels])
+        lengths, t_pilots, crossings = (np.asarray(x) for x in _pilot_crossings(
+            fraction, t_fcst_all, *measured[prefix], fcst_steps, fcst, t_meas_all, np.asarray(levels, dtype=float)))
         scores = {}
-        for level in levels:
-            t_meas = np.asarray(runs[f"{prefix}steps_to_{level:g}"], dtype=float)
-            t_fcst = np.asarray(runs[f"{name}_steps_{level:g}"], dtype=float)
+        for j, level in enumerate(levels):
+            t_meas, t_fcst = t_meas_all[j], t_fcst_all[j]
+            length, t_pilot, crossed = lengths[j], t_pilots[j], crossings[j]
             keep = finite & np.isfinite(t_meas)
-            length, t_pilot, crossed = (np.asarray(x) for x in _pilot_crossings(
-                fraction, t_fcst, meas_steps, meas, fcst_steps, fcst, t_meas, level))
             before, after = t_fcst[keep] / t_meas[keep], t_pilot[keep] / t_meas[keep]
             length = np.where(np.isfinite(t_fcst), length, np.nan)[keep] / t_meas[keep]
             scores[f"{level:g}"] = {
