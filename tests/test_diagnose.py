@@ -98,6 +98,8 @@ def test_ggn_and_fisher_agree_for_a_categorical_model_and_resamples_spread(tmp_p
     (["--model", "geomsim.diagnose.examples:quadratic", "--rank", "50"], "rank"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--optimizer", "sgd"], "optimizer"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--minibatch"], "minibatch"),
+    (["--model", "geomsim.diagnose.examples:quadratic", "--optimizer", "gd", "--minibatch"],
+     "minibatch: needs an AlignedModel"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--optimizer", "adam", "--adam-eps", "0"], "adam_eps"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--threshold", "0"], "threshold"),
     (["--model", "geomsim.diagnose.examples:quadratic", "--operator", "ggn"], "operator"),

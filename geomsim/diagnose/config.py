@@ -60,8 +60,10 @@ class DiagnoseConfig:
                        check=in_range(0, 1, open_hi=True))
     weight_decay: float = option(1e-4, help="adamw: decoupled weight decay (optax's default) (>= 0)",
                                  check=at_least(0))
-    minibatch: bool = option(False, help="adam / adamw: each step takes one task batch, so Adam's second moment "
-                             "is E_b[g_b^2] over the batches (default: full batch, g^2)")
+    minibatch: bool = option(False, help="gd / adam / adamw: each step takes one task batch, drawn at random "
+                             "(weighted by its examples): gd's forecasts add the batches' gradient noise and cross "
+                             "where 1 in 20 draw sequences does; Adam's second moment is E_b[g_b^2] (default: full "
+                             "batch)")
     calibration: str = option("", help="JSON of calibrated forecast errors the verdict's interval uses ('' = the one "
                               "shipped, from the testbed's measured fine-tunes; none = uncalibrated; or your own, same "
                               "schema)", shown="shipped")
@@ -115,9 +117,9 @@ class DiagnoseConfig:
         if self.task_model == "linearized" and self.hf:
             raise ConfigError("task_model: linearized stores Krylov-depth copies of the task logits, too large for "
                               "an --hf model's vocabulary; use hessian or gauss_newton")
-        if self.minibatch and self.optimizer not in ("adam", "adamw"):
-            raise ConfigError(f"minibatch: goes with --optimizer adam|adamw (got {self.optimizer}; gd and flow "
-                              "are forecast on the mean task gradient)")
+        if self.minibatch and self.optimizer == "flow":
+            raise ConfigError("minibatch: goes with --optimizer gd|adam|adamw (gradient flow has no steps to draw "
+                              "batches for)")
         if "none" in self.defenses and len(self.defenses) > 1:
             raise ConfigError(f"defenses: none means no defense table and goes alone (got {','.join(self.defenses)})")
         if len(set(self.defenses)) < len(self.defenses):

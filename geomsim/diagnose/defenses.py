@@ -231,4 +231,5 @@ def defense_markdown(table: dict[str, Any] | None) -> str:
     skipped = "; ".join(f"`{k}` is not forecast: it {v}" for k, v in table["not_forecast"].items())
     return ("\n## Which defense holds\n\n" + "\n".join(lines) + "\n\n"
             f"Recommended: {pick}: {table['reason']}. The forecasts are `{table['method']}` on each defended "
-            f"fine-tune, uncalibrated; t_ref = {table['t_ref']:.4g}. {skipped}.\n")
+            f"fine-tune, uncalibrated; t_ref = {table['t_ref']:.4g}. {skipped}."
+            + (f" Note: {table['note']}." if table.get("note") else "") + "\n")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
@@ -58,3 +59,15 @@ def second_moment(model: Landscape | AlignedModel, grad: Float[Array, " d"], min
         return grad**2
     return model.task_batches.mean(lambda b: ravel_pytree(
         jax.grad(lambda p: model.batch_loss(p, b))(model.params))[0] ** 2)
+
+
+def batch_gradients(model: AlignedModel) -> Float[Array, "b d"]:
+    """`grad L_b(theta0)` of each task batch, flat, as rows (one gradient pass per batch;
+    b x d numbers held: the diagnosis bounds it, `NOISE_BYTES`)."""
+    def one(batch):
+        return ravel_pytree(jax.grad(lambda p: model.batch_loss(p, batch))(model.params))[0]
+
+    batches = model.task_batches
+    if batches.stacked:
+        return jax.lax.map(one, batches.data)
+    return jnp.stack([one(batch) for batch in batches.data])

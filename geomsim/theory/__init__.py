@@ -1,4 +1,5 @@
-"""Theory: Taylor coefficients along gradient flow, closed-form laws, dense AIC, forecasts."""
+"""Theory: Taylor coefficients along gradient flow, closed-form laws, dense AIC, forecasts (and
+minibatch noise on top of them)."""
 
 from geomsim.theory.aic import AICResult, Subspace, aic, aic_factory, landscape_aic
 from geomsim.theory.aic_dense import DenseAIC, dense_aic, dense_matrices
@@ -36,11 +37,16 @@ from geomsim.theory.laws import (
     time_to_threshold,
     window_end,
 )
+from geomsim.theory.minibatch import BatchNoise, batch_noise, noise_draws, noisy_envelope
 from geomsim.theory.taylor import align_coefficients, path_coefficients
 
 __all__ = [
     "AICResult",
     "AdamModel",
+    "BatchNoise",
+    "batch_noise",
+    "noise_draws",
+    "noisy_envelope",
     "DenseAIC",
     "LocalModels",
     "adam_model",
