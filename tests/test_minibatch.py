@@ -116,3 +116,16 @@ def test_minibatch_gd_forecast_against_minibatch_sgd_on_a_network(measured_sgd, 
     assert 0.5 <= forecast / early <= 2.0, (forecast, early)
     assert np.mean(crossing < mean_path) >= 0.40, (mean_path, np.median(crossing))
     assert report["verdict"]["t_fail_low"] <= report["t_fail"]["quadratic_gd"]
+
+
+def test_too_many_batch_gradients_is_one_line(monkeypatch, tmp_path, capsys):
+    """gd's batch noise holds one gradient per task batch: past its memory budget the
+    diagnosis stops before measuring, with one line naming the flag (here the budget is
+    100 bytes; the classifier's 4 batches x 68 parameters take over a kilobyte)."""
+    from geomsim.diagnose import run
+
+    monkeypatch.setattr(run, "NOISE_BYTES", 100)
+    assert main(["--model", "geomsim.diagnose.examples:tiny_classifier", "--optimizer", "gd", "--minibatch",
+                 "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m geomsim.diagnose: error: minibatch: gd's batch noise"), err

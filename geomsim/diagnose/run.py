@@ -128,8 +128,7 @@ def _check_operators(config: DiagnoseConfig, model: Landscape | AlignedModel) ->
         raise ConfigError(f"minibatch: needs an AlignedModel with task batches to draw; {config.model}() returned a "
                           "Landscape (one task loss)")
     if config.minibatch and config.optimizer == "gd":
-        dim = ravel_pytree(model.params)[0]
-        size = model.task_batches.count * dim.shape[0] * dim.dtype.itemsize
+        size = model.task_batches.count * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model.params))
         if size > NOISE_BYTES:
             raise ConfigError(f"minibatch: gd's batch noise stores one gradient per task batch ({size / 2**30:.1f} GiB "
                               f"> {NOISE_BYTES / 2**30:.0f} GiB); use fewer, larger batches (--batch-size)")
