@@ -2,6 +2,9 @@
 
   python benchmarks/bench_wait.py --before 39ce978 --repeats 3
   python benchmarks/bench_wait.py --hf --repeats 3     # the README's tiny Llama, with and without the defense table
+  python benchmarks/bench_wait.py --before d43446f --diagnose-only --defenses-none --repeats 3
+      # issue 19's cost target: the diagnoses before its work (d43446f) and now, now also without
+      # the defense table (a flag the earlier code does not have, so run on this checkout only)
 
 Each repeat of each command, per code tree: a fresh process with a new, empty compilation
 cache ("cold"), then a second fresh process with the cache the first one filled ("warm",
@@ -58,20 +61,31 @@ def main() -> None:
     parser.add_argument("--before", metavar="REV")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hf", action="store_true", help="time the README's tiny-Llama diagnosis instead")
+    parser.add_argument("--diagnose-only", action="store_true", help="leave the sweep out")
+    parser.add_argument("--defenses-none", action="store_true",
+                        help="also each diagnosis with --defenses none, on this checkout only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, code_trees(args.before, Path(tmp)) as trees:
         tmp = Path(tmp)
-        commands = COMMANDS
+        commands = {n: c for n, c in COMMANDS.items() if not (args.diagnose_only and c[0] != "geomsim.diagnose")}
+        after_only = set()
+        if args.defenses_none:
+            extra = {f"{n} --defenses none": [*c, "--defenses", "none"] for n, c in commands.items()
+                     if c[0] == "geomsim.diagnose"}
+            commands, after_only = {**commands, **extra}, set(extra)
         if args.hf:
             examples = Path(__file__).resolve().parents[1] / "examples" / "hf"
             subprocess.run([sys.executable, "-m", "geomsim.models.hf.tiny", str(tmp / "tiny-llama"), "--texts",
                             str(examples / "align.jsonl"), str(examples / "task.jsonl")], check=True,
                            capture_output=True)
             commands = hf_commands(tmp / "tiny-llama")
-        times = {(name, tree): {"cold": [], "warm": []} for name in commands for tree in trees}
+        times = {(name, tree): {"cold": [], "warm": []} for name in commands for tree in trees
+                 if not (name in after_only and tree == "before")}
         for r in range(args.repeats):
             for name, command in commands.items():
                 for tree_name, tree in trees.items():
+                    if (name, tree_name) not in times:
+                        continue
                     work = tmp / f"{tree_name}-{r}-{len(times)}-{abs(hash(name))}"
                     work.mkdir()
                     for kind in ("cold", "warm"):
@@ -80,7 +94,8 @@ def main() -> None:
                         print(f"{name} [{tree_name}] {kind}: {wall:.1f} s", file=sys.stderr, flush=True)
     print(f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores: "
           f"`python benchmarks/bench_wait.py{' --before ' + args.before if args.before else ''}"
-          f"{' --hf' if args.hf else ''} "
+          f"{' --hf' if args.hf else ''}{' --diagnose-only' if args.diagnose_only else ''}"
+          f"{' --defenses-none' if args.defenses_none else ''} "
           f"--repeats {args.repeats}`\n")
     print("| command | code | cold (median) | warm (median) | cold runs | warm runs |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -60,13 +60,20 @@ from geomsim.theory.forecast import (
     taylor,
     time_to_failure,
 )
-from geomsim.theory.minibatch import BatchNoise, batch_noise, noise_draws, noisy_envelope
+from geomsim.theory.minibatch import (
+    BatchNoise,
+    batch_noise,
+    batch_noise_bytes,
+    noise_draws,
+    noisy_envelope,
+    stepped_crossing,
+)
 from geomsim.watchdog import watched
 
 METHODS = ("taylor", "paper_bound", "alignment_risk")  # gradient flow's, besides the bounded method
 ADAMS = ("adam", "adamw")
 LINEARIZED_BYTES = 2 * 2**30  # the linearised network's stored tangents, m x the task outputs
-NOISE_BYTES = 2 * 2**30  # minibatch gd: the per-batch gradients, b x d
+NOISE_BYTES = 2 * 2**30  # minibatch gd: the per-batch gradients, unless the Krylov basis is larger already
 # minibatch gd: sequences of batch draws simulated, and the fraction of them the forecast's
 # crossing speaks for (the early one: a crossing that 1 in 20 fine-tunes reaches by then).
 # 1000 draws put the 5% quantile within ~1.4 percentage points (binomial standard error).
@@ -128,10 +135,15 @@ def _check_operators(config: DiagnoseConfig, model: Landscape | AlignedModel) ->
         raise ConfigError(f"minibatch: needs an AlignedModel with task batches to draw; {config.model}() returned a "
                           "Landscape (one task loss)")
     if config.minibatch and config.optimizer == "gd":
-        size = model.task_batches.count * sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model.params))
-        if size > NOISE_BYTES:
-            raise ConfigError(f"minibatch: gd's batch noise stores one gradient per task batch ({size / 2**30:.1f} GiB "
-                              f"> {NOISE_BYTES / 2**30:.0f} GiB); use fewer, larger batches (--batch-size)")
+        # Within NOISE_BYTES, or no more than the Krylov basis the diagnosis holds anyway (m x d).
+        leaves = jax.tree.leaves(model.params)
+        dim, itemsize = sum(x.size for x in leaves), max(x.dtype.itemsize for x in leaves)
+        size = batch_noise_bytes(model.task_batches.count, dim, itemsize)
+        budget = max(NOISE_BYTES, min(config.krylov or 32, dim) * dim * itemsize)
+        if size > budget:
+            raise ConfigError(f"minibatch: gd's batch noise holds two gradients per task batch "
+                              f"({model.task_batches.count} batches: {size / 2**30:.1f} GiB > {budget / 2**30:.1f} GiB); "
+                              "use fewer, larger task batches (with --hf: --batch-size)")
     if isinstance(model, Landscape):
         for field, value in (("operator", config.operator), ("task_model", config.task_model)):
             if value != "hessian":
@@ -282,7 +294,7 @@ def _noisy(noise: BatchNoise, times, curves: dict[str, Array], lr, threshold, ke
     draws = noise_draws(noise, times, lr, key, NOISE_DRAWS)
     envelopes = {name: noisy_envelope(jnp.asarray(curve, times.dtype), draws, NOISE_QUANTILE)
                  for name, curve in curves.items()}
-    return envelopes, {name: time_to_failure(times, curve, threshold) for name, curve in envelopes.items()}
+    return envelopes, {name: stepped_crossing(times, curve, threshold, lr) for name, curve in envelopes.items()}
 
 
 def _all_forecasts(c: _Compiled, model, measured: _Measured, times, inputs,
@@ -328,6 +340,9 @@ def _check_measured(measured: _Measured, where: str = "theta0") -> None:
     if measured.adam is not None:
         require_finite({"slope": measured.adam.slope, "curvature u^T H_A u": measured.adam.curvature},
                        f"Adam's model at {where}")
+    if measured.noise is not None:
+        require_finite({"xi . grad L_A": measured.noise.slope, "xi H_A xi^T": measured.noise.curvature},
+                       f"the task batches' gradient noise at {where}")
 
 
 def _checked(curves: dict[str, Any], times) -> dict[str, Any]:

@@ -37,7 +37,14 @@ from geomsim.theory.laws import (
     time_to_threshold,
     window_end,
 )
-from geomsim.theory.minibatch import BatchNoise, batch_noise, noise_draws, noisy_envelope
+from geomsim.theory.minibatch import (
+    BatchNoise,
+    batch_noise,
+    batch_noise_bytes,
+    noise_draws,
+    noisy_envelope,
+    stepped_crossing,
+)
 from geomsim.theory.taylor import align_coefficients, path_coefficients
 
 __all__ = [
@@ -45,8 +52,10 @@ __all__ = [
     "AdamModel",
     "BatchNoise",
     "batch_noise",
+    "batch_noise_bytes",
     "noise_draws",
     "noisy_envelope",
+    "stepped_crossing",
     "DenseAIC",
     "LocalModels",
     "adam_model",

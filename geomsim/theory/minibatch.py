@@ -14,12 +14,18 @@ noise adds
 
 plus a cross term `delta_mean^T H_A e_n` whose mean over draws is 0 (dropped: on the
 examples' classifier the 5% quantile of the crossings is the same without it in four
-settings, the median within one step; benchmarks/minibatch_noise.py). A forecast curve `c(t)` of the mean path becomes, for one
-sequence of draws, `c(t) + Q(dev(t / lr))`; its first crossing of a threshold is
-random. `noisy_envelope` returns the curve whose crossing is the `quantile` of that
-first-crossing time over `draws` simulated sequences: at each t, the
-`(1 - quantile)`-quantile over draws of the running maximum of `c + Q` (the running
-maximum is at or above the threshold exactly when that draw has crossed by t).
+settings, the median within two steps; benchmarks/minibatch_noise.py). A forecast curve
+`c(t)` of the mean path becomes, for one sequence of draws, `c(t) + Q(dev(floor(t / lr)))`;
+its first crossing of a threshold is random. `noisy_envelope` returns the curve whose
+crossing is the `quantile` of that first-crossing time over `draws` simulated sequences:
+at each time of the grid, the `(1 - quantile)`-quantile over draws of the running maximum
+of `c + Q` (the running maximum is at or above the threshold exactly when that draw has
+crossed at one of the grid's times so far: a draw that crosses and falls back between two
+of them is missed, so the grid, the forecast's `--points`, should resolve the steps that
+matter). `stepped_crossing` reads the envelope's crossing off at whole steps, at the first
+step after the last grid time below the threshold (the draws move only at whole steps, so
+a log-interpolated time between two grid times could be later than the step they crossed
+at).
 
 Draws with replacement are noisier than one pass over shuffled batches per epoch (the
 partial sums of a shuffled pass are pinned to 0 at each epoch's end), so for
@@ -34,6 +40,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from geomsim.theory.laws import first_crossing
 
 
 class BatchNoise(NamedTuple):
@@ -53,11 +61,15 @@ def batch_noise(align_matvec: Callable[[Array], Array], align_grad: Float[Array,
                 batch_grads: Float[Array, "b d"], weights: Float[Array, " b"]) -> BatchNoise:
     """`BatchNoise` from the per-batch task gradients `g_b` (rows) and their weights: b
     products with `H_A`, one batch at a time (`lax.map`: one product's memory)."""
-    mean = weights @ batch_grads
-    xi = batch_grads - mean
-    products = jax.lax.map(align_matvec, xi)
-    curvature = xi @ products.T
+    xi = batch_grads - weights @ batch_grads
+    curvature = jax.lax.map(lambda row: xi @ align_matvec(row), xi)  # row b: xi H_A xi_b, one product at a time
     return BatchNoise(weights, xi @ align_grad, 0.5 * (curvature + curvature.T))
+
+
+def batch_noise_bytes(batches: int, dim: int, itemsize: int) -> int:
+    """Memory `batch_noise` holds at once: the per-batch gradients and their deviations,
+    `2 b d` numbers (the products with `H_A` are taken one row at a time)."""
+    return 2 * batches * dim * itemsize
 
 
 def noise_draws(noise: BatchNoise, times: Float[Array, " r"], lr: ArrayLike, key: PRNGKeyArray,
@@ -85,3 +97,15 @@ def noisy_envelope(curve: Float[Array, " r"], draws: Float[Array, "draws r"], qu
     time of `curve + Q` over the draws (the module docstring)."""
     running = jax.lax.cummax(curve[None, :] + draws, axis=1)
     return jnp.quantile(running, 1.0 - quantile, axis=0)
+
+
+def stepped_crossing(times: Float[Array, " r"], envelope: Float[Array, " r"], threshold: ArrayLike,
+                     lr: ArrayLike) -> Array:
+    """The envelope's first crossing of `threshold`, at whole steps: the first step after the
+    last grid time below it (the earlier of that and the log-interpolated crossing); the
+    first grid time when it is already above there; inf if never."""
+    above = jnp.isfinite(envelope) & (envelope >= threshold)
+    k = jnp.argmax(above)
+    step_after = (jnp.floor(times[jnp.maximum(k - 1, 0)] / lr) + 1) * lr
+    interpolated = first_crossing(times, envelope, threshold)
+    return jnp.where(above.any(), jnp.where(k > 0, jnp.minimum(interpolated, step_after), times[0]), jnp.inf)
