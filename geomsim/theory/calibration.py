@@ -265,7 +265,8 @@ def score_verdict(low, high, t_meas, meas_end, level) -> dict[str, Any]:
 
     def one(keep):
         r = keep & np.isfinite(t_meas)
-        early = np.log10(t_meas[r] / low[r])
+        with np.errstate(divide="ignore"):  # an early end at t = 0 (before the first step): no decades, left out
+            early = np.log10(t_meas[r] / low[r])
         early = early[np.isfinite(early)]
         return {"runs": int(r.sum()), "censored_runs": int((keep & ~np.isfinite(t_meas)).sum()),
                 "late": float(np.mean(low[r] > t_meas[r])) if r.any() else None,
