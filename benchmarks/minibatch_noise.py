@@ -3,8 +3,9 @@ minibatch SGD, and what the model's dropped cross term costs (issue 19, item 2).
 
     python benchmarks/minibatch_noise.py [--runs 256] [--steps 400]
 
-On the examples' 4-batch classifier (68 parameters, so the dense Hessian of `L_A` is cheap),
-per learning rate and threshold:
+On the examples' 4-batch classifier (68 parameters) and a wider one defined here (two hidden
+layers of 32, 1316 parameters, 8 task batches, another labelling rule), so the dense Hessian
+of `L_A` is cheap, per learning rate and threshold:
 - *measured*: `--runs` minibatch SGD runs, one task batch drawn at random per step (fixed
   key), their first crossings' 5% quantile and median (steps);
 - *quadratic noise model, same draws*: the exact full-batch GD path plus the noise term of
@@ -32,14 +33,37 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
+import equinox as eqx  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
+from geomsim.diagnose import AlignedModel  # noqa: E402
 from geomsim.diagnose.cli import main as diagnose  # noqa: E402
 from geomsim.diagnose.examples import tiny_classifier  # noqa: E402
 from geomsim.io import environment_versions, loads_strict, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [(0.01, 1e-2), (0.05, 1e-2), (0.05, 1e-1), (0.2, 1e-1)]
+
+
+def wider_classifier():
+    """3 -> 32 -> 32 -> 4 tanh MLP; L_A keeps its own answers on 64 inputs, L_F a new rule
+    (class = sign pattern of x2 and x0 + x1) on 64 inputs in 8 batches of 8."""
+    net = eqx.nn.MLP(3, 4, 32, 2, activation=jnp.tanh, key=jax.random.key(11))
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+
+    def apply_fn(p, x):
+        return jax.vmap(eqx.combine(p, static))(x)
+
+    xa = jax.random.normal(jax.random.key(12), (64, 3))
+    xf = jax.random.normal(jax.random.key(13), (64, 3))
+    yf = (xf[:, 2] > 0).astype(jnp.int32) + 2 * (xf[:, 0] + xf[:, 1] > 0).astype(jnp.int32)
+    align = (xa, jnp.argmax(apply_fn(params, xa), axis=-1))
+    return AlignedModel(params, apply_fn, align_batches=align,
+                        task_batches=[(xf[i:i + 8], yf[i:i + 8]) for i in range(0, 64, 8)])
+
+
+MODELS = {"tiny_classifier": ("geomsim.diagnose.examples:tiny_classifier", tiny_classifier),
+          "wider_classifier": ("minibatch_noise:wider_classifier", wider_classifier)}
 
 
 def crossings(curves: np.ndarray, threshold: float) -> np.ndarray:
@@ -53,7 +77,16 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=256)
     parser.add_argument("--steps", type=int, default=400)
     args = parser.parse_args(argv)
-    model = tiny_classifier()
+    rows = []
+    for name, (spec, factory) in MODELS.items():
+        rows += measure(name, spec, factory(), args)
+    write_json(ROOT / "benchmarks" / "results" / "minibatch_noise.json",
+               {"command": "python benchmarks/minibatch_noise.py", "runs": args.runs, "steps": args.steps,
+                "rows": rows, "versions": environment_versions()})
+
+
+def measure(name: str, spec: str, model, args) -> list[dict]:
+    """Every setting on one model (the module docstring)."""
     flat0, unravel = ravel_pytree(model.params)
     data, weights = model.task_batches.data, np.asarray(model.task_batches.weights)
     count = weights.shape[0]
@@ -96,29 +129,28 @@ def main(argv=None):
         model_curves = {"with_cross_term": np.asarray(mean_curve[None] + noise + cross),
                         "without_cross_term": np.asarray(mean_curve[None] + noise)}
         with tempfile.TemporaryDirectory() as out:
-            assert diagnose(["--model", "geomsim.diagnose.examples:tiny_classifier", "--rank", "2", "--optimizer",
+            assert diagnose(["--model", spec, "--rank", "2", "--optimizer",
                              "gd", "--lr", str(lr), "--threshold", str(threshold), "--minibatch", "--figures", "none",
                              "--defenses", "none", "--out", out, "--quiet"]) == 0
             report = loads_strict((Path(out) / "report.json").read_text())
         first = crossings(measured, threshold)
-        row = {"lr": lr, "threshold": threshold, "runs": args.runs,
+        row = {"model": name, "parameters": int(flat0.shape[0]), "batches": int(count), "lr": lr,
+               "threshold": threshold, "runs": args.runs,
                "measured_q05": float(np.quantile(first, 0.05)), "measured_median": float(np.median(first))}
-        for name, curves in model_curves.items():
+        for variant, curves in model_curves.items():
             mine = crossings(curves, threshold)
-            row[f"model_{name}_q05"] = float(np.quantile(mine, 0.05))
-            row[f"model_{name}_median"] = float(np.median(mine))
-            row[f"model_{name}_same_step_fraction"] = float(np.mean(mine == first))
+            row[f"model_{variant}_q05"] = float(np.quantile(mine, 0.05))
+            row[f"model_{variant}_median"] = float(np.median(mine))
+            row[f"model_{variant}_same_step_fraction"] = float(np.mean(mine == first))
         forecast = report["t_fail"]["quadratic_gd"] / lr
         mean = report["minibatch"]["t_fail_mean_path"]["quadratic_gd"] / lr
-        for name, steps in (("forecast", forecast), ("mean_path", mean)):
-            row.update({f"{name}_steps": steps, f"{name}_late_fraction": float(np.mean(first < steps)),
-                        f"{name}_late_2x_fraction": float(np.mean(first < steps / 2))})
+        for which, steps in (("forecast", forecast), ("mean_path", mean)):
+            row.update({f"{which}_steps": steps, f"{which}_late_fraction": float(np.mean(first < steps)),
+                        f"{which}_late_2x_fraction": float(np.mean(first < steps / 2))})
         row["seconds"] = round(time.perf_counter() - start, 2)
         rows.append(row)
         print(json.dumps(row))
-    write_json(ROOT / "benchmarks" / "results" / "minibatch_noise.json",
-               {"command": "python benchmarks/minibatch_noise.py", "runs": args.runs, "steps": args.steps,
-                "rows": rows, "versions": environment_versions()})
+    return rows
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ noise adds
                                                       M_bc = xi_b^T H_A xi_c,
 
 plus a cross term `delta_mean^T H_A e_n` whose mean over draws is 0 (dropped: on the
-examples' classifier the 5% quantile of the crossings is the same without it in four
-settings, the median within two steps; benchmarks/minibatch_noise.py). A forecast curve
+examples' classifier and a wider one the 5% quantile of the crossings is the same without
+it in eight settings, the median within two steps; benchmarks/minibatch_noise.py). A forecast curve
 `c(t)` of the mean path becomes, for one sequence of draws, `c(t) + Q(dev(floor(t / lr)))`;
 its first crossing of a threshold is random. `noisy_envelope` returns the curve whose
 crossing is the `quantile` of that first-crossing time over `draws` simulated sequences:
