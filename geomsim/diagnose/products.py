@@ -57,17 +57,18 @@ def second_moment(model: Landscape | AlignedModel, grad: Float[Array, " d"], min
     (`minibatch`, one gradient pass per batch)."""
     if not minibatch or isinstance(model, Landscape):
         return grad**2
-    return model.task_batches.mean(lambda b: ravel_pytree(
-        jax.grad(lambda p: model.batch_loss(p, b))(model.params))[0] ** 2)
+    return model.task_batches.mean(lambda b: batch_gradient(model, b) ** 2)
+
+
+def batch_gradient(model: AlignedModel, batch) -> Float[Array, " d"]:
+    """`grad L_b(theta0)` of one task batch, flat."""
+    return ravel_pytree(jax.grad(lambda p: model.batch_loss(p, batch))(model.params))[0]
 
 
 def batch_gradients(model: AlignedModel) -> Float[Array, "b d"]:
-    """`grad L_b(theta0)` of each task batch, flat, as rows (one gradient pass per batch;
-    b x d numbers held: the diagnosis bounds it, `NOISE_BYTES`)."""
-    def one(batch):
-        return ravel_pytree(jax.grad(lambda p: model.batch_loss(p, batch))(model.params))[0]
-
+    """`batch_gradient` of each task batch, as rows (one gradient pass per batch; b x d
+    numbers held: the diagnosis bounds it, `NOISE_BYTES`)."""
     batches = model.task_batches
     if batches.stacked:
-        return jax.lax.map(one, batches.data)
-    return jnp.stack([one(batch) for batch in batches.data])
+        return jax.lax.map(lambda b: batch_gradient(model, b), batches.data)
+    return jnp.stack([batch_gradient(model, b) for b in batches.data])

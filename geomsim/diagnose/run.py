@@ -60,14 +60,7 @@ from geomsim.theory.forecast import (
     taylor,
     time_to_failure,
 )
-from geomsim.theory.minibatch import (
-    BatchNoise,
-    batch_noise,
-    batch_noise_bytes,
-    noise_draws,
-    noisy_envelope,
-    stepped_crossing,
-)
+from geomsim.theory.minibatch import BatchNoise, batch_noise, batch_noise_bytes, noisy_forecasts
 from geomsim.watchdog import watched
 
 METHODS = ("taylor", "paper_bound", "alignment_risk")  # gradient flow's, besides the bounded method
@@ -130,16 +123,25 @@ def _factory_model(spec: str) -> Landscape | AlignedModel:
     return model
 
 
+def _dimension(params) -> int:
+    """Number of parameters, from the leaves' sizes (flattening would copy the model)."""
+    return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def _krylov_depth(config: DiagnoseConfig, dim: int) -> int:
+    """The Krylov depth m the diagnosis uses: `--krylov`, 32 by default, at most d."""
+    return min(config.krylov or 32, dim)
+
+
 def _check_operators(config: DiagnoseConfig, model: Landscape | AlignedModel) -> None:
     if config.minibatch and isinstance(model, Landscape):
         raise ConfigError(f"minibatch: needs an AlignedModel with task batches to draw; {config.model}() returned a "
                           "Landscape (one task loss)")
     if config.minibatch and config.optimizer == "gd":
         # Within NOISE_BYTES, or no more than the Krylov basis the diagnosis holds anyway (m x d).
-        leaves = jax.tree.leaves(model.params)
-        dim, itemsize = sum(x.size for x in leaves), max(x.dtype.itemsize for x in leaves)
+        dim, itemsize = _dimension(model.params), max(x.dtype.itemsize for x in jax.tree.leaves(model.params))
         size = batch_noise_bytes(model.task_batches.count, dim, itemsize)
-        budget = max(NOISE_BYTES, min(config.krylov or 32, dim) * dim * itemsize)
+        budget = max(NOISE_BYTES, _krylov_depth(config, dim) * dim * itemsize)
         if size > budget:
             raise ConfigError(f"minibatch: gd's batch noise holds two gradients per task batch "
                               f"({model.task_batches.count} batches: {size / 2**30:.1f} GiB > {budget / 2**30:.1f} GiB); "
@@ -152,7 +154,7 @@ def _check_operators(config: DiagnoseConfig, model: Landscape | AlignedModel) ->
     elif config.task_model == "linearized":
         out = jax.eval_shape(model.model_fn, model.params, model.task_batches.first()[0])
         size = model.task_batches.count * sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(out))
-        depth = min(config.krylov or 32, int(ravel_pytree(model.params)[0].shape[0]))
+        depth = _krylov_depth(config, _dimension(model.params))
         if depth * size > LINEARIZED_BYTES:
             raise ConfigError(f"task_model: linearized would store {depth} copies of the task outputs "
                               f"({depth * size / 2**30:.1f} GiB > {LINEARIZED_BYTES / 2**30:.0f} GiB); use "
@@ -288,13 +290,9 @@ def _linearized(c: _Compiled, model: AlignedModel, times, lr) -> Array:
 
 @eqx.filter_jit
 def _noisy(noise: BatchNoise, times, curves: dict[str, Array], lr, threshold, key) -> tuple[dict, dict]:
-    """Minibatch gd: each mean-path curve with the batches' noise, as the envelope whose
-    crossing `NOISE_QUANTILE` of `NOISE_DRAWS` draw sequences reach (geomsim.theory.minibatch),
-    and those crossings; one set of draws for every method."""
-    draws = noise_draws(noise, times, lr, key, NOISE_DRAWS)
-    envelopes = {name: noisy_envelope(jnp.asarray(curve, times.dtype), draws, NOISE_QUANTILE)
-                 for name, curve in curves.items()}
-    return envelopes, {name: stepped_crossing(times, curve, threshold, lr) for name, curve in envelopes.items()}
+    """Minibatch gd: `noisy_forecasts` with `NOISE_DRAWS` sequences, crossing where
+    `NOISE_QUANTILE` of them do, in one program."""
+    return noisy_forecasts(noise, times, curves, lr, threshold, key, NOISE_DRAWS, NOISE_QUANTILE)
 
 
 def _all_forecasts(c: _Compiled, model, measured: _Measured, times, inputs,
@@ -465,11 +463,11 @@ def diagnose(config: DiagnoseConfig, out_dir: str | Path, *, quiet: bool = False
     _check_inputs(model)
     model = _place(config, model)
     theta0 = model.theta0 if isinstance(model, Landscape) else model.params
-    dim = int(ravel_pytree(theta0)[0].shape[0])
+    dim = _dimension(theta0)
     if not config.rank < dim:
         raise ConfigError(f"rank: must be in [1, d - 1] = [1, {dim - 1}] for this model (got {config.rank})")
     key = jax.random.key(config.seed)
-    m = min(config.krylov or 32, dim)
+    m = _krylov_depth(config, dim)
     stages = 3 + (config.defenses != ("none",)) + (config.pilot_steps > 0)
     _say(f"[1/{stages}] AIC at theta0 and local models (d = {dim}, k = {config.rank}, {config.operator}, "
          f"Krylov depth {m})", quiet)

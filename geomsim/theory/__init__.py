@@ -43,6 +43,7 @@ from geomsim.theory.minibatch import (
     batch_noise_bytes,
     noise_draws,
     noisy_envelope,
+    noisy_forecasts,
     stepped_crossing,
 )
 from geomsim.theory.taylor import align_coefficients, path_coefficients
@@ -55,6 +56,7 @@ __all__ = [
     "batch_noise_bytes",
     "noise_draws",
     "noisy_envelope",
+    "noisy_forecasts",
     "stepped_crossing",
     "DenseAIC",
     "LocalModels",

@@ -14,8 +14,8 @@ noise adds
 
 plus a cross term `delta_mean^T H_A e_n` whose mean over draws is 0 (dropped: on the
 examples' classifier and a wider one the 5% quantile of the crossings is the same without
-it in eight settings, the median within two steps; benchmarks/minibatch_noise.py). A forecast curve
-`c(t)` of the mean path becomes, for one sequence of draws, `c(t) + Q(dev(floor(t / lr)))`;
+it in eight settings, the median within two steps; benchmarks/minibatch_noise.py). A
+forecast curve `c(t)` of the mean path becomes, for one sequence of draws, `c(t) + Q(dev(floor(t / lr)))`;
 its first crossing of a threshold is random. `noisy_envelope` returns the curve whose
 crossing is the `quantile` of that first-crossing time over `draws` simulated sequences:
 at each time of the grid, the `(1 - quantile)`-quantile over draws of the running maximum
@@ -97,6 +97,17 @@ def noisy_envelope(curve: Float[Array, " r"], draws: Float[Array, "draws r"], qu
     time of `curve + Q` over the draws (the module docstring)."""
     running = jax.lax.cummax(curve[None, :] + draws, axis=1)
     return jnp.quantile(running, 1.0 - quantile, axis=0)
+
+
+def noisy_forecasts(noise: BatchNoise, times: Float[Array, " r"], curves: dict[str, Array], lr: ArrayLike,
+                    threshold: ArrayLike, key: PRNGKeyArray, draws: int, quantile: float
+                    ) -> tuple[dict[str, Array], dict[str, Array]]:
+    """Each mean-path forecast curve with the batches' noise: its envelope (`noisy_envelope`)
+    and that envelope's crossing at whole steps (`stepped_crossing`), every method on one set
+    of `draws` simulated draw sequences (`noise_draws`)."""
+    q = noise_draws(noise, times, lr, key, draws)
+    envelopes = {name: noisy_envelope(jnp.asarray(curve, times.dtype), q, quantile) for name, curve in curves.items()}
+    return envelopes, {name: stepped_crossing(times, curve, threshold, lr) for name, curve in envelopes.items()}
 
 
 def stepped_crossing(times: Float[Array, " r"], envelope: Float[Array, " r"], threshold: ArrayLike,
